@@ -1,0 +1,269 @@
+//! [`ClientFrame`]: frames a client sends to the server.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{ChannelName, UserId};
+use crate::types::{FrameId, Payload, Seq};
+use crate::wire::{DecodeError, DecodeErrorKind, Fields, present};
+
+/// Longest `event` string, in bytes.
+pub const MAX_EVENT_LEN: usize = 255;
+
+/// A frame from client to server. Every variant may carry a client-chosen `id` that the
+/// server echoes in each reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Join a channel; with `since`, first replay every stored message after it.
+    Subscribe {
+        /// Echoed in replies.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// The channel.
+        channel: ChannelName,
+        /// The last seq the client has seen.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Seq>,
+    },
+    /// Leave a channel.
+    Unsubscribe {
+        /// Echoed in replies.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// The channel.
+        channel: ChannelName,
+    },
+    /// Publish a message to a channel.
+    Publish {
+        /// Echoed in the `ack`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// The channel.
+        channel: ChannelName,
+        /// Opaque JSON.
+        payload: Payload,
+        /// An optional event name (`"ADDED"`, `"typing"`, …).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<String>,
+        /// Live-only: not stored, no seq, not echoed to the publisher.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
+    },
+    /// Send a payload to every connection of one user subscribed to the channel.
+    Signal {
+        /// Echoed in replies.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// The channel.
+        channel: ChannelName,
+        /// The target user.
+        to: UserId,
+        /// Opaque JSON (an SDP offer, an ICE candidate, …).
+        payload: Payload,
+        /// An optional event name (`"offer"`, `"answer"`, `"ice"`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<String>,
+    },
+    /// Ask for the channel's online users.
+    Presence {
+        /// Echoed in the reply.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// The channel.
+        channel: ChannelName,
+    },
+    /// Application-level ping; the server answers `pong`.
+    Ping {
+        /// Echoed in the reply.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+    },
+}
+
+#[derive(Deserialize)]
+struct WireClientFrame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<FrameId>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    since: Option<Seq>,
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Payload>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    ephemeral: Option<bool>,
+    #[serde(borrow, default)]
+    to: Option<Cow<'a, str>>,
+}
+
+impl ClientFrame {
+    /// Decodes one frame from JSON bytes. Never panics; every failure is a [`DecodeError`]
+    /// that carries the frame's `id` when it could be read.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let wire: WireClientFrame<'_> =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::from_serde(bytes, &e))?;
+        let Some(ty) = wire.ty.as_deref() else {
+            return Err(DecodeError::new(wire.id, DecodeErrorKind::MissingType));
+        };
+        let frame = match ty {
+            "subscribe" => "subscribe",
+            "unsubscribe" => "unsubscribe",
+            "publish" => "publish",
+            "signal" => "signal",
+            "presence" => "presence",
+            "ping" => "ping",
+            other => {
+                let kind = DecodeErrorKind::UnknownType(other.chars().take(64).collect());
+                return Err(DecodeError::new(wire.id, kind));
+            }
+        };
+        let f = Fields {
+            frame,
+            id: &wire.id,
+        };
+        let event = match wire.event {
+            Some(e) if e.len() > MAX_EVENT_LEN => {
+                return Err(f.invalid("event", format!("longer than {MAX_EVENT_LEN} bytes")));
+            }
+            e => e,
+        };
+        let channel = wire.channel.as_deref();
+        Ok(match frame {
+            "subscribe" => Self::Subscribe {
+                channel: f.channel(channel)?,
+                since: wire.since,
+                id: wire.id,
+            },
+            "unsubscribe" => Self::Unsubscribe {
+                channel: f.channel(channel)?,
+                id: wire.id,
+            },
+            "publish" => Self::Publish {
+                channel: f.channel(channel)?,
+                payload: f.require("payload", wire.payload)?,
+                event,
+                ephemeral: wire.ephemeral.unwrap_or(false),
+                id: wire.id,
+            },
+            "signal" => Self::Signal {
+                channel: f.channel(channel)?,
+                to: f.user("to", wire.to.as_deref())?,
+                payload: f.require("payload", wire.payload)?,
+                event,
+                id: wire.id,
+            },
+            "presence" => Self::Presence {
+                channel: f.channel(channel)?,
+                id: wire.id,
+            },
+            _ => Self::Ping { id: wire.id },
+        })
+    }
+
+    /// Encodes the frame as JSON text.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and every value is
+        // plain data.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The frame's `id`, if any.
+    pub fn id(&self) -> Option<&FrameId> {
+        match self {
+            Self::Subscribe { id, .. }
+            | Self::Unsubscribe { id, .. }
+            | Self::Publish { id, .. }
+            | Self::Signal { id, .. }
+            | Self::Presence { id, .. }
+            | Self::Ping { id } => id.as_ref(),
+        }
+    }
+
+    /// The channel the frame is about, if any.
+    pub fn channel(&self) -> Option<&ChannelName> {
+        match self {
+            Self::Subscribe { channel, .. }
+            | Self::Unsubscribe { channel, .. }
+            | Self::Publish { channel, .. }
+            | Self::Signal { channel, .. }
+            | Self::Presence { channel, .. } => Some(channel),
+            Self::Ping { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(json: &str) -> DecodeErrorKind {
+        ClientFrame::decode(json.as_bytes()).unwrap_err().kind
+    }
+
+    #[test]
+    fn publish_decodes_with_opaque_payload() {
+        let f = ClientFrame::decode(
+            br#"{"type":"publish","id":"a1","channel":"thread:x","payload":{"ciphertext":"AA==","iv":"b"}}"#,
+        )
+        .unwrap();
+        let ClientFrame::Publish {
+            id,
+            channel,
+            payload,
+            ephemeral,
+            event,
+        } = f
+        else {
+            panic!()
+        };
+        assert_eq!(id, Some(FrameId::from("a1")));
+        assert_eq!(channel.as_str(), "thread:x");
+        assert_eq!(payload.as_str(), r#"{"ciphertext":"AA==","iv":"b"}"#);
+        assert!(!ephemeral);
+        assert_eq!(event, None);
+    }
+
+    #[test]
+    fn null_payload_is_a_payload() {
+        let f = ClientFrame::decode(br#"{"type":"publish","channel":"c","payload":null}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Publish { payload, .. } if payload.as_str() == "null"));
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong_and_keep_the_id() {
+        assert!(matches!(kind("{"), DecodeErrorKind::InvalidJson(_)));
+        assert!(matches!(kind("[1]"), DecodeErrorKind::InvalidJson(_)));
+        assert_eq!(kind(r#"{"channel":"c"}"#), DecodeErrorKind::MissingType);
+        assert_eq!(
+            kind(r#"{"type":"dance"}"#),
+            DecodeErrorKind::UnknownType("dance".into())
+        );
+        assert_eq!(
+            kind(r#"{"type":"publish","channel":"c"}"#),
+            DecodeErrorKind::MissingField {
+                frame: "publish",
+                field: "payload"
+            }
+        );
+        let err =
+            ClientFrame::decode(br#"{"type":"subscribe","id":7,"channel":"a b"}"#).unwrap_err();
+        assert_eq!(err.id, Some(FrameId::from(7)));
+        assert!(matches!(
+            err.kind,
+            DecodeErrorKind::InvalidField {
+                field: "channel",
+                ..
+            }
+        ));
+        let err =
+            ClientFrame::decode(br#"{"type":"subscribe","id":"q","channel":"c","since":"x"}"#)
+                .unwrap_err();
+        assert_eq!(err.id, Some(FrameId::from("q")));
+    }
+}
