@@ -1,1 +1,114 @@
-//! Placeholder.
+//! Relay storage: the [`Store`] trait and its in-memory implementation, [`MemoryStore`].
+//!
+//! A store keeps channel records (name, opaque `meta`), memberships and the per-channel message
+//! log. Its one hard promise is the sequence: [`Store::append`] gives each message of a channel
+//! the next seq, 1, 2, 3, …, atomically, with no gap and no reuse, and a message is durable (as
+//! durable as the implementation is) when `append` returns. Seqs of different channels are
+//! assigned independently, so unrelated channels never wait for each other.
+//!
+//! What it is not: it knows nothing of connections, subscriptions or delivery (that is
+//! `relay-core`), and nothing of HTTP.
+//!
+//! Every implementation must pass the conformance suite in [`conformance`] (feature
+//! `conformance`), which the Postgres store runs unchanged.
+//!
+//! ```
+//! use relay_proto::{ChannelName, Payload, Seq};
+//! use relay_store::{MemoryStore, NewMessage, Store, HistoryQuery};
+//!
+//! # tokio_test_block_on(async {
+//! let store = MemoryStore::new();
+//! let channel = ChannelName::parse("chat:42").unwrap();
+//! let payload = Payload::from_json(r#"{"text":"hi"}"#).unwrap();
+//! let stored = store.append(NewMessage::new(channel.clone(), payload)).await.unwrap();
+//! assert_eq!(stored.seq, Seq(1));
+//! let page = store.history(&channel, HistoryQuery::latest(50)).await.unwrap();
+//! assert_eq!(page.len(), 1);
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     // MemoryStore never awaits anything that parks, so a trivial executor is enough here.
+//! #     let waker = std::task::Waker::noop();
+//! #     let mut cx = std::task::Context::from_waker(&waker);
+//! #     let mut f = std::pin::pin!(f);
+//! #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+//! # }
+//! ```
+
+mod error;
+mod memory;
+mod model;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use async_trait::async_trait;
+use relay_proto::{ChannelName, Seq, UserId};
+
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use model::{ChannelRecord, Created, HistoryQuery, NewChannel, NewMessage, StoredMessage};
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Persistence of channels, members and messages.
+///
+/// Implementations must be cheap to share (`Arc<dyn Store>`) and safe to call from many tasks
+/// at once.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a channel record, or returns the existing one unchanged (idempotent). The
+    /// creator, if any, and the listed members become members of a new channel.
+    async fn create_channel(&self, new: NewChannel) -> StoreResult<Created>;
+
+    /// One channel record.
+    async fn get_channel(&self, name: &ChannelName) -> StoreResult<Option<ChannelRecord>>;
+
+    /// The records that exist among `names`, in the order of `names`, without duplicates.
+    async fn query_channels(&self, names: &[ChannelName]) -> StoreResult<Vec<ChannelRecord>>;
+
+    /// Channels `user` is a member of, ordered by name.
+    async fn channels_of_member(
+        &self,
+        user: &UserId,
+        limit: usize,
+        offset: usize,
+    ) -> StoreResult<Vec<ChannelRecord>>;
+
+    /// Adds a member to an existing channel; `Ok(false)` if already a member,
+    /// [`StoreError::ChannelNotFound`] if the channel has no record.
+    async fn add_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool>;
+
+    /// Removes a member; `Ok(false)` if it was not one.
+    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool>;
+
+    /// Members of a channel, ordered by user id (empty for an unknown channel).
+    async fn members(&self, channel: &ChannelName) -> StoreResult<Vec<UserId>>;
+
+    /// Whether `user` is a member of `channel`.
+    async fn is_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool>;
+
+    /// Appends a message with the channel's next seq and returns it as stored. A channel
+    /// record is not required: the message log of a channel exists on its own.
+    async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage>;
+
+    /// Messages of a channel, ascending by seq; see [`HistoryQuery`].
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> StoreResult<Vec<StoredMessage>>;
+
+    /// Number of stored messages of a channel.
+    async fn count(&self, channel: &ChannelName) -> StoreResult<u64>;
+
+    /// The channel's latest seq ([`Seq::ZERO`] if it has none). Trimming never lowers it.
+    async fn latest_seq(&self, channel: &ChannelName) -> StoreResult<Seq>;
+
+    /// Drops the oldest messages so that at most `keep` remain; returns how many were dropped.
+    /// Seqs are never reused after a trim.
+    async fn trim(&self, channel: &ChannelName, keep: u64) -> StoreResult<u64>;
+
+    /// Checks that the store is reachable (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,435 @@
+//! The conformance suite every [`Store`] implementation must pass.
+//!
+//! Each case is a public async function taking a fresh, empty store. The
+//! [`conformance_tests!`](crate::conformance_tests) macro turns the whole list into one
+//! `#[tokio::test]` per case, so a store crate runs the suite with one line:
+//!
+//! ```text
+//! relay_store::conformance_tests!(async { std::sync::Arc::new(MemoryStore::new()) });
+//! ```
+//!
+//! Attributes written before the factory (`#[ignore = "needs DATABASE_URL"]`) are put on every
+//! generated test. The calling crate needs `tokio` with the `macros` and `rt-multi-thread`
+//! features.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use relay_proto::{ChannelName, Payload, Seq, UserId};
+
+use crate::{Created, HistoryQuery, NewChannel, NewMessage, Store, StoreError};
+
+/// Generates one `#[tokio::test]` per conformance case; see the [module docs](self).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($(#[$attr:meta])* $make:expr) => {
+        $crate::conformance_tests!(@cases [$(#[$attr])*] $make;
+            create_channel_is_idempotent,
+            missing_channel_is_none,
+            query_returns_only_existing_channels,
+            creator_and_initial_members_are_members,
+            channels_of_member_are_paged_by_name,
+            membership_changes,
+            adding_a_member_needs_a_channel,
+            appends_get_consecutive_seqs_per_channel,
+            concurrent_appends_to_one_channel_are_gap_free,
+            concurrent_appends_to_many_channels_are_gap_free,
+            history_pages_by_after_before_and_limit,
+            history_without_cursor_is_the_newest_page,
+            count_and_latest_seq_follow_appends,
+            trim_keeps_the_newest_and_never_reuses_seqs,
+            payload_and_fields_are_kept_exactly,
+            ping_succeeds);
+    };
+    (@cases $attrs:tt $make:expr; $($case:ident),* $(,)?) => {
+        $( $crate::conformance_tests!(@one $attrs $make; $case); )*
+    };
+    (@one [$(#[$attr:meta])*] $make:expr; $case:ident) => {
+        $(#[$attr])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let store: ::std::sync::Arc<dyn $crate::Store> = $make.await;
+            $crate::conformance::$case(store).await;
+        }
+    };
+}
+
+fn channel(name: &str) -> ChannelName {
+    ChannelName::parse(name).expect("valid test channel")
+}
+
+fn user(id: &str) -> UserId {
+    UserId::parse(id).expect("valid test user")
+}
+
+fn payload(n: u64) -> Payload {
+    Payload::from_json(&format!(r#"{{"n":{n}}}"#)).expect("valid JSON")
+}
+
+async fn append_n(store: &dyn Store, ch: &ChannelName, n: u64) {
+    for i in 0..n {
+        store
+            .append(NewMessage::new(ch.clone(), payload(i)))
+            .await
+            .expect("append");
+    }
+}
+
+fn seqs(messages: &[crate::StoredMessage]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq.0).collect()
+}
+
+/// Creating an existing channel returns it unchanged, whatever the second call carried.
+pub async fn create_channel_is_idempotent(store: Arc<dyn Store>) {
+    let name = channel("thread:0b6f");
+    let meta = Payload::from_json(r#"{"ciphertext":"AAEC","iv":"AQ=="}"#).expect("json");
+    let first = store
+        .create_channel(NewChannel {
+            meta: Some(meta.clone()),
+            ..NewChannel::named(name.clone())
+        })
+        .await
+        .expect("create");
+    assert!(first.is_new());
+    assert_eq!(first.record().meta.as_ref(), Some(&meta));
+    let other_meta = Payload::from_json(r#"{"other":true}"#).expect("json");
+    let second = store
+        .create_channel(NewChannel {
+            meta: Some(other_meta),
+            created_by: Some(user("mallory")),
+            ..NewChannel::named(name.clone())
+        })
+        .await
+        .expect("create again");
+    assert_eq!(second, Created::Existing(first.record().clone()));
+    assert!(
+        !store
+            .is_member(&name, &user("mallory"))
+            .await
+            .expect("is_member")
+    );
+}
+
+/// An unknown channel reads as `None`.
+pub async fn missing_channel_is_none(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.get_channel(&channel("nope")).await.expect("get"),
+        None
+    );
+}
+
+/// The zero-knowledge lookup: only existing records, in request order, no duplicates.
+pub async fn query_returns_only_existing_channels(store: Arc<dyn Store>) {
+    for name in ["t:a", "t:b", "t:c"] {
+        store
+            .create_channel(NewChannel::named(channel(name)))
+            .await
+            .expect("create");
+    }
+    let names = [
+        channel("t:c"),
+        channel("t:x"),
+        channel("t:a"),
+        channel("t:c"),
+    ];
+    let found = store.query_channels(&names).await.expect("query");
+    let found: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(found, ["t:c", "t:a"]);
+}
+
+/// The creator and the listed members of a new channel are members.
+pub async fn creator_and_initial_members_are_members(store: Arc<dyn Store>) {
+    let name = channel("group:1");
+    store
+        .create_channel(NewChannel {
+            created_by: Some(user("alice")),
+            members: vec![user("bob")],
+            ..NewChannel::named(name.clone())
+        })
+        .await
+        .expect("create");
+    assert_eq!(
+        store.members(&name).await.expect("members"),
+        vec![user("alice"), user("bob")]
+    );
+    assert!(
+        store
+            .is_member(&name, &user("alice"))
+            .await
+            .expect("is_member")
+    );
+    assert!(
+        !store
+            .is_member(&name, &user("carol"))
+            .await
+            .expect("is_member")
+    );
+}
+
+/// `channels_of_member` lists a user's channels by name, with limit and offset.
+pub async fn channels_of_member_are_paged_by_name(store: Arc<dyn Store>) {
+    for name in ["g:3", "g:1", "g:2", "g:4"] {
+        let members = if name == "g:4" {
+            vec![]
+        } else {
+            vec![user("alice")]
+        };
+        store
+            .create_channel(NewChannel {
+                members,
+                ..NewChannel::named(channel(name))
+            })
+            .await
+            .expect("create");
+    }
+    let all = store
+        .channels_of_member(&user("alice"), 10, 0)
+        .await
+        .expect("list");
+    let all: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(all, ["g:1", "g:2", "g:3"]);
+    let page = store
+        .channels_of_member(&user("alice"), 1, 1)
+        .await
+        .expect("list");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].name.as_str(), "g:2");
+    assert!(
+        store
+            .channels_of_member(&user("nobody"), 10, 0)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+/// Adding is idempotent; removing reports whether there was something to remove.
+pub async fn membership_changes(store: Arc<dyn Store>) {
+    let name = channel("group:2");
+    store
+        .create_channel(NewChannel::named(name.clone()))
+        .await
+        .expect("create");
+    assert!(store.add_member(&name, &user("carol")).await.expect("add"));
+    assert!(
+        !store
+            .add_member(&name, &user("carol"))
+            .await
+            .expect("add again")
+    );
+    assert_eq!(
+        store.members(&name).await.expect("members"),
+        vec![user("carol")]
+    );
+    assert!(
+        store
+            .remove_member(&name, &user("carol"))
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !store
+            .remove_member(&name, &user("carol"))
+            .await
+            .expect("remove again")
+    );
+    assert!(store.members(&name).await.expect("members").is_empty());
+}
+
+/// Members can only be added to a channel that has a record.
+pub async fn adding_a_member_needs_a_channel(store: Arc<dyn Store>) {
+    let err = store
+        .add_member(&channel("ghost"), &user("a"))
+        .await
+        .expect_err("no channel");
+    assert!(matches!(err, StoreError::ChannelNotFound(c) if c.as_str() == "ghost"));
+}
+
+/// Each channel counts 1, 2, 3, … on its own, with or without a channel record.
+pub async fn appends_get_consecutive_seqs_per_channel(store: Arc<dyn Store>) {
+    let (a, b) = (channel("chat:a"), channel("chat:b"));
+    store
+        .create_channel(NewChannel::named(a.clone()))
+        .await
+        .expect("create");
+    for expected in 1..=3 {
+        let m = store
+            .append(NewMessage::new(a.clone(), payload(expected)))
+            .await
+            .expect("append");
+        assert_eq!(m.seq, Seq(expected));
+    }
+    let m = store
+        .append(NewMessage::new(b.clone(), payload(0)))
+        .await
+        .expect("append");
+    assert_eq!(m.seq, Seq(1), "an unrelated channel starts at 1");
+}
+
+/// Many tasks appending to one channel yield seq 1..=N, each exactly once.
+pub async fn concurrent_appends_to_one_channel_are_gap_free(store: Arc<dyn Store>) {
+    let ch = channel("hot");
+    let (tasks, per_task) = (16u64, 25u64);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (store, ch) = (store.clone(), ch.clone());
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..per_task {
+                let m = store
+                    .append(NewMessage::new(ch.clone(), payload(t * 1000 + i)))
+                    .await;
+                got.push(m.expect("append").seq.0);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("task"));
+    }
+    all.sort_unstable();
+    let n = tasks * per_task;
+    assert_eq!(all, (1..=n).collect::<Vec<_>>());
+    let history = store
+        .history(&ch, HistoryQuery::after(Seq::ZERO, n as usize))
+        .await
+        .expect("h");
+    assert_eq!(seqs(&history), (1..=n).collect::<Vec<_>>());
+}
+
+/// 32 tasks appending to 4 channels: every channel is 1..=N, gap-free, no duplicates.
+pub async fn concurrent_appends_to_many_channels_are_gap_free(store: Arc<dyn Store>) {
+    let channels: Vec<ChannelName> = (0..4).map(|i| channel(&format!("multi:{i}"))).collect();
+    let mut handles = Vec::new();
+    for t in 0..32usize {
+        let store = store.clone();
+        let ch = channels[t % 4].clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..10 {
+                store
+                    .append(NewMessage::new(ch.clone(), payload(i)))
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    for ch in &channels {
+        let history = store
+            .history(ch, HistoryQuery::after(Seq::ZERO, 1000))
+            .await
+            .expect("h");
+        assert_eq!(seqs(&history), (1..=80).collect::<Vec<_>>(), "{ch}");
+        let ids: BTreeSet<_> = history.iter().map(|m| m.id).collect();
+        assert_eq!(ids.len(), 80, "message ids are unique");
+    }
+}
+
+/// `after`, `before` and `limit` select an ascending window.
+pub async fn history_pages_by_after_before_and_limit(store: Arc<dyn Store>) {
+    let ch = channel("page");
+    append_n(&*store, &ch, 10).await;
+    let q = |after: Option<u64>, before: Option<u64>, limit| HistoryQuery {
+        after: after.map(Seq),
+        before: before.map(Seq),
+        limit,
+    };
+    let get = |query| {
+        let (store, ch) = (store.clone(), ch.clone());
+        async move { seqs(&store.history(&ch, query).await.expect("history")) }
+    };
+    assert_eq!(get(q(Some(3), None, 4)).await, [4, 5, 6, 7]);
+    assert_eq!(get(q(Some(8), None, 50)).await, [9, 10]);
+    assert_eq!(get(q(Some(10), None, 50)).await, Vec::<u64>::new());
+    assert_eq!(get(q(Some(2), Some(6), 50)).await, [3, 4, 5]);
+    assert_eq!(get(q(Some(2), Some(6), 2)).await, [3, 4]);
+    assert_eq!(get(q(None, Some(6), 2)).await, [4, 5]);
+    assert_eq!(get(q(None, Some(1), 5)).await, Vec::<u64>::new());
+    assert_eq!(get(q(Some(5), Some(5), 5)).await, Vec::<u64>::new());
+    assert_eq!(get(q(Some(0), None, 0)).await, Vec::<u64>::new());
+}
+
+/// Without `after`, history is the newest `limit` messages, still ascending.
+pub async fn history_without_cursor_is_the_newest_page(store: Arc<dyn Store>) {
+    let ch = channel("newest");
+    assert!(
+        store
+            .history(&ch, HistoryQuery::latest(5))
+            .await
+            .expect("h")
+            .is_empty()
+    );
+    append_n(&*store, &ch, 7).await;
+    let page = store
+        .history(&ch, HistoryQuery::latest(3))
+        .await
+        .expect("h");
+    assert_eq!(seqs(&page), [5, 6, 7]);
+}
+
+/// Count and latest seq track appends; unknown channels have 0 of both.
+pub async fn count_and_latest_seq_follow_appends(store: Arc<dyn Store>) {
+    let ch = channel("counted");
+    assert_eq!(store.count(&ch).await.expect("count"), 0);
+    assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq::ZERO);
+    append_n(&*store, &ch, 4).await;
+    assert_eq!(store.count(&ch).await.expect("count"), 4);
+    assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(4));
+}
+
+/// Trimming keeps the newest messages and the next append continues the sequence.
+pub async fn trim_keeps_the_newest_and_never_reuses_seqs(store: Arc<dyn Store>) {
+    let ch = channel("trimmed");
+    append_n(&*store, &ch, 6).await;
+    assert_eq!(store.trim(&ch, 2).await.expect("trim"), 4);
+    assert_eq!(store.trim(&ch, 2).await.expect("trim again"), 0);
+    assert_eq!(store.count(&ch).await.expect("count"), 2);
+    assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(6));
+    let all = store
+        .history(&ch, HistoryQuery::after(Seq::ZERO, 50))
+        .await
+        .expect("h");
+    assert_eq!(seqs(&all), [5, 6]);
+    let m = store
+        .append(NewMessage::new(ch.clone(), payload(7)))
+        .await
+        .expect("append");
+    assert_eq!(m.seq, Seq(7));
+    assert_eq!(store.trim(&ch, 0).await.expect("trim all"), 3);
+    assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(7));
+    let m = store
+        .append(NewMessage::new(ch.clone(), payload(8)))
+        .await
+        .expect("append");
+    assert_eq!(m.seq, Seq(8));
+}
+
+/// What goes in comes out: id, sender, event, timestamp and the payload's exact text.
+pub async fn payload_and_fields_are_kept_exactly(store: Arc<dyn Store>) {
+    let ch = channel("exact");
+    let text = r#"{ "ciphertext" : "3q2+7w==", "iv": "AAECAwQFBgcICQoL", "n": [1, 2.5, null] }"#;
+    let message = NewMessage {
+        from: Some(user("alice")),
+        event: Some("ADDED".into()),
+        ..NewMessage::new(ch.clone(), Payload::from_json(text).expect("json"))
+    };
+    let stored = store.append(message.clone()).await.expect("append");
+    let read = store
+        .history(&ch, HistoryQuery::latest(1))
+        .await
+        .expect("h");
+    assert_eq!(read, vec![stored.clone()]);
+    assert_eq!(read[0].payload.as_str(), text);
+    assert_eq!(read[0].id, message.id);
+    assert_eq!(read[0].from, message.from);
+    assert_eq!(read[0].event, message.event);
+    assert_eq!(read[0].ts, message.ts);
+}
+
+/// A reachable store answers `ping`.
+pub async fn ping_succeeds(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+}

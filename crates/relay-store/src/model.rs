@@ -1,0 +1,176 @@
+//! The records a store keeps and the queries it answers.
+
+use relay_proto::{ChannelName, MessageId, Payload, Seq, ServerFrame, Timestamp, UserId};
+
+/// A channel record: what `POST /api/channels` creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRecord {
+    /// The name.
+    pub name: ChannelName,
+    /// Opaque JSON (often encrypted) set at creation.
+    pub meta: Option<Payload>,
+    /// Who created it (absent for service-created channels).
+    pub created_by: Option<UserId>,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// A channel to create.
+#[derive(Debug, Clone)]
+pub struct NewChannel {
+    /// The name.
+    pub name: ChannelName,
+    /// Opaque JSON.
+    pub meta: Option<Payload>,
+    /// The creator; becomes a member.
+    pub created_by: Option<UserId>,
+    /// Initial members besides the creator.
+    pub members: Vec<UserId>,
+}
+
+impl NewChannel {
+    /// A channel with no meta, no creator and no members.
+    pub fn named(name: ChannelName) -> Self {
+        Self {
+            name,
+            meta: None,
+            created_by: None,
+            members: Vec::new(),
+        }
+    }
+}
+
+/// Outcome of an idempotent create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The channel was created now.
+    New(ChannelRecord),
+    /// The channel existed; its record is unchanged.
+    Existing(ChannelRecord),
+}
+
+impl Created {
+    /// The record, new or existing.
+    pub fn record(&self) -> &ChannelRecord {
+        match self {
+            Self::New(r) | Self::Existing(r) => r,
+        }
+    }
+
+    /// Whether the channel was created by this call.
+    pub fn is_new(&self) -> bool {
+        matches!(self, Self::New(_))
+    }
+}
+
+/// A message to append; the store assigns its seq.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Its id (UUID v7).
+    pub id: MessageId,
+    /// The publisher, absent for server publishes.
+    pub from: Option<UserId>,
+    /// Event name.
+    pub event: Option<String>,
+    /// Opaque JSON.
+    pub payload: Payload,
+    /// Publish time.
+    pub ts: Timestamp,
+}
+
+impl NewMessage {
+    /// A message with a fresh id and the current time, from nobody, with no event.
+    pub fn new(channel: ChannelName, payload: Payload) -> Self {
+        Self {
+            channel,
+            id: MessageId::now_v7(),
+            from: None,
+            event: None,
+            payload,
+            ts: Timestamp::now(),
+        }
+    }
+
+    /// The stored form of this message with its seq.
+    pub fn with_seq(self, seq: Seq) -> StoredMessage {
+        StoredMessage {
+            channel: self.channel,
+            seq,
+            id: self.id,
+            from: self.from,
+            event: self.event,
+            payload: self.payload,
+            ts: self.ts,
+        }
+    }
+}
+
+/// A message as stored, with its seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Its per-channel seq.
+    pub seq: Seq,
+    /// Its id.
+    pub id: MessageId,
+    /// The publisher.
+    pub from: Option<UserId>,
+    /// Event name.
+    pub event: Option<String>,
+    /// Opaque JSON.
+    pub payload: Payload,
+    /// Publish time.
+    pub ts: Timestamp,
+}
+
+impl StoredMessage {
+    /// The `message` frame that delivers this message.
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::Message {
+            channel: self.channel.clone(),
+            id: self.id,
+            seq: Some(self.seq),
+            from: self.from.clone(),
+            event: self.event.clone(),
+            payload: self.payload.clone(),
+            ts: self.ts,
+        }
+    }
+}
+
+/// Which messages [`Store::history`](crate::Store::history) returns, always ascending by seq.
+///
+/// - `after` set: the first `limit` messages with seq > `after` (and < `before`, if set);
+/// - `after` unset: the newest `limit` messages (with seq < `before`, if set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only messages with a greater seq.
+    pub after: Option<Seq>,
+    /// Only messages with a smaller seq.
+    pub before: Option<Seq>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl HistoryQuery {
+    /// The newest `limit` messages.
+    pub fn latest(limit: usize) -> Self {
+        Self {
+            after: None,
+            before: None,
+            limit,
+        }
+    }
+
+    /// The first `limit` messages after `seq`.
+    pub fn after(seq: Seq, limit: usize) -> Self {
+        Self {
+            after: Some(seq),
+            before: None,
+            limit,
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The store conformance suite on [`MemoryStore`].
+
+use std::sync::Arc;
+
+use relay_store::MemoryStore;
+
+relay_store::conformance_tests!(async { Arc::new(MemoryStore::new()) });
