@@ -238,14 +238,11 @@ impl ServerFrame {
                 id: w.id,
             },
             "message" => {
-                let id = match &w.id {
-                    Some(FrameId::Text(s)) => {
+                let id = match f.require("id", w.id.as_ref())? {
+                    FrameId::Text(s) => {
                         MessageId::parse_str(s).map_err(|e| f.invalid("id", e.to_string()))?
                     }
-                    Some(FrameId::Number(_)) => {
-                        return Err(f.invalid("id", "expected a UUID".into()));
-                    }
-                    None => return Err(f.require("id", None::<()>).unwrap_err()),
+                    FrameId::Number(_) => return Err(f.invalid("id", "expected a UUID".into())),
                 };
                 Self::Message {
                     channel: f.channel(channel)?,

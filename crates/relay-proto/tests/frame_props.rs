@@ -1,6 +1,8 @@
 //! Property tests of the wire vocabulary: every frame round-trips, arbitrary input never
 //! panics a decoder, and channel validation accepts exactly the grammar of the protocol.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use relay_proto::{
     ChannelName, ClientFrame, ErrorCode, FrameId, MessageId, Payload, Seq, ServerFrame, Timestamp,

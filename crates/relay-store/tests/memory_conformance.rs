@@ -1,5 +1,7 @@
 //! The store conformance suite on [`MemoryStore`].
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use relay_store::MemoryStore;

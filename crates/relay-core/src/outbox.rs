@@ -1,0 +1,218 @@
+//! [`Outbox`]: a connection's bounded outbound queue.
+//!
+//! The hub pushes encoded frames without ever waiting; the transport takes everything queued
+//! at once, writes it and flushes once. A push into a full outbox closes the connection with
+//! 4008 (slow consumer) instead of blocking the publisher or growing without bound, so one
+//! stalled reader never slows anyone else.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use relay_proto::{CloseCode, EncodedFrame};
+use tokio::sync::Notify;
+
+/// Why an outbox was closed: the close code and a short reason for the close frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The close code.
+    pub code: CloseCode,
+    /// A short human-readable reason (at most 123 bytes fit a close frame).
+    pub reason: &'static str,
+}
+
+/// A push that did not enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The queue was full: the outbox is now closed with 4008.
+    #[error("outbound queue overflowed")]
+    Overflow,
+    /// The outbox was already closed.
+    #[error("outbox closed")]
+    Closed,
+}
+
+/// What the transport should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// Frames were moved into the buffer: write them all, then flush once.
+    Frames,
+    /// The outbox is closed and drained: send a close frame with this reason.
+    Closed(CloseReason),
+}
+
+/// A bounded queue of encoded frames with a close signal.
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    capacity: usize,
+}
+
+struct State {
+    queue: VecDeque<EncodedFrame>,
+    closed: Option<CloseReason>,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `capacity` frames.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: None,
+            }),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Enqueues a frame without waiting. On overflow the outbox closes itself with 4008 and
+    /// drops what it held: the client recovers those messages with `since` on reconnect.
+    pub fn push(&self, frame: EncodedFrame) -> Result<(), PushError> {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        if state.queue.len() >= self.capacity {
+            state.queue = VecDeque::new();
+            state.closed = Some(CloseReason {
+                code: CloseCode::SlowConsumer,
+                reason: "slow consumer: outbound queue overflowed",
+            });
+            drop(state);
+            self.ready.notify_one();
+            return Err(PushError::Overflow);
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(frame);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Closes the outbox; frames already queued are still handed out before the close. The
+    /// first close wins.
+    pub fn close(&self, code: CloseCode, reason: &'static str) {
+        let mut state = self.state.lock();
+        if state.closed.is_none() {
+            state.closed = Some(CloseReason { code, reason });
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// The close reason, once closed.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.state.lock().closed.clone()
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Whether no frame is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves every queued frame into `out` without waiting; returns the close reason when the
+    /// outbox is closed and nothing is left.
+    pub fn try_drain(&self, out: &mut Vec<EncodedFrame>) -> Option<Batch> {
+        let mut state = self.state.lock();
+        if !state.queue.is_empty() {
+            out.extend(state.queue.drain(..));
+            // Give back the memory of a burst so idle connections stay small.
+            if state.queue.capacity() > 64 {
+                state.queue.shrink_to(16);
+            }
+            return Some(Batch::Frames);
+        }
+        state.closed.clone().map(Batch::Closed)
+    }
+
+    /// Waits until frames are queued or the outbox is closed. Cancel-safe: nothing is lost if
+    /// the future is dropped. Only one task (the connection's writer) should call this.
+    pub async fn next_batch(&self, out: &mut Vec<EncodedFrame>) -> Batch {
+        loop {
+            if let Some(batch) = self.try_drain(out) {
+                return batch;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("Outbox")
+            .field("queued", &state.queue.len())
+            .field("capacity", &self.capacity)
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &'static str) -> EncodedFrame {
+        EncodedFrame::from_static(s)
+    }
+
+    #[tokio::test]
+    async fn batches_hand_out_everything_queued_at_once() {
+        let outbox = Outbox::new(8);
+        outbox.push(frame("1")).unwrap();
+        outbox.push(frame("2")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(outbox.next_batch(&mut out).await, Batch::Frames);
+        assert_eq!(out, vec![frame("1"), frame("2")]);
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_with_4008_and_drops_the_queue() {
+        let outbox = Outbox::new(2);
+        outbox.push(frame("1")).unwrap();
+        outbox.push(frame("2")).unwrap();
+        assert_eq!(outbox.push(frame("3")), Err(PushError::Overflow));
+        assert_eq!(outbox.push(frame("4")), Err(PushError::Closed));
+        let mut out = Vec::new();
+        let Batch::Closed(reason) = outbox.next_batch(&mut out).await else {
+            panic!()
+        };
+        assert_eq!(reason.code, CloseCode::SlowConsumer);
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_normal_close_still_delivers_what_was_queued() {
+        let outbox = Outbox::new(4);
+        outbox.push(frame("1")).unwrap();
+        outbox.close(CloseCode::GoingAway, "shutting down");
+        let mut out = Vec::new();
+        assert_eq!(outbox.next_batch(&mut out).await, Batch::Frames);
+        assert!(
+            matches!(outbox.next_batch(&mut out).await, Batch::Closed(r) if r.code == CloseCode::GoingAway)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_on_push() {
+        let outbox = std::sync::Arc::new(Outbox::new(4));
+        let writer = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                outbox.next_batch(&mut out).await;
+                out
+            })
+        };
+        tokio::task::yield_now().await;
+        outbox.push(frame("x")).unwrap();
+        assert_eq!(writer.await.unwrap(), vec![frame("x")]);
+    }
+}

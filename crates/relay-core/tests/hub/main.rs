@@ -1,0 +1,12 @@
+//! Hub behaviour with in-process connections: no sockets, no ports.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod authorization;
+mod delivery;
+mod interleavings;
+mod presence;
+mod recovery;
+mod slow_consumer;
