@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use relay_proto::{
-    ChannelName, ClientFrame, ErrorCode, FrameId, Payload, Seq, ServerFrame, UserId,
+    ChannelName, ClientFrame, DecodeError, ErrorCode, FrameId, Payload, Seq, ServerFrame, UserId,
 };
 use relay_store::HistoryQuery;
 
@@ -77,8 +77,14 @@ impl Connection {
     pub async fn handle_text(&self, text: &[u8]) {
         match ClientFrame::decode(text) {
             Ok(frame) => self.handle(frame).await,
-            Err(e) => self.reply_error(e.id.clone(), ErrorCode::BadRequest, e.to_string(), None),
+            Err(e) => self.reject(e),
         }
+    }
+
+    /// Answers a frame that did not decode with a `bad_request` error echoing its id.
+    pub fn reject(&self, error: DecodeError) {
+        let message = error.to_string();
+        self.reply_error(error.id, ErrorCode::BadRequest, message, None);
     }
 
     /// Handles one client frame. Replies (and errors) go to the outbox, echoing the frame id.
@@ -125,6 +131,7 @@ impl Connection {
         message: String,
         channel: Option<ChannelName>,
     ) {
+        self.hub.inner.counters.error(code);
         self.send(&ServerFrame::Error {
             id,
             code,

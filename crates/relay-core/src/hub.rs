@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use relay_proto::{
-    ChannelName, CloseCode, EncodedFrame, MessageId, Payload, Seq, ServerFrame, Timestamp, UserId,
+    ChannelName, CloseCode, EncodedFrame, ErrorCode, MessageId, Payload, Seq, ServerFrame,
+    Timestamp, UserId,
 };
 use relay_store::{HistoryQuery, NewMessage, Store, StoredMessage};
 
@@ -125,6 +126,47 @@ pub(crate) struct Inner {
     pub(crate) channels: DashMap<ChannelName, ChannelState>,
     pub(crate) connections: DashMap<ConnId, Arc<Outbox>>,
     next_connection: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+/// Running totals kept with relaxed atomics: one increment per publish or error, never per
+/// subscriber.
+#[derive(Default)]
+pub(crate) struct Counters {
+    delivered: AtomicU64,
+    errors: [AtomicU64; ERROR_CODES.len()],
+}
+
+const ERROR_CODES: [ErrorCode; 8] = [
+    ErrorCode::BadRequest,
+    ErrorCode::Unauthorized,
+    ErrorCode::Forbidden,
+    ErrorCode::NotFound,
+    ErrorCode::TooLarge,
+    ErrorCode::RateLimited,
+    ErrorCode::Unavailable,
+    ErrorCode::Internal,
+];
+
+impl Counters {
+    pub(crate) fn error(&self, code: ErrorCode) {
+        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn delivered(&self, n: usize) {
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Totals since the hub started, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HubCounters {
+    /// Messages handed to subscribers' outboxes (one per subscriber per message).
+    pub delivered: u64,
+    /// `error` frames sent, by code.
+    pub errors: Vec<(ErrorCode, u64)>,
 }
 
 impl Hub {
@@ -136,6 +178,7 @@ impl Hub {
             channels: DashMap::new(),
             connections: DashMap::new(),
             next_connection: AtomicU64::new(1),
+            counters: Counters::default(),
         };
         Self {
             inner: Arc::new(inner),
@@ -186,6 +229,19 @@ impl Hub {
             stats.presence_entries += channel.online.len();
         }
         stats
+    }
+
+    /// Totals since the hub started.
+    pub fn counters(&self) -> HubCounters {
+        let c = &self.inner.counters;
+        HubCounters {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            errors: ERROR_CODES
+                .iter()
+                .zip(&c.errors)
+                .map(|(code, n)| (*code, n.load(Ordering::Relaxed)))
+                .collect(),
+        }
     }
 
     /// Users with a connection subscribed to `channel` on this hub, sorted.
@@ -299,10 +355,10 @@ impl Hub {
         let max_history = policy.max_history;
         let stored = self.inner.store.append(message).await?;
         self.deliver_from(&stored, origin);
-        if let Some(keep) = max_history {
-            if let Err(e) = self.inner.store.trim(&stored.channel, keep).await {
-                tracing::warn!(channel = %stored.channel, error = %e, "trimming history failed");
-            }
+        if let Some(keep) = max_history
+            && let Err(e) = self.inner.store.trim(&stored.channel, keep).await
+        {
+            tracing::warn!(channel = %stored.channel, error = %e, "trimming history failed");
         }
         Ok(Published {
             channel: stored.channel,
@@ -337,6 +393,7 @@ impl Hub {
             let frame = (echo || origin != Some(*id)).then_some(&frame);
             gap |= sub.offer(message.seq, frame);
         }
+        self.inner.counters.delivered(state.subscribers.len());
         if gap && !state.repair_scheduled {
             state.repair_scheduled = true;
             drop(state);
@@ -358,7 +415,8 @@ impl Hub {
             ts: message.ts,
         }
         .encode();
-        state.broadcast(&frame, |id, _| origin != Some(id));
+        let sent = state.broadcast(&frame, |id, _| origin != Some(id));
+        self.inner.counters.delivered(sent);
     }
 
     /// Sends a signal to every started connection of `to` subscribed to `channel`, except the
@@ -541,12 +599,12 @@ impl Hub {
     }
 
     fn retry_repair(&self, channel: &ChannelName) {
-        if let Some(mut state) = self.inner.channels.get_mut(channel) {
-            if !state.repair_scheduled {
-                state.repair_scheduled = true;
-                drop(state);
-                self.schedule_repair(channel.clone());
-            }
+        if let Some(mut state) = self.inner.channels.get_mut(channel)
+            && !state.repair_scheduled
+        {
+            state.repair_scheduled = true;
+            drop(state);
+            self.schedule_repair(channel.clone());
         }
     }
 }

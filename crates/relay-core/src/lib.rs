@@ -48,7 +48,7 @@ mod registry;
 
 pub use connection::Connection;
 pub use error::HubError;
-pub use hub::{Action, Hub, HubConfig, HubStats, Publish, Published};
+pub use hub::{Action, Hub, HubConfig, HubCounters, HubStats, Publish, Published};
 pub use identity::{Identity, Role};
 pub use outbox::{Batch, CloseReason, Outbox, PushError};
 pub use policy::{NamespacePolicy, Persistence, Policies, PublishRule, SubscribeRule};

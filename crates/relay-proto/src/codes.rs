@@ -67,6 +67,10 @@ pub enum CloseCode {
     Normal,
     /// 1001: the server is shutting down; reconnect with backoff.
     GoingAway,
+    /// 1002: the peer broke the WebSocket protocol.
+    ProtocolError,
+    /// 1007: a text frame that is not UTF-8.
+    InvalidPayload,
     /// 1009: a frame over the size limit.
     TooBig,
     /// 4001: unauthorized or token expired.
@@ -85,6 +89,8 @@ impl CloseCode {
         match self {
             Self::Normal => 1000,
             Self::GoingAway => 1001,
+            Self::ProtocolError => 1002,
+            Self::InvalidPayload => 1007,
             Self::TooBig => 1009,
             Self::Unauthorized => 4001,
             Self::Idle => 4002,
@@ -98,6 +104,8 @@ impl CloseCode {
         Some(match code {
             1000 => Self::Normal,
             1001 => Self::GoingAway,
+            1002 => Self::ProtocolError,
+            1007 => Self::InvalidPayload,
             1009 => Self::TooBig,
             4001 => Self::Unauthorized,
             4002 => Self::Idle,
@@ -125,6 +133,8 @@ mod tests {
         for code in [
             CloseCode::Normal,
             CloseCode::GoingAway,
+            CloseCode::ProtocolError,
+            CloseCode::InvalidPayload,
             CloseCode::TooBig,
             CloseCode::Unauthorized,
             CloseCode::Idle,

@@ -1,4 +1,40 @@
-//! The standalone Relay server: WebSocket and REST transport over the hub. Built out in the
-//! server issue; this crate currently only re-exports the engine it will serve.
+//! The standalone Relay server: the hub behind a WebSocket endpoint (`/ws`), the REST API
+//! (`/api/…`), probes and Prometheus metrics, on hyper 1 and tokio-tungstenite.
+//!
+//! The binary `relay-server` is a thin `main.rs` over this library. Embedders build the same
+//! service themselves: [`App`] handles any `http::Request` (mount it in hyper, axum, …), and
+//! [`Relay`] binds, serves and shuts down gracefully.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use relay_core::Hub;
+//! use relay_server::{Authenticator, Config, Relay};
+//! use relay_store::MemoryStore;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = Config::default();
+//! config.auth.secret = Some("a development secret, 16+ bytes".into());
+//! let auth = Authenticator::from_config(&config.auth)?;
+//! let hub = Hub::new(Arc::new(MemoryStore::new()), config.hub_config());
+//! let relay = Relay::bind(config, hub, auth).await?;
+//! println!("listening on {}", relay.local_addr()?);
+//! relay.serve(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
 
-pub use relay_core as core;
+mod app;
+mod auth;
+mod config;
+mod metrics;
+mod rest;
+mod serve;
+mod ws;
+
+pub use app::{App, Body};
+pub use auth::{AuthError, Authenticator, Claims};
+pub use config::{
+    AuthConfig, Config, ConfigError, JwtAlgorithm, LogFormat, PersistenceConfig, PolicyConfig,
+    PublishRuleConfig, SubscribeRuleConfig,
+};
+pub use metrics::Metrics;
+pub use serve::Relay;

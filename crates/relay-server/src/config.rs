@@ -1,0 +1,318 @@
+//! [`Config`]: everything the server is told, from defaults, an optional TOML file, the
+//! `RELAY_*` environment and command-line flags (later sources win).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use relay_core::{HubConfig, NamespacePolicy, Persistence, Policies, PublishRule, SubscribeRule};
+use serde::Deserialize;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The server's configuration. `Config::default()` runs out of the box: `127.0.0.1:8080`,
+/// memory store, a random development secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Interval of WebSocket pings; a connection silent for two intervals is closed (4002).
+    pub heartbeat_ms: u64,
+    /// Close connections older than this (4002), so that none outlives its token forever.
+    pub max_connection_age_secs: Option<u64>,
+    /// Largest WebSocket message or REST body accepted, in bytes (larger: 1009 or 413).
+    pub max_frame_bytes: usize,
+    /// Frames a connection may have queued before it is closed as a slow consumer (4008).
+    pub outbox_capacity: usize,
+    /// Most messages a `subscribe {since}` replays.
+    pub max_recovery: usize,
+    /// How long graceful shutdown waits for connections and requests to finish.
+    pub shutdown_timeout_ms: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The policy of namespaces not listed in `namespaces`.
+    pub default_policy: PolicyConfig,
+    /// Per-namespace policies (the key `""` is the namespace of names without `:`).
+    pub namespaces: BTreeMap<String, PolicyConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: AuthConfig::default(),
+            heartbeat_ms: 25_000,
+            max_connection_age_secs: None,
+            max_frame_bytes: 128 * 1024,
+            outbox_capacity: 4096,
+            max_recovery: 1000,
+            shutdown_timeout_ms: 10_000,
+            log_format: LogFormat::Text,
+            default_policy: PolicyConfig::default(),
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+/// How tokens are verified.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The signing algorithm tokens must use.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret. When absent (and no public key is set) a random development
+    /// secret is generated at start.
+    pub secret: Option<String>,
+    /// PEM file with the RS256/ES256 public key.
+    pub public_key_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: Option<u64>,
+}
+
+/// Accepted token algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    #[default]
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256, public key in PEM.
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256, public key in PEM.
+    #[value(name = "ES256")]
+    Es256,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A namespace policy as written in the config file; unset fields take the defaults of
+/// [`NamespacePolicy`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `any`, `members` or `claim`.
+    pub subscribe: Option<SubscribeRuleConfig>,
+    /// `subscribers`, `members` or `none`.
+    pub publish: Option<PublishRuleConfig>,
+    /// Presence lists in `subscribed` and `presence` replies.
+    pub presence: Option<bool>,
+    /// `join`/`leave` frames.
+    pub join_leave: Option<bool>,
+    /// `mixed`, `persistent` or `ephemeral`.
+    pub persistence: Option<PersistenceConfig>,
+    /// Deliver persistent messages back to their publisher.
+    pub echo: Option<bool>,
+    /// Largest payload in bytes.
+    pub max_payload_bytes: Option<usize>,
+    /// Messages kept per channel.
+    pub max_history: Option<u64>,
+}
+
+/// `subscribe` rule names.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum SubscribeRuleConfig {
+    Any,
+    Members,
+    Claim,
+}
+
+/// `publish` rule names.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum PublishRuleConfig {
+    Subscribers,
+    Members,
+    None,
+}
+
+/// `persistence` names.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum PersistenceConfig {
+    Mixed,
+    Persistent,
+    Ephemeral,
+}
+
+impl PolicyConfig {
+    fn resolve(&self, base: &NamespacePolicy) -> NamespacePolicy {
+        NamespacePolicy {
+            subscribe: self.subscribe.map_or(base.subscribe, |r| match r {
+                SubscribeRuleConfig::Any => SubscribeRule::Any,
+                SubscribeRuleConfig::Members => SubscribeRule::Members,
+                SubscribeRuleConfig::Claim => SubscribeRule::Claim,
+            }),
+            publish: self.publish.map_or(base.publish, |r| match r {
+                PublishRuleConfig::Subscribers => PublishRule::Subscribers,
+                PublishRuleConfig::Members => PublishRule::Members,
+                PublishRuleConfig::None => PublishRule::None,
+            }),
+            presence: self.presence.unwrap_or(base.presence),
+            join_leave: self.join_leave.unwrap_or(base.join_leave),
+            persistence: self.persistence.map_or(base.persistence, |p| match p {
+                PersistenceConfig::Mixed => Persistence::Mixed,
+                PersistenceConfig::Persistent => Persistence::PersistentOnly,
+                PersistenceConfig::Ephemeral => Persistence::EphemeralOnly,
+            }),
+            echo: self.echo.unwrap_or(base.echo),
+            max_payload_bytes: self.max_payload_bytes.unwrap_or(base.max_payload_bytes),
+            max_history: self.max_history.or(base.max_history),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, Box<toml::de::Error>> {
+        toml::from_str(text).map_err(Box::new)
+    }
+
+    /// Checks values that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "heartbeat_ms must be at least 100".into(),
+            ));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_frame_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.outbox_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "outbox_capacity must be at least 1".into(),
+            ));
+        }
+        let needs_key = matches!(
+            self.auth.algorithm,
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256
+        );
+        if needs_key && self.auth.public_key_file.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "auth.algorithm {:?} needs auth.public_key_file",
+                self.auth.algorithm
+            )));
+        }
+        Ok(())
+    }
+
+    /// The hub configuration these settings describe.
+    pub fn hub_config(&self) -> HubConfig {
+        let default = self.default_policy.resolve(&NamespacePolicy::default());
+        let policies = self
+            .namespaces
+            .iter()
+            .fold(Policies::new(default.clone()), |p, (ns, cfg)| {
+                p.with(ns.clone(), cfg.resolve(&default))
+            });
+        HubConfig {
+            policies,
+            outbox_capacity: self.outbox_capacity,
+            max_recovery: self.max_recovery,
+            ..HubConfig::default()
+        }
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_from_toml_override_only_what_they_set() {
+        let config = Config::from_toml(
+            r#"
+            listen = "127.0.0.1:9000"
+            [default_policy]
+            max_payload_bytes = 1000
+            [namespaces.chat]
+            subscribe = "members"
+            presence = true
+            join_leave = true
+            [namespaces.list]
+            publish = "none"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        let hub = config.hub_config();
+        let chat = hub.policies.get("chat");
+        assert_eq!(chat.subscribe, SubscribeRule::Members);
+        assert!(chat.presence && chat.join_leave);
+        assert_eq!(chat.max_payload_bytes, 1000, "inherits the default policy");
+        assert_eq!(hub.policies.get("list").publish, PublishRule::None);
+        assert_eq!(hub.policies.get("other").subscribe, SubscribeRule::Any);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(Config::from_toml("listn = \"127.0.0.1:1\"").is_err());
+        assert!(Config::from_toml("[namespaces.chat]\nsubscribe = \"everyone\"").is_err());
+    }
+
+    #[test]
+    fn public_key_algorithms_need_a_key_file() {
+        let mut config = Config::default();
+        config.auth.algorithm = JwtAlgorithm::Rs256;
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! `relay-server`: the standalone binary. Parses flags, environment and config file, then
+//! serves; `relay-server gentoken` mints a development token.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use relay_core::Hub;
+use relay_server::{Authenticator, Claims, Config, JwtAlgorithm, LogFormat, Relay};
+use relay_store::MemoryStore;
+
+#[derive(Parser)]
+#[command(name = "relay-server", version, about = "A real-time WebSocket relay")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Mint a token signed with the configured HS256 secret.
+    Gentoken(Gentoken),
+}
+
+/// Settings shared by every command. Flags win over `RELAY_*` variables, which win over the
+/// config file, which wins over the defaults.
+#[derive(Args)]
+struct Settings {
+    /// TOML config file.
+    #[arg(long, env = "RELAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "RELAY_LISTEN", global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// HS256 secret (at least 16 bytes). Without one, a random development secret is used.
+    #[arg(long, env = "RELAY_JWT_SECRET", global = true, hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Token algorithm.
+    #[arg(long, env = "RELAY_JWT_ALGORITHM", global = true)]
+    jwt_algorithm: Option<JwtAlgorithm>,
+    /// PEM public key for RS256/ES256.
+    #[arg(long, env = "RELAY_JWT_PUBLIC_KEY", global = true)]
+    jwt_public_key: Option<PathBuf>,
+    /// WebSocket ping interval in milliseconds [default: 25000].
+    #[arg(long, env = "RELAY_HEARTBEAT_MS", global = true)]
+    heartbeat_ms: Option<u64>,
+    /// Close connections older than this many seconds (4002).
+    #[arg(long, env = "RELAY_MAX_CONNECTION_AGE_SECS", global = true)]
+    max_connection_age_secs: Option<u64>,
+    /// Largest WebSocket message / REST body in bytes [default: 131072].
+    #[arg(long, env = "RELAY_MAX_FRAME_BYTES", global = true)]
+    max_frame_bytes: Option<usize>,
+    /// Log format [default: text]. Log level: RUST_LOG (default `info`).
+    #[arg(long, env = "RELAY_LOG_FORMAT", global = true)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Args)]
+struct Gentoken {
+    /// The user id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// `service` for backend tokens that may use /api/publish.
+    #[arg(long)]
+    role: Option<String>,
+    /// Lifetime, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Allowed channels or `prefix*` patterns, comma-separated (the `channels` claim).
+    #[arg(long, value_delimiter = ',')]
+    channels: Option<Vec<String>>,
+}
+
+impl Settings {
+    fn resolve(&self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(secret) = &self.jwt_secret {
+            config.auth.secret = Some(secret.clone());
+        }
+        if let Some(algorithm) = self.jwt_algorithm {
+            config.auth.algorithm = algorithm;
+        }
+        if let Some(key) = &self.jwt_public_key {
+            config.auth.public_key_file = Some(key.clone());
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            config.heartbeat_ms = ms;
+        }
+        if let Some(secs) = self.max_connection_age_secs {
+            config.max_connection_age_secs = Some(secs);
+        }
+        if let Some(bytes) = self.max_frame_bytes {
+            config.max_frame_bytes = bytes;
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match cli.settings.resolve() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("relay-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Gentoken(args)) => gentoken(&config, args),
+        Some(Command::Serve) | None => {
+            init_logging(config.log_format);
+            let generated =
+                config.auth.algorithm == JwtAlgorithm::Hs256 && config.auth.secret.is_none();
+            if generated {
+                config.auth.secret = Some(development_secret());
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("relay-server: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(serve(config, generated))
+        }
+    }
+}
+
+fn gentoken(config: &Config, args: Gentoken) -> ExitCode {
+    if config.auth.secret.is_none() {
+        eprintln!(
+            "relay-server gentoken: set --jwt-secret or RELAY_JWT_SECRET (the server's secret)"
+        );
+        return ExitCode::from(2);
+    }
+    let auth = match Authenticator::from_config(&config.auth) {
+        Ok(auth) => auth,
+        Err(e) => {
+            eprintln!("relay-server gentoken: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let claims = Claims {
+        role: args.role,
+        channels: args.channels,
+        ..Claims::new(&args.user, args.ttl)
+    };
+    match auth.mint(&claims) {
+        Some(token) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{token}");
+            }
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("relay-server gentoken: only HS256 tokens can be minted here");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// 256 random bits, hex-encoded.
+fn development_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config, generated_secret: bool) -> ExitCode {
+    raise_open_file_limit();
+    let auth = match Authenticator::from_config(&config.auth) {
+        Ok(auth) => auth,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid auth configuration");
+            return ExitCode::from(2);
+        }
+    };
+    if generated_secret && let Some(secret) = &config.auth.secret {
+        // Printed once, on purpose: a development server is useless without a token.
+        tracing::warn!("no JWT secret configured: using a random development secret for this run");
+        eprintln!(
+            "\n  development secret: {secret}\n  mint a token:  RELAY_JWT_SECRET={secret} relay-server gentoken --user alice\n"
+        );
+    }
+    let hub = Hub::new(Arc::new(MemoryStore::new()), config.hub_config());
+    let relay = match Relay::bind(config, hub, auth).await {
+        Ok(relay) => relay,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    match relay.local_addr() {
+        Ok(addr) => tracing::info!(%addr, store = "memory", "listening"),
+        Err(e) => tracing::warn!(error = %e, "bound, but the local address is unknown"),
+    }
+    relay.serve(shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Raises the soft open-file limit to the hard limit: every connection is a file descriptor.
+fn raise_open_file_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if before != Some(now) => {
+            tracing::info!(from = ?before, to = now, "raised the open-file limit")
+        }
+        Ok(now) => tracing::info!(limit = now, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}

@@ -1,0 +1,184 @@
+//! Prometheus metrics (`GET /metrics`), through the Prometheus project's `prometheus-client`.
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use relay_core::Hub;
+use relay_proto::{CloseCode, ErrorCode};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    code: &'static str,
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    code: u16,
+}
+
+/// The server's metrics. Hub-side figures (connections, subscriptions, deliveries, WebSocket
+/// errors) are read from the hub at scrape time; transport figures are counted as they happen.
+pub struct Metrics {
+    registry: Registry,
+    scrape: Mutex<()>,
+    connections: Gauge,
+    subscriptions: Gauge,
+    channels: Gauge,
+    presence: Gauge,
+    deliveries: Counter,
+    pub(crate) frames_in: Counter,
+    pub(crate) frames_out: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    closes: Family<CloseLabels, Counter>,
+    publish_latency: Histogram,
+    pub(crate) handshakes_refused: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("relay");
+        let metrics = Self {
+            scrape: Mutex::new(()),
+            connections: Gauge::default(),
+            subscriptions: Gauge::default(),
+            channels: Gauge::default(),
+            presence: Gauge::default(),
+            deliveries: Counter::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            errors: Family::default(),
+            closes: Family::default(),
+            // 50 µs .. ~1.6 s
+            publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            handshakes_refused: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Channel subscriptions",
+            metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "channels",
+            "Channels with local subscribers",
+            metrics.channels.clone(),
+        );
+        registry.register(
+            "presence_entries",
+            "Online (user, channel) pairs",
+            metrics.presence.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Messages handed to subscribers",
+            metrics.deliveries.clone(),
+        );
+        registry.register(
+            "frames_in",
+            "WebSocket frames received",
+            metrics.frames_in.clone(),
+        );
+        registry.register(
+            "frames_out",
+            "WebSocket frames sent",
+            metrics.frames_out.clone(),
+        );
+        registry.register(
+            "errors",
+            "Error replies by code and transport",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "closes",
+            "WebSocket closes sent, by close code",
+            metrics.closes.clone(),
+        );
+        registry.register(
+            "publish_latency_seconds",
+            "Time from receiving a publish to its ack (store commit and fan-out)",
+            metrics.publish_latency.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Connections and requests refused for their token",
+            metrics.handshakes_refused.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a REST error reply.
+    pub(crate) fn rest_error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                code: code.as_str(),
+                transport: "rest",
+            })
+            .inc();
+    }
+
+    /// Counts a close frame sent.
+    pub(crate) fn close(&self, code: CloseCode) {
+        self.closes
+            .get_or_create(&CloseLabels { code: code.code() })
+            .inc();
+    }
+
+    /// Records one publish's latency.
+    pub(crate) fn publish_latency(&self, seconds: f64) {
+        self.publish_latency.observe(seconds);
+    }
+
+    /// The text exposition, with hub figures read now.
+    pub fn render(&self, hub: &Hub) -> String {
+        let _one_scrape_at_a_time = self.scrape.lock();
+        let stats = hub.stats();
+        self.connections.set(stats.connections as i64);
+        self.subscriptions.set(stats.subscriptions as i64);
+        self.channels.set(stats.channels as i64);
+        self.presence.set(stats.presence_entries as i64);
+        let counters = hub.counters();
+        catch_up(&self.deliveries, counters.delivered);
+        for (code, total) in counters.errors {
+            if total > 0 {
+                let labels = ErrorLabels {
+                    code: code.as_str(),
+                    transport: "ws",
+                };
+                catch_up(&self.errors.get_or_create(&labels), total);
+            }
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Advances a counter to a running total kept elsewhere.
+fn catch_up(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}

@@ -1,0 +1,116 @@
+//! [`Relay`]: binding, the accept loop and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use relay_core::Hub;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::auth::Authenticator;
+use crate::config::Config;
+
+/// A bound server, ready to [`serve`](Self::serve).
+pub struct Relay {
+    app: App,
+    listener: TcpListener,
+    shutdown_timeout: Duration,
+}
+
+impl Relay {
+    /// Binds `config.listen` and builds the service over `hub`.
+    pub async fn bind(config: Config, hub: Hub, auth: Authenticator) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
+        Ok(Self {
+            app: App::new(config, hub, auth),
+            listener,
+            shutdown_timeout,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The HTTP service.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting, closes
+    /// every WebSocket with 1001, lets in-flight requests finish, all within the configured
+    /// shutdown timeout.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            app,
+            listener,
+            shutdown_timeout,
+        } = self;
+        let connections = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(serve_connection(app.clone(), stream));
+                    }
+                    Err(e) => {
+                        // Typically EMFILE: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: closing connections");
+        app.begin_shutdown();
+        connections.close();
+        let drained = tokio::time::timeout(shutdown_timeout, async {
+            connections.wait().await;
+            app.sessions_closed().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?shutdown_timeout,
+                "shutdown timeout: dropping remaining connections"
+            );
+        }
+    }
+}
+
+async fn serve_connection(app: App, stream: tokio::net::TcpStream) {
+    let shutdown = app.inner.shutdown.clone();
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.handle(req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            // Finish the request in flight, accept no new one.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}

@@ -1,0 +1,308 @@
+//! `GET /ws`: the WebSocket transport. Upgrades the request, authenticates, then runs one
+//! session: a reader that feeds client frames to the hub connection, and a writer that
+//! drains the connection's outbox, sends heartbeats and enforces the connection's deadlines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use relay_core::{Batch, Connection, Identity};
+use relay_proto::{ClientFrame, CloseCode, ErrorCode, SUBPROTOCOL, ServerFrame};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use crate::app::{ApiError, App, Body};
+use crate::auth::AuthError;
+
+/// Read buffer of a connection. Small on purpose: tungstenite's 128 KiB default would cost
+/// over a gigabyte at 10k idle connections; frames larger than this still arrive, in pieces.
+const READ_BUFFER: usize = 4 * 1024;
+/// How long a closing session waits for the peer's close reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) async fn upgrade<B>(app: &App, mut req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    let key = match handshake_key(&req) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let protocol = match negotiate_protocol(&req) {
+        Ok(protocol) => protocol,
+        Err(e) => return e.into_response(),
+    };
+    if app.inner.shutdown.is_cancelled() {
+        return ApiError::new(ErrorCode::Unavailable, "server is shutting down").into_response();
+    }
+    // A bad token still completes the upgrade, then closes with 4001: browsers cannot read
+    // the HTTP status of a failed upgrade.
+    let auth = app.authenticate(&req);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let session_app = app.clone();
+    app.inner.sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => session(session_app, TokioIo::new(upgraded), auth).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&key) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
+}
+
+/// Validates the upgrade request and returns the `Sec-WebSocket-Accept` value.
+fn handshake_key<B>(req: &Request<B>) -> Result<String, ApiError> {
+    let bad = |m: &str| ApiError::new(ErrorCode::BadRequest, m);
+    if req.method() != http::Method::GET {
+        return Err(bad("/ws needs a GET WebSocket upgrade"));
+    }
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(bad(
+            "/ws needs `Connection: upgrade` and `Upgrade: websocket`",
+        ));
+    }
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(bad("only WebSocket version 13 is supported"));
+    }
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| bad("missing Sec-WebSocket-Key"))?;
+    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+/// `relay.v1.json` is the only subprotocol; it is the default when none is requested.
+fn negotiate_protocol<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ApiError> {
+    let mut requested = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .peekable();
+    if requested.peek().is_none() {
+        return Ok(None);
+    }
+    if requested.any(|p| p == SUBPROTOCOL) {
+        return Ok(Some(HeaderValue::from_static(SUBPROTOCOL)));
+    }
+    Err(ApiError::new(
+        ErrorCode::BadRequest,
+        format!("unsupported subprotocol; this server speaks {SUBPROTOCOL}"),
+    ))
+}
+
+async fn session(
+    app: App,
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    auth: Result<(Identity, SystemTime), AuthError>,
+) {
+    let config = &app.inner.config;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+    let (identity, expires) = match auth {
+        Ok(verified) => verified,
+        Err(e) => {
+            tracing::debug!(reason = %e, "websocket refused");
+            app.inner.metrics.close(CloseCode::Unauthorized);
+            let _ = ws
+                .send(close_message(CloseCode::Unauthorized, &e.to_string()))
+                .await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.next()).await;
+            return;
+        }
+    };
+    let conn = app.inner.hub.connect(identity);
+    tracing::debug!(connection = conn.id(), user = %conn.identity().user, "connected");
+    conn.send(&conn.welcome(config.heartbeat_ms));
+    let (sink, stream) = ws.split();
+    let started = Instant::now();
+    let last_seen = AtomicU64::new(0);
+    let session = Session {
+        app: &app,
+        conn: &conn,
+        started,
+        last_seen: &last_seen,
+    };
+
+    let writer = session.write(sink, expires);
+    let reader = session.read(stream);
+    tokio::pin!(writer, reader);
+    tokio::select! {
+        (code, reason) = &mut reader => {
+            // The peer closed or broke the protocol: let the writer send our close frame.
+            conn.outbox().close(code, reason);
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+        }
+        () = &mut writer => {
+            // We sent a close frame: wait (bounded) for the peer's reply.
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+        }
+    }
+    tracing::debug!(connection = conn.id(), "disconnected");
+}
+
+fn close_message(code: CloseCode, reason: &str) -> Message {
+    // A close frame's reason must fit in 123 bytes.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: Utf8Bytes::from(&reason[..end]),
+    }))
+}
+
+struct Session<'a> {
+    app: &'a App,
+    conn: &'a Connection,
+    started: Instant,
+    /// Milliseconds since `started` when the peer was last heard from.
+    last_seen: &'a AtomicU64,
+}
+
+type Sink =
+    futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
+
+impl Session<'_> {
+    fn touch(&self) {
+        self.last_seen
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Reads client frames until the peer closes; returns the close code to answer with.
+    async fn read(&self, mut stream: Stream) -> (CloseCode, &'static str) {
+        let metrics = &self.app.inner.metrics;
+        while let Some(message) = stream.next().await {
+            self.touch();
+            match message {
+                Ok(Message::Text(text)) => {
+                    metrics.frames_in.inc();
+                    match ClientFrame::decode(text.as_bytes()) {
+                        Ok(frame) => {
+                            let publish = matches!(frame, ClientFrame::Publish { .. });
+                            let started = Instant::now();
+                            self.conn.handle(frame).await;
+                            if publish {
+                                metrics.publish_latency(started.elapsed().as_secs_f64());
+                            }
+                        }
+                        Err(e) => self.conn.reject(e),
+                    }
+                }
+                Ok(Message::Binary(_)) => {
+                    metrics.frames_in.inc();
+                    self.conn.send(&ServerFrame::Error {
+                        id: None,
+                        code: ErrorCode::BadRequest,
+                        message: "binary frames are not supported: send JSON in text frames".into(),
+                        channel: None,
+                    });
+                }
+                Ok(Message::Close(_)) => return (CloseCode::Normal, "bye"),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Err(WsError::Capacity(e)) => {
+                    tracing::debug!(connection = self.conn.id(), error = %e, "frame over the size limit");
+                    return (CloseCode::TooBig, "frame over the size limit");
+                }
+                Err(WsError::Utf8(_)) => {
+                    return (CloseCode::InvalidPayload, "text frame is not UTF-8");
+                }
+                Err(WsError::Protocol(e)) => {
+                    tracing::debug!(connection = self.conn.id(), error = %e, "protocol error");
+                    return (CloseCode::ProtocolError, "websocket protocol error");
+                }
+                Err(_) => return (CloseCode::Normal, "connection lost"),
+            }
+        }
+        (CloseCode::Normal, "connection lost")
+    }
+
+    /// Drains the outbox to the socket (all queued frames, then one flush), pings every
+    /// heartbeat, and closes on silence, token expiry or maximum age.
+    async fn write(&self, mut sink: Sink, token_expires: SystemTime) {
+        let config = &self.app.inner.config;
+        let metrics = &self.app.inner.metrics;
+        let outbox = self.conn.outbox();
+        let heartbeat = config.heartbeat();
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let expiry = token_expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let expiry = tokio::time::sleep(expiry);
+        let max_age = config
+            .max_connection_age_secs
+            .map_or(Duration::from_secs(u64::MAX / 4), Duration::from_secs);
+        let max_age = tokio::time::sleep(max_age);
+        tokio::pin!(expiry, max_age);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                next = outbox.next_batch(&mut batch) => match next {
+                    Batch::Frames => {
+                        let count = batch.len() as u64;
+                        for frame in batch.drain(..) {
+                            let Ok(text) = Utf8Bytes::try_from(frame.into_bytes()) else { continue };
+                            if sink.feed(Message::Text(text)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if sink.flush().await.is_err() {
+                            return;
+                        }
+                        metrics.frames_out.inc_by(count);
+                    }
+                    Batch::Closed(reason) => {
+                        metrics.close(reason.code);
+                        let _ = sink.send(close_message(reason.code, reason.reason)).await;
+                        return;
+                    }
+                },
+                _ = ping.tick() => {
+                    let silent = self.started.elapsed().as_millis() as u64 - self.last_seen.load(Ordering::Relaxed);
+                    if silent > 2 * config.heartbeat_ms {
+                        outbox.close(CloseCode::Idle, "no frame or pong within two heartbeats");
+                    } else if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return;
+                    }
+                }
+                () = &mut expiry => outbox.close(CloseCode::Unauthorized, "token expired"),
+                () = &mut max_age => outbox.close(CloseCode::Idle, "maximum connection age reached"),
+            }
+        }
+    }
+}
