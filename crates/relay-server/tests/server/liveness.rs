@@ -1,0 +1,115 @@
+//! Heartbeats, idle closes and the maximum connection age.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use relay_proto::ServerFrame;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn app_level_ping_gets_pong_with_the_id() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("alice").await;
+    let frame = alice.request(json!({"type": "ping", "id": 42})).await;
+    assert_eq!(
+        frame,
+        ServerFrame::Pong {
+            id: Some(42u64.into())
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected() {
+    let server = TestServer::start_with(|config| config.heartbeat_ms = 100).await;
+    let mut alice = server.connect("alice").await;
+    let mut pings = 0;
+    while pings < 4 {
+        // Reading lets tungstenite answer each ping with a pong.
+        match tokio::time::timeout(Duration::from_secs(5), alice.ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Ping(_) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    alice.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_with_4002() {
+    let server = TestServer::start_with(|config| config.heartbeat_ms = 100).await;
+    // A raw socket: reading bytes off it never answers the server's pings.
+    let code = silent_client_close_code(&server).await;
+    assert_eq!(code, 4002);
+}
+
+/// Performs the WebSocket handshake by hand, then reads frames without ever answering,
+/// returning the code of the server's close frame.
+async fn silent_client_close_code(server: &TestServer) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.token("silent"),
+        server.addr
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut chunk = [0u8; 4096];
+    let mut frames_start = None;
+    loop {
+        let n = tokio::time::timeout_at(deadline, socket.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "server closed the socket without a close frame");
+        buffer.extend_from_slice(&chunk[..n]);
+        if frames_start.is_none() {
+            frames_start = buffer
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 4);
+        }
+        let Some(mut at) = frames_start else { continue };
+        // Server frames are unmasked: opcode, length (7 bits, or 16/64-bit extended), payload.
+        while buffer.len() >= at + 2 {
+            let opcode = buffer[at] & 0x0f;
+            let (len, header) = match buffer[at + 1] & 0x7f {
+                126 if buffer.len() >= at + 4 => (
+                    u16::from_be_bytes([buffer[at + 2], buffer[at + 3]]) as usize,
+                    4,
+                ),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if buffer.len() < at + header + len {
+                break;
+            }
+            if opcode == 0x8 {
+                let payload = &buffer[at + header..at + header + len];
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+            at += header + len;
+        }
+        frames_start = Some(at);
+    }
+}
+
+#[tokio::test]
+async fn connections_older_than_the_maximum_age_are_closed_with_4002() {
+    let server = TestServer::start_with(|config| config.max_connection_age_secs = Some(1)).await;
+    let mut alice = server.connect("alice").await;
+    let close = tokio::time::timeout(Duration::from_secs(5), alice.recv_close())
+        .await
+        .unwrap();
+    assert_eq!(u16::from(close.code), 4002);
+}

@@ -1,0 +1,15 @@
+//! The real server on an ephemeral port, driven by real WebSocket and HTTP clients. One module
+//! per real-world use, each written from the client's point of view.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod auth;
+mod backend_topics;
+mod bad_input;
+mod direct_messages;
+mod group_chat;
+mod liveness;
+mod shutdown;
+mod thread_relay;

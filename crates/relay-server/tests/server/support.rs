@@ -1,0 +1,229 @@
+//! A server started in-process on 127.0.0.1:0, and clients for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use relay_core::Hub;
+use relay_proto::ServerFrame;
+use relay_server::{Authenticator, Claims, Config, Relay};
+use relay_store::MemoryStore;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub auth: Authenticator,
+    pub hub: Hub,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        config.auth.secret = Some(SECRET.into());
+        configure(&mut config);
+        let auth = Authenticator::from_config(&config.auth).unwrap();
+        let hub = Hub::new(Arc::new(MemoryStore::new()), config.hub_config());
+        let relay = Relay::bind(config, hub.clone(), auth.clone())
+            .await
+            .unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            auth,
+            hub,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.mint(Claims::new(user, Duration::from_secs(3600)))
+    }
+
+    pub fn service_token(&self, user: &str) -> String {
+        self.mint(Claims {
+            role: Some("service".into()),
+            ..Claims::new(user, Duration::from_secs(3600))
+        })
+    }
+
+    pub fn mint(&self, claims: Claims) -> String {
+        self.auth.mint(&claims).unwrap()
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connects as `user` and consumes the `welcome` frame.
+    pub async fn connect(&self, user: &str) -> WsClient {
+        let mut client = WsClient::connect(&self.ws_url(&self.token(user))).await;
+        let welcome = client.recv().await;
+        assert!(
+            matches!(welcome, ServerFrame::Welcome { .. }),
+            "{welcome:?}"
+        );
+        client
+    }
+
+    pub fn http(&self, token: &str) -> Http {
+        Http {
+            client: reqwest::Client::new(),
+            base: format!("http://{}", self.addr),
+            token: token.to_owned(),
+        }
+    }
+}
+
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Self { ws }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.unwrap();
+    }
+
+    /// The next protocol frame (pings and pongs skipped), within 5 s.
+    pub async fn recv(&mut self) -> ServerFrame {
+        loop {
+            match self.next_message().await {
+                Message::Text(text) => return ServerFrame::decode(text.as_bytes()).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the server's close frame (frames before it are skipped), within 5 s.
+    pub async fn recv_close(&mut self) -> CloseFrame {
+        loop {
+            match self.next_message().await {
+                Message::Close(Some(frame)) => return frame,
+                Message::Close(None) => panic!("close without a code"),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn next_message(&mut self) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the connection is open")
+            .expect("a valid frame")
+    }
+
+    /// Sends a request frame and returns the next frame.
+    pub async fn request(&mut self, frame: Value) -> ServerFrame {
+        self.send(frame).await;
+        self.recv().await
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> ServerFrame {
+        self.request(serde_json::json!({"type": "subscribe", "channel": channel}))
+            .await
+    }
+
+    /// Proves nothing else is queued: a ping's pong is the very next frame.
+    pub async fn expect_nothing_pending(&mut self) {
+        let frame = self
+            .request(serde_json::json!({"type": "ping", "id": "sync"}))
+            .await;
+        assert!(
+            matches!(frame, ServerFrame::Pong { .. }),
+            "unexpected frame {frame:?}"
+        );
+    }
+}
+
+pub struct Http {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Http {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.client.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.put(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(&self.token).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+}
+
+pub fn error_code(frame: &ServerFrame) -> Option<&'static str> {
+    match frame {
+        ServerFrame::Error { code, .. } => Some(code.as_str()),
+        _ => None,
+    }
+}
