@@ -105,3 +105,64 @@ async fn probes_and_metrics_need_no_token() {
         "{metrics}"
     );
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn sign(algorithm: jsonwebtoken::Algorithm, private_pem: &str, user: &str) -> String {
+    let pem = std::fs::read(fixture(private_pem)).unwrap();
+    let key = match algorithm {
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    let claims = Claims::new(user, Duration::from_secs(60));
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn public_key_algorithms_accept_their_tokens_and_refuse_hs256() {
+    for (algorithm, jwt_algorithm, public, private) in [
+        (
+            jsonwebtoken::Algorithm::ES256,
+            relay_server::JwtAlgorithm::Es256,
+            "es256-public.pem",
+            "es256-private.pk8.pem",
+        ),
+        (
+            jsonwebtoken::Algorithm::RS256,
+            relay_server::JwtAlgorithm::Rs256,
+            "rs256-public.pem",
+            "rs256-private.pem",
+        ),
+    ] {
+        let mut server = TestServer::start_with(|config| {
+            config.auth.algorithm = jwt_algorithm;
+            config.auth.public_key_file = Some(fixture(public));
+        })
+        .await;
+        let mut client =
+            WsClient::connect(&server.ws_url(&sign(algorithm, private, "alice"))).await;
+        assert!(
+            matches!(client.recv().await, ServerFrame::Welcome { .. }),
+            "{algorithm:?}"
+        );
+
+        // An HS256 token signed with the public key as the secret: the classic confusion attack.
+        let public_pem = std::fs::read(fixture(public)).unwrap();
+        let confused = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &Claims::new("mallory", Duration::from_secs(60)),
+            &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+        )
+        .unwrap();
+        assert_eq!(
+            close_code(&server, &server.ws_url(&confused)).await,
+            4001,
+            "{algorithm:?}"
+        );
+        server.stop().await;
+    }
+}
