@@ -8,8 +8,9 @@
 //! relay_store::conformance_tests!(async { std::sync::Arc::new(MemoryStore::new()) });
 //! ```
 //!
-//! Attributes written before the factory (`#[ignore = "needs DATABASE_URL"]`) are put on every
-//! generated test. The calling crate needs `tokio` with the `macros` and `rt-multi-thread`
+//! The factory yields an `Arc<S>`, or `(Arc<S>, guard)` when something must live as long as the
+//! case (see [`Fixture`]). Attributes in brackets before the factory
+//! (`[#[ignore = "…"]] async { … }`) are put on every generated test. The calling crate needs `tokio` with the `macros` and `rt-multi-thread`
 //! features.
 
 use std::collections::BTreeSet;
@@ -22,7 +23,7 @@ use crate::{Created, HistoryQuery, NewChannel, NewMessage, Store, StoreError};
 /// Generates one `#[tokio::test]` per conformance case; see the [module docs](self).
 #[macro_export]
 macro_rules! conformance_tests {
-    ($(#[$attr:meta])* $make:expr) => {
+    ([$(#[$attr:meta])*] $make:expr) => {
         $crate::conformance_tests!(@cases [$(#[$attr])*] $make;
             create_channel_is_idempotent,
             missing_channel_is_none,
@@ -41,6 +42,9 @@ macro_rules! conformance_tests {
             payload_and_fields_are_kept_exactly,
             ping_succeeds);
     };
+    ($make:expr) => {
+        $crate::conformance_tests!([] $make);
+    };
     (@cases $attrs:tt $make:expr; $($case:ident),* $(,)?) => {
         $( $crate::conformance_tests!(@one $attrs $make; $case); )*
     };
@@ -48,10 +52,33 @@ macro_rules! conformance_tests {
         $(#[$attr])*
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
-            let store: ::std::sync::Arc<dyn $crate::Store> = $make.await;
+            let (store, _guard) = $crate::conformance::Fixture::into_parts($make.await);
             $crate::conformance::$case(store).await;
         }
     };
+}
+
+/// What a conformance factory yields: a store, or a store with a guard that must outlive the
+/// case (a test database that is dropped afterwards).
+pub trait Fixture {
+    /// Kept alive until the case ends.
+    type Guard;
+    /// The store and its guard.
+    fn into_parts(self) -> (Arc<dyn Store>, Self::Guard);
+}
+
+impl<S: Store> Fixture for Arc<S> {
+    type Guard = ();
+    fn into_parts(self) -> (Arc<dyn Store>, ()) {
+        (self, ())
+    }
+}
+
+impl<S: Store, G> Fixture for (Arc<S>, G) {
+    type Guard = G;
+    fn into_parts(self) -> (Arc<dyn Store>, G) {
+        (self.0, self.1)
+    }
 }
 
 fn channel(name: &str) -> ChannelName {

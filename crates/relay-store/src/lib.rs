@@ -9,7 +9,10 @@
 //! What it is not: it knows nothing of connections, subscriptions or delivery (that is
 //! `relay-core`), and nothing of HTTP.
 //!
-//! Every implementation must pass the conformance suite in [`conformance`] (feature
+//! Implementations: [`MemoryStore`] (the default) and `PgStore` (feature `postgres`), which
+//! commits appends from many publishers in one transaction (group commit).
+//!
+//! Every implementation must pass the conformance suite in `conformance` (feature
 //! `conformance`), which the Postgres store runs unchanged.
 //!
 //! ```
@@ -37,9 +40,13 @@
 mod error;
 mod memory;
 mod model;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(all(feature = "conformance", feature = "postgres"))]
+pub mod testing;
 
 use async_trait::async_trait;
 use relay_proto::{ChannelName, Seq, UserId};
@@ -47,6 +54,8 @@ use relay_proto::{ChannelName, Seq, UserId};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use model::{ChannelRecord, Created, HistoryQuery, NewChannel, NewMessage, StoredMessage};
+#[cfg(feature = "postgres")]
+pub use postgres::{MIGRATOR, PgStore, PgStoreOptions};
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
