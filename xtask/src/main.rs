@@ -1,7 +1,8 @@
 //! Repository automation, in Rust instead of shell scripts.
 //!
 //! - `cargo xtask test`: the whole test suite (`cargo test --workspace`), the command the
-//!   README documents and CI runs.
+//!   README documents and CI runs. Postgres tests run when `DATABASE_URL` is set, and are
+//!   listed as ignored otherwise.
 //! - `cargo xtask lint`: `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
 //! - `cargo xtask ci`: lint, then test.
 
@@ -47,6 +48,15 @@ fn cargo(args: &[&str]) -> Result<(), String> {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            eprintln!("xtask test: Postgres tests run against DATABASE_URL")
+        }
+        _ => eprintln!(
+            "xtask test: DATABASE_URL is not set; Postgres tests are listed as ignored.\n\
+             \x20          To run them: DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo xtask test"
+        ),
+    }
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)

@@ -40,6 +40,13 @@ pub enum ConfigError {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Postgres URL; without one the embedded in-memory store is used.
+    pub database_url: Option<String>,
+    /// Database connection pool size.
+    pub database_max_connections: u32,
+    /// How long a store operation waits for a database connection before it fails with
+    /// `unavailable` (503).
+    pub database_timeout_ms: u64,
     /// Token verification.
     pub auth: AuthConfig,
     /// Interval of WebSocket pings; a connection silent for two intervals is closed (4002).
@@ -66,6 +73,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            database_max_connections: 16,
+            database_timeout_ms: 3000,
             auth: AuthConfig::default(),
             heartbeat_ms: 25_000,
             max_connection_age_secs: None,
@@ -267,10 +277,49 @@ impl Config {
         }
     }
 
+    /// The Postgres store options these settings describe.
+    pub fn store_options(&self) -> relay_store::PgStoreOptions {
+        relay_store::PgStoreOptions {
+            max_connections: self.database_max_connections.max(1),
+            acquire_timeout: Duration::from_millis(self.database_timeout_ms),
+            ..relay_store::PgStoreOptions::default()
+        }
+    }
+
+    /// Opens the configured store: Postgres (migrated) when `database_url` is set, else
+    /// memory. Also names it for logs, without credentials.
+    pub async fn open_store(
+        &self,
+    ) -> Result<(std::sync::Arc<dyn relay_store::Store>, String), relay_store::StoreError> {
+        match &self.database_url {
+            Some(url) => {
+                let store = relay_store::PgStore::connect_with(url, self.store_options()).await?;
+                Ok((
+                    std::sync::Arc::new(store),
+                    format!("postgres ({})", redact(url)),
+                ))
+            }
+            None => Ok((
+                std::sync::Arc::new(relay_store::MemoryStore::new()),
+                "memory".into(),
+            )),
+        }
+    }
+
     /// The heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
+}
+
+/// A database URL without its user and password, for logs.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<url>".into();
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = host.split_once('?').map_or(host, |(h, _)| h);
+    format!("{scheme}://{host}")
 }
 
 #[cfg(test)]
@@ -301,6 +350,15 @@ mod tests {
         assert_eq!(chat.max_payload_bytes, 1000, "inherits the default policy");
         assert_eq!(hub.policies.get("list").publish, PublishRule::None);
         assert_eq!(hub.policies.get("other").subscribe, SubscribeRule::Any);
+    }
+
+    #[test]
+    fn database_urls_are_logged_without_credentials() {
+        assert_eq!(
+            redact("postgres://u:secret@db:5432/relay?sslmode=require"),
+            "postgres://db:5432/relay"
+        );
+        assert_eq!(redact("postgres://db/relay"), "postgres://db/relay");
     }
 
     #[test]

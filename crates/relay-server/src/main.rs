@@ -3,13 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use relay_core::Hub;
 use relay_server::{Authenticator, Claims, Config, JwtAlgorithm, LogFormat, Relay};
-use relay_store::MemoryStore;
 
 #[derive(Parser)]
 #[command(name = "relay-server", version, about = "A real-time WebSocket relay")]
@@ -24,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// Apply pending database migrations to `--database-url`, then exit.
+    Migrate,
     /// Mint a token signed with the configured HS256 secret.
     Gentoken(Gentoken),
 }
@@ -38,6 +38,14 @@ struct Settings {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "RELAY_LISTEN", global = true)]
     listen: Option<std::net::SocketAddr>,
+    /// Postgres URL (`postgres://user@host/db`); without it messages live in memory.
+    #[arg(
+        long,
+        env = "RELAY_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
     /// HS256 secret (at least 16 bytes). Without one, a random development secret is used.
     #[arg(long, env = "RELAY_JWT_SECRET", global = true, hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -86,6 +94,9 @@ impl Settings {
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
+        if let Some(url) = &self.database_url {
+            config.database_url = Some(url.clone());
+        }
         if let Some(secret) = &self.jwt_secret {
             config.auth.secret = Some(secret.clone());
         }
@@ -123,6 +134,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Gentoken(args)) => gentoken(&config, args),
+        Some(Command::Migrate) => {
+            init_logging(config.log_format);
+            match runtime() {
+                Ok(runtime) => runtime.block_on(migrate(config)),
+                Err(code) => code,
+            }
+        }
         Some(Command::Serve) | None => {
             init_logging(config.log_format);
             let generated =
@@ -141,6 +159,34 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(serve(config, generated))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("relay-server: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    if config.database_url.is_none() {
+        eprintln!("relay-server migrate: set --database-url or RELAY_DATABASE_URL");
+        return ExitCode::from(2);
+    }
+    // Opening the Postgres store applies every pending migration.
+    match config.open_store().await {
+        Ok((_, store)) => {
+            tracing::info!(%store, "migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "migration failed");
+            ExitCode::FAILURE
         }
     }
 }
@@ -218,7 +264,14 @@ async fn serve(config: Config, generated_secret: bool) -> ExitCode {
             "\n  development secret: {secret}\n  mint a token:  RELAY_JWT_SECRET={secret} relay-server gentoken --user alice\n"
         );
     }
-    let hub = Hub::new(Arc::new(MemoryStore::new()), config.hub_config());
+    let (store, store_name) = match config.open_store().await {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the store");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hub = Hub::new(store, config.hub_config());
     let relay = match Relay::bind(config, hub, auth).await {
         Ok(relay) => relay,
         Err(e) => {
@@ -227,7 +280,7 @@ async fn serve(config: Config, generated_secret: bool) -> ExitCode {
         }
     };
     match relay.local_addr() {
-        Ok(addr) => tracing::info!(%addr, store = "memory", "listening"),
+        Ok(addr) => tracing::info!(%addr, store = %store_name, "listening"),
         Err(e) => tracing::warn!(error = %e, "bound, but the local address is unknown"),
     }
     relay.serve(shutdown_signal()).await;

@@ -9,6 +9,7 @@ mod auth;
 mod backend_topics;
 mod bad_input;
 mod direct_messages;
+mod durability;
 mod group_chat;
 mod liveness;
 mod shutdown;

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use relay_core::Hub;
 use relay_proto::ServerFrame;
 use relay_server::{Authenticator, Claims, Config, Relay};
-use relay_store::MemoryStore;
+use relay_store::{MemoryStore, Store};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -31,6 +31,13 @@ impl TestServer {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_store(Arc::new(MemoryStore::new()), configure).await
+    }
+
+    pub async fn start_with_store(
+        store: Arc<dyn Store>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
@@ -38,7 +45,7 @@ impl TestServer {
         config.auth.secret = Some(SECRET.into());
         configure(&mut config);
         let auth = Authenticator::from_config(&config.auth).unwrap();
-        let hub = Hub::new(Arc::new(MemoryStore::new()), config.hub_config());
+        let hub = Hub::new(store, config.hub_config());
         let relay = Relay::bind(config, hub.clone(), auth.clone())
             .await
             .unwrap();
@@ -127,6 +134,28 @@ impl WsClient {
             .send(Message::Text(frame.to_string().into()))
             .await
             .unwrap();
+    }
+
+    /// Sends a frame; an error once the server is gone.
+    pub async fn ws_send(
+        &mut self,
+        frame: Value,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(Message::Text(frame.to_string().into())).await
+    }
+
+    /// The next protocol frame, or `None` once the connection is gone.
+    pub async fn try_recv(&mut self) -> Option<ServerFrame> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .ok()??
+            {
+                Ok(Message::Text(text)) => return ServerFrame::decode(text.as_bytes()).ok(),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                _ => return None,
+            }
+        }
     }
 
     pub async fn send_raw(&mut self, message: Message) {
@@ -225,5 +254,98 @@ pub fn error_code(frame: &ServerFrame) -> Option<&'static str> {
     match frame {
         ServerFrame::Error { code, .. } => Some(code.as_str()),
         _ => None,
+    }
+}
+
+/// A token for `user`, signed with the test secret (for servers running as child processes).
+pub fn token_for(user: &str) -> String {
+    let auth = Authenticator::from_config(&relay_server::AuthConfig {
+        secret: Some(SECRET.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    auth.mint(&Claims::new(user, Duration::from_secs(3600)))
+        .unwrap()
+}
+
+/// The real `relay-server` binary as a child process on an ephemeral port.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    pub fn spawn(extra_args: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--jwt-secret",
+                SECRET,
+            ])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(log) = serde_json::from_str::<serde_json::Value>(&line)
+                    && log["fields"]["message"] == "listening"
+                {
+                    let addr = log["fields"]["addr"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = addr_tx.send(addr);
+                }
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server reports its address")
+            .parse()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    pub fn ws_url(&self, user: &str) -> String {
+        format!("ws://{}/ws?token={}", self.addr, token_for(user))
+    }
+
+    /// Connects as `user` and consumes the `welcome` frame.
+    pub async fn connect(&self, user: &str) -> WsClient {
+        let mut client = WsClient::connect(&self.ws_url(user)).await;
+        assert!(matches!(client.recv().await, ServerFrame::Welcome { .. }));
+        client
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, pid.as_str()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
