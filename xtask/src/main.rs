@@ -5,6 +5,8 @@
 //!   listed as ignored otherwise.
 //! - `cargo xtask lint`: `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
 //! - `cargo xtask ci`: lint, then test.
+//! - `cargo xtask bench <scenario> [flags]`: benchmarks (release builds); see
+//!   `docs/performance.md`. Scenarios: `persist` (needs `DATABASE_URL`).
 
 use std::process::{Command, ExitCode};
 
@@ -15,8 +17,11 @@ fn main() -> ExitCode {
         "test" => test(&args[1..]),
         "lint" => lint(),
         "ci" => lint().and_then(|()| test(&[])),
+        "bench" => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test [cargo test args]|lint|ci>");
+            eprintln!(
+                "usage: cargo xtask <test [cargo test args]|lint|ci|bench <scenario> [--json]>"
+            );
             return if task == "help" {
                 ExitCode::SUCCESS
             } else {
@@ -72,4 +77,22 @@ fn lint() -> Result<(), String> {
         "-D",
         "warnings",
     ])
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let Some(scenario) = args.first() else {
+        return Err("name a scenario: persist".into());
+    };
+    let flags: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    match scenario.as_str() {
+        "persist" => {
+            if std::env::var("DATABASE_URL").map_or(true, |u| u.is_empty()) {
+                return Err("bench persist needs DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)".into());
+            }
+            let mut cargo_args = vec!["bench", "-p", "relay-server", "--bench", "persist", "--"];
+            cargo_args.extend(flags);
+            cargo(&cargo_args)
+        }
+        other => Err(format!("unknown scenario {other:?}; known: persist")),
+    }
 }
