@@ -81,6 +81,12 @@ impl Connection {
         }
     }
 
+    /// Sends an `error` frame (counted in the hub's error totals), for refusals the
+    /// transport decides itself, such as a binary frame.
+    pub fn error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.reply_error(None, code, message.into(), None);
+    }
+
     /// Answers a frame that did not decode with a `bad_request` error echoing its id.
     pub fn reject(&self, error: DecodeError) {
         let message = error.to_string();

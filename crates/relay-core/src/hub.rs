@@ -253,22 +253,24 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Checks that `identity` may perform `action` on `channel`: the user limit first, then
-    /// the namespace rule (which may read stored membership). Services pass everything.
+    /// Checks that `identity` may perform `action` on `channel`: the user limit first (it
+    /// binds services too), then the namespace rule (which may read stored membership), which
+    /// services pass.
     pub async fn authorize(
         &self,
         identity: &Identity,
         channel: &ChannelName,
         action: Action,
     ) -> Result<(), HubError> {
-        if identity.is_service() {
-            return Ok(());
-        }
+        // The user limit comes first, for services too.
         if !channel.admits(&identity.user) {
             return Err(HubError::forbidden(
                 channel,
                 "user is not listed in the channel name",
             ));
+        }
+        if identity.is_service() {
+            return Ok(());
         }
         let policy = self.policy(channel);
         let members_only = match action {
@@ -434,8 +436,9 @@ impl Hub {
         state.broadcast(frame, |id, sub| id != origin && &sub.user == to)
     }
 
-    /// Registers a joining subscriber: it collects live messages until [`Self::start`].
-    /// Announces a `join` when this is the user's first connection on the channel.
+    /// Registers a joining subscriber: it collects live messages until [`Self::start`]. It
+    /// is not online (presence, `join`) until then, so a subscribe that fails while reading
+    /// the store leaves no trace.
     pub(crate) fn add_subscriber(
         &self,
         channel: &ChannelName,
@@ -443,26 +446,17 @@ impl Hub {
         user: &UserId,
         outbox: Arc<Outbox>,
     ) {
-        let join_leave = self.policy(channel).join_leave;
         let mut state = self.inner.channels.entry(channel.clone()).or_default();
-        let count = state.online.entry(user.clone()).or_insert(0);
-        *count += 1;
-        if *count == 1 && join_leave {
-            let frame = ServerFrame::Join {
-                channel: channel.clone(),
-                user: user.clone(),
-            }
-            .encode();
-            state.broadcast(&frame, |_, _| true);
-        }
         state
             .subscribers
             .insert(id, Subscriber::joining(outbox, user.clone()));
     }
 
-    /// Starts a joining subscriber: pushes its `subscribed` reply (built under the channel
-    /// lock, so its presence list is exact), replays `history`, then whatever arrived while it
-    /// was joining. Returns false if the subscriber is gone (the connection closed meanwhile).
+    /// Starts a joining subscriber: marks its user online (announcing `join` to the others if
+    /// this is the user's first connection here), pushes its `subscribed` reply (built under
+    /// the channel lock, so its presence list is exact), replays `history`, then whatever
+    /// arrived while it was joining. Returns false if the subscriber is gone (the connection
+    /// closed meanwhile).
     pub(crate) fn start(
         &self,
         channel: &ChannelName,
@@ -471,31 +465,41 @@ impl Hub {
         history: Vec<(Seq, EncodedFrame)>,
         reply: impl FnOnce(Option<Vec<UserId>>) -> ServerFrame,
     ) -> bool {
-        let presence = self.policy(channel).presence;
+        let policy = self.policy(channel);
         let Some(mut state) = self.inner.channels.get_mut(channel) else {
             return false;
         };
-        let users = presence.then(|| state.online_users());
-        let schedule = {
-            let state = &mut *state;
-            let Some(sub) = state.subscribers.get_mut(&id) else {
-                return false;
-            };
-            let _ = sub.outbox.push(reply(users).encode());
-            let gap = sub.start(cursor, history);
-            let schedule = gap && !state.repair_scheduled;
-            state.repair_scheduled |= gap;
-            schedule
+        let state = &mut *state;
+        let Some(user) = state.subscribers.get(&id).map(|s| s.user.clone()) else {
+            return false;
         };
-        drop(state);
+        let count = state.online.entry(user.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 && policy.join_leave {
+            let frame = ServerFrame::Join {
+                channel: channel.clone(),
+                user,
+            }
+            .encode();
+            state.broadcast(&frame, |other, _| other != id);
+        }
+        let users = policy.presence.then(|| state.online_users());
+        let Some(sub) = state.subscribers.get_mut(&id) else {
+            return false;
+        };
+        let _ = sub.outbox.push(reply(users).encode());
+        let gap = sub.start(cursor, history);
+        let schedule = gap && !state.repair_scheduled;
+        state.repair_scheduled |= gap;
         if schedule {
             self.schedule_repair(channel.clone());
         }
         true
     }
 
-    /// Removes a subscriber; announces `leave` when it was the user's last connection and
-    /// frees the channel's state when nobody is left. Returns whether it was subscribed.
+    /// Removes a subscriber; announces `leave` when it was the user's last started
+    /// connection and frees the channel's state when nobody is left. Returns whether it was
+    /// subscribed.
     pub(crate) fn remove_subscriber(&self, channel: &ChannelName, id: ConnId) -> bool {
         let join_leave = self.policy(channel).join_leave;
         let Some(mut state) = self.inner.channels.get_mut(channel) else {
@@ -504,7 +508,9 @@ impl Hub {
         let Some(sub) = state.subscribers.remove(&id) else {
             return false;
         };
-        if let Some(count) = state.online.get_mut(&sub.user) {
+        if sub.is_started()
+            && let Some(count) = state.online.get_mut(&sub.user)
+        {
             *count -= 1;
             if *count == 0 {
                 state.online.remove(&sub.user);

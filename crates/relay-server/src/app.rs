@@ -93,7 +93,9 @@ impl App {
                 let mut response = Response::new(Body::from(self.metrics_text()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 response
             }
@@ -120,10 +122,10 @@ impl App {
         &self,
         req: &Request<B>,
     ) -> Result<(Identity, std::time::SystemTime), AuthError> {
-        let token = bearer(req)
+        let result = bearer(req)
             .or_else(|| query_param(req, "token"))
-            .ok_or(AuthError::Missing)?;
-        let result = self.inner.auth.verify_claims(&token);
+            .ok_or(AuthError::Missing)
+            .and_then(|token| self.inner.auth.verify_claims(&token));
         if result.is_err() {
             self.inner.metrics.handshakes_refused.inc();
         }

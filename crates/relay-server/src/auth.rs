@@ -152,6 +152,11 @@ impl Authenticator {
         })
     }
 
+    /// The clock-skew leeway applied to `exp` and `nbf`.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.validation.leeway)
+    }
+
     /// Verifies a token and returns who it stands for.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         self.verify_claims(token).map(|(identity, _)| identity)

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use relay_core::{Action, Identity, Publish, SubscribeRule};
-use relay_proto::{ChannelName, ErrorCode, MessageId, Payload, Seq, Timestamp, UserId};
+use relay_proto::{
+    ChannelName, ErrorCode, MAX_EVENT_LEN, MessageId, Payload, Seq, Timestamp, UserId,
+};
 use relay_store::{ChannelRecord, HistoryQuery, NewChannel, StoredMessage};
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +105,16 @@ fn channel(name: &str) -> Result<ChannelName, ApiError> {
 
 fn user_id(id: &str) -> Result<UserId, ApiError> {
     UserId::parse(id).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad user id: {e}")))
+}
+
+fn check_event(event: &Option<String>) -> Result<(), ApiError> {
+    match event {
+        Some(e) if e.len() > MAX_EVENT_LEN => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("`event` is longer than {MAX_EVENT_LEN} bytes"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -255,7 +267,8 @@ impl Api<'_> {
 
     async fn create_channel(&self, body: Bytes) -> ApiResult {
         let request: CreateChannel = parse_body(&body)?;
-        self.may_create(&request.name).await?;
+        let name = request.name.clone();
+        self.may_create(&name).await?;
         let meta_limit = self.hub().policy(&request.name).max_payload_bytes;
         if request.meta.as_ref().is_some_and(|m| m.len() > meta_limit) {
             return Err(ApiError::new(
@@ -274,6 +287,11 @@ impl Api<'_> {
                 members: request.members,
             })
             .await?;
+        if !created.is_new() {
+            // An existing record is shown only to who may read it: in a `members` namespace,
+            // creating does not make a non-member a member.
+            self.can(&name, Action::Subscribe).await?;
+        }
         let status = if created.is_new() {
             StatusCode::CREATED
         } else {
@@ -359,13 +377,14 @@ impl Api<'_> {
     }
 
     async fn add_member(&self, name: ChannelName, user: UserId) -> ApiResult {
+        // Rights first, so that a stranger cannot probe which channels exist.
+        self.may_manage_members(&name).await?;
         if self.hub().store().get_channel(&name).await?.is_none() {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("channel {name} does not exist"),
             ));
         }
-        self.may_manage_members(&name).await?;
         let added = self.hub().store().add_member(&name, &user).await?;
         let status = if added {
             StatusCode::CREATED
@@ -430,6 +449,7 @@ impl Api<'_> {
 
     async fn post_message(&self, name: ChannelName, body: Bytes) -> ApiResult {
         let request: PostMessage = parse_body(&body)?;
+        check_event(&request.event)?;
         self.can(&name, Action::Publish).await?;
         let publish = Publish {
             from: Some(self.identity.user.clone()),
@@ -464,6 +484,7 @@ impl Api<'_> {
             ));
         }
         let request: ServicePublish = parse_body(&body)?;
+        check_event(&request.event)?;
         let mut channels = request.channels;
         channels.extend(request.channel);
         if channels.is_empty() {

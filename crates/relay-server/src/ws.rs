@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use relay_core::{Batch, Connection, Identity};
-use relay_proto::{ClientFrame, CloseCode, ErrorCode, SUBPROTOCOL, ServerFrame};
+use relay_proto::{ClientFrame, CloseCode, ErrorCode, SUBPROTOCOL};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -133,7 +133,8 @@ async fn session(
         .max_frame_size(Some(config.max_frame_bytes));
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
     let (identity, expires) = match auth {
-        Ok(verified) => verified,
+        // The token stays usable for the same leeway its verification allowed.
+        Ok((identity, expires)) => (identity, expires + app.inner.auth.leeway()),
         Err(e) => {
             tracing::debug!(reason = %e, "websocket refused");
             app.inner.metrics.close(CloseCode::Unauthorized);
@@ -226,12 +227,8 @@ impl Session<'_> {
                 }
                 Ok(Message::Binary(_)) => {
                     metrics.frames_in.inc();
-                    self.conn.send(&ServerFrame::Error {
-                        id: None,
-                        code: ErrorCode::BadRequest,
-                        message: "binary frames are not supported: send JSON in text frames".into(),
-                        channel: None,
-                    });
+                    let message = "binary frames are not supported: send JSON in text frames";
+                    self.conn.error(ErrorCode::BadRequest, message);
                 }
                 Ok(Message::Close(_)) => return (CloseCode::Normal, "bye"),
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}

@@ -122,3 +122,18 @@ async fn subscribing_twice_on_one_connection_is_a_bad_request() {
     );
     assert_eq!(t.hub.stats().subscriptions, 1);
 }
+
+#[tokio::test]
+async fn user_limits_bind_services_too() {
+    let t = TestHub::new();
+    let backend = t.connect_as(Identity::service(user("backend")));
+    assert_eq!(
+        error_code(&backend.subscribe("dm:#alice,bob").await),
+        Some(ErrorCode::Forbidden)
+    );
+    let frames = backend.subscribe("dm:#alice,backend").await;
+    assert!(
+        matches!(&frames[..], [ServerFrame::Subscribed { .. }]),
+        "{frames:?}"
+    );
+}

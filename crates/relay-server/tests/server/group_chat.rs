@@ -81,6 +81,33 @@ async fn non_members_are_refused_and_members_can_be_managed() {
 }
 
 #[tokio::test]
+async fn strangers_learn_nothing_about_a_members_channel() {
+    let server = chat_server().await;
+    create_group(&server).await;
+    let carol = server.http(&server.token("carol"));
+    let (status, body) = carol
+        .post("/api/channels", json!({"name": "group:1"}))
+        .await;
+    assert_eq!(
+        status, 403,
+        "re-creating an existing group does not reveal it: {body}"
+    );
+    assert_eq!(
+        carol.put("/api/channels/group:nope/members/carol").await.0,
+        403
+    );
+    assert_eq!(carol.get("/api/channels/group:1").await.0, 403);
+    let bob = server.http(&server.token("bob"));
+    assert_eq!(
+        bob.post("/api/channels", json!({"name": "group:1"}))
+            .await
+            .0,
+        200,
+        "members may"
+    );
+}
+
+#[tokio::test]
 async fn typing_is_relayed_live_but_never_stored_nor_echoed() {
     let server = chat_server().await;
     create_group(&server).await;
