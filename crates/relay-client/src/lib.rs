@@ -1,4 +1,58 @@
-//! The typed Rust client for the Relay protocol. Built out in the client issue; this crate
-//! currently only re-exports the wire vocabulary it will speak.
+//! `relay-client`: a typed async Rust client for a Relay server.
+//!
+//! - [`Client`] keeps one WebSocket open and reconnects on its own (exponential backoff with
+//!   full jitter) after network errors and 1001/4002/4008 closes; after 4001 it asks the
+//!   token provider for a new token and never retries a refused one.
+//! - [`Client::subscribe`] returns a [`Subscription`], a `Stream` of [`Event`]s. Across
+//!   reconnects every subscription is restored with `since` = the last seq it yielded and
+//!   duplicates are filtered, so each persistent message arrives exactly once, in order; when
+//!   the server cannot replay everything, the subscription yields an explicit
+//!   [`Event::Gap`] instead of silently skipping. Dropping it unsubscribes.
+//! - [`Client::publish`] resolves to the server's [`Ack`] (seq, message id) or a typed
+//!   [`ClientError`], within a timeout.
+//! - [`RestClient`] reads history, channels and members over HTTP.
+//!
+//! Plain `ws://`/`http://` only: terminate TLS in front of the server.
+//!
+//! ```no_run
+//! use relay_client::{Client, Event};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Chat {
+//!     text: String,
+//! }
+//!
+//! # async fn fetch_token() -> Result<String, std::io::Error> { Ok(String::new()) }
+//! # async fn run() -> Result<(), relay_client::ClientError> {
+//! let client = Client::builder("ws://127.0.0.1:8080/ws")
+//!     .token_provider(|| async { fetch_token().await })
+//!     .connect()
+//!     .await?;
+//!
+//! let mut room = client.subscribe("chat:42").await?;
+//! let ack = client.publish("chat:42", &Chat { text: "hello".into() }).await?;
+//! println!("stored as #{:?}", ack.seq);
+//!
+//! while let Some(event) = room.next_event().await {
+//!     match event {
+//!         Event::Message(m) => println!("{:?}: {}", m.from, m.payload::<Chat>()?.text),
+//!         Event::Gap { since, resumed_at } => println!("missed {since}..{resumed_at}: reload history"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
+mod backoff;
+mod client;
+mod driver;
+mod error;
+mod rest;
+mod subscription;
+
+pub use client::{Ack, Client, ClientBuilder, ConnectionEvent, TokenProvider};
+pub use error::{BoxError, ClientError};
 pub use relay_proto as proto;
+pub use rest::{ChannelInfo, HistoryPage, RestClient};
+pub use subscription::{Event, Message, Subscription};

@@ -50,6 +50,10 @@ pub struct Outbox {
 struct State {
     queue: VecDeque<EncodedFrame>,
     closed: Option<CloseReason>,
+    /// Replayed history frames queued since the last drain: they may exceed the capacity,
+    /// which bounds only live traffic (a recovery replay larger than the queue must not cut
+    /// the connection it is recovering).
+    replayed: usize,
 }
 
 impl Outbox {
@@ -59,6 +63,7 @@ impl Outbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: None,
+                replayed: 0,
             }),
             ready: Notify::new(),
             capacity: capacity.max(1),
@@ -72,8 +77,9 @@ impl Outbox {
         if state.closed.is_some() {
             return Err(PushError::Closed);
         }
-        if state.queue.len() >= self.capacity {
+        if state.queue.len() >= self.capacity + state.replayed {
             state.queue = VecDeque::new();
+            state.replayed = 0;
             state.closed = Some(CloseReason {
                 code: CloseCode::SlowConsumer,
                 reason: "slow consumer: outbound queue overflowed",
@@ -89,6 +95,22 @@ impl Outbox {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Enqueues a replayed history frame (recovery) without counting it against the
+    /// capacity. Replays are bounded by the hub's `max_recovery`.
+    pub(crate) fn push_replay(&self, frame: EncodedFrame) {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return;
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(frame);
+        state.replayed += 1;
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
     }
 
     /// Closes the outbox; frames already queued are still handed out before the close. The
@@ -123,6 +145,7 @@ impl Outbox {
         let mut state = self.state.lock();
         if !state.queue.is_empty() {
             out.extend(state.queue.drain(..));
+            state.replayed = 0;
             // Give back the memory of a burst so idle connections stay small.
             if state.queue.capacity() > 64 {
                 state.queue.shrink_to(16);
@@ -186,6 +209,17 @@ mod tests {
         };
         assert_eq!(reason.code, CloseCode::SlowConsumer);
         assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn replayed_frames_do_not_count_against_the_capacity() {
+        let outbox = Outbox::new(2);
+        for _ in 0..10 {
+            outbox.push_replay(frame("old"));
+        }
+        outbox.push(frame("live1")).unwrap();
+        outbox.push(frame("live2")).unwrap();
+        assert_eq!(outbox.push(frame("live3")), Err(PushError::Overflow));
     }
 
     #[tokio::test]

@@ -100,7 +100,7 @@ impl Subscriber {
         let mut at = cursor;
         for (seq, frame) in history {
             if seq == at.next() {
-                let _ = self.outbox.push(frame);
+                self.outbox.push_replay(frame);
                 at = seq;
             }
         }

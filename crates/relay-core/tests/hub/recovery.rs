@@ -201,3 +201,22 @@ async fn messages_published_during_a_subscribe_are_neither_lost_nor_duplicated()
         assert_eq!(seqs, (start + 1..=latest).collect::<Vec<_>>());
     }
 }
+
+#[tokio::test]
+async fn a_replay_larger_than_the_outbox_does_not_cut_the_recovering_connection() {
+    let t = TestHub::with_config(HubConfig {
+        outbox_capacity: 8,
+        ..HubConfig::default()
+    });
+    let alice = t.connect("alice");
+    for i in 0..50 {
+        alice.publish("chat:1", json!(i)).await;
+    }
+    let bob = t.connect("bob");
+    bob.send(json!({"type": "subscribe", "channel": "chat:1", "since": 0}))
+        .await;
+    assert_eq!(bob.conn.outbox().closed(), None, "still open");
+    assert_eq!(message_seqs(&bob.frames()), (1..=50).collect::<Vec<_>>());
+    alice.publish("chat:1", json!("live")).await;
+    assert_eq!(message_seqs(&bob.frames()), vec![51]);
+}

@@ -1,0 +1,596 @@
+//! The connection driver: one background task that owns the WebSocket. It connects, restores
+//! every live subscription with `since` = the last seq its application saw, routes frames to
+//! subscriptions and pending requests, filters duplicates, watches the heartbeat and
+//! reconnects with backoff.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use relay_proto::{ChannelName, ClientFrame, CloseCode, FrameId, Seq, ServerFrame};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::backoff::Backoff;
+use crate::client::{ConnectionEvent, Settings};
+use crate::error::ClientError;
+use crate::subscription::{Event, Message};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Sink = SplitSink<Ws, WsMessage>;
+
+/// What the client asks of the driver.
+pub(crate) enum Command {
+    /// Send `frame` (carrying `id`) and hand the reply to `reply`.
+    Request {
+        id: u64,
+        frame: ClientFrame,
+        reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
+    },
+    /// Send a signal, then a ping; the signal succeeded if no error for it precedes the pong.
+    Signal {
+        id: u64,
+        fence: u64,
+        frame: ClientFrame,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    /// Subscribe and route the channel's events to `events`.
+    Subscribe {
+        id: u64,
+        channel: ChannelName,
+        since: Option<Seq>,
+        events: mpsc::Sender<Event>,
+        reply: oneshot::Sender<Result<Seq, ClientError>>,
+    },
+    /// Forget a subscription (its `Subscription` was dropped).
+    Unsubscribe { channel: ChannelName },
+    /// Close the connection for good.
+    Close,
+}
+
+enum Pending {
+    Reply(oneshot::Sender<Result<ServerFrame, ClientError>>),
+    Subscribe {
+        channel: ChannelName,
+        since: Option<Seq>,
+        reply: Option<oneshot::Sender<Result<Seq, ClientError>>>,
+    },
+    Signal(oneshot::Sender<Result<(), ClientError>>),
+    Fence {
+        signal: u64,
+    },
+}
+
+struct Sub {
+    events: mpsc::Sender<Event>,
+    /// The last seq handed to the application (or the start point); resubscribes send it as
+    /// `since`, and anything at or below it is a duplicate.
+    last_seq: Option<Seq>,
+}
+
+/// How a session ended.
+enum End {
+    /// The application closed the client.
+    Closed,
+    /// The connection was lost or closed by the server.
+    Lost { code: Option<u16>, reason: String },
+}
+
+/// The server's `welcome`.
+pub(crate) struct Welcome {
+    pub(crate) connection_id: String,
+    pub(crate) heartbeat: Duration,
+}
+
+/// Connects once: the upgrade, then the `welcome` (or the server's close).
+pub(crate) async fn connect(
+    settings: &Settings,
+    token: &str,
+) -> Result<(Ws, Welcome), ClientError> {
+    let mut request = settings
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ClientError::Token("the token is not a valid header value".into()))?;
+    request.headers_mut().insert("authorization", bearer);
+    let handshake = tokio_tungstenite::connect_async(request);
+    let (mut ws, _) = tokio::time::timeout(settings.connect_timeout, handshake)
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Connect(Box::new(e)))?;
+    let first = tokio::time::timeout(settings.connect_timeout, ws.next())
+        .await
+        .map_err(|_| ClientError::Timeout)?;
+    match first {
+        Some(Ok(WsMessage::Text(text))) => match ServerFrame::decode(text.as_bytes()) {
+            Ok(ServerFrame::Welcome {
+                connection_id,
+                heartbeat_ms,
+                ..
+            }) => {
+                let heartbeat = Duration::from_millis(heartbeat_ms.max(100));
+                Ok((
+                    ws,
+                    Welcome {
+                        connection_id,
+                        heartbeat,
+                    },
+                ))
+            }
+            other => Err(ClientError::Protocol(format!(
+                "expected welcome, got {other:?}"
+            ))),
+        },
+        Some(Ok(WsMessage::Close(Some(frame))))
+            if u16::from(frame.code) == CloseCode::Unauthorized.code() =>
+        {
+            Err(ClientError::Unauthorized(frame.reason.to_string()))
+        }
+        Some(Ok(other)) => Err(ClientError::Protocol(format!(
+            "expected welcome, got {other:?}"
+        ))),
+        Some(Err(e)) => Err(ClientError::Connect(Box::new(e))),
+        None => Err(ClientError::Disconnected),
+    }
+}
+
+fn numeric(id: &Option<FrameId>) -> Option<u64> {
+    match id {
+        Some(FrameId::Number(n)) => n.as_u64(),
+        _ => None,
+    }
+}
+
+pub(crate) struct Driver {
+    settings: Arc<Settings>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Commands that arrived while disconnected, replayed on the next connection.
+    backlog: VecDeque<Command>,
+    events: broadcast::Sender<ConnectionEvent>,
+    subs: HashMap<ChannelName, Sub>,
+    pending: HashMap<u64, Pending>,
+    ids: Arc<std::sync::atomic::AtomicU64>,
+    token: String,
+    token_refused: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        events: broadcast::Sender<ConnectionEvent>,
+        ids: Arc<std::sync::atomic::AtomicU64>,
+        token: String,
+    ) -> Self {
+        Self {
+            settings,
+            commands,
+            backlog: VecDeque::new(),
+            events,
+            subs: HashMap::new(),
+            pending: HashMap::new(),
+            ids,
+            token,
+            token_refused: false,
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs sessions until the client is closed, reconnecting in between.
+    pub(crate) async fn run(mut self, ws: Ws, welcome: Welcome) {
+        let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max);
+        let mut next = Some((ws, welcome));
+        loop {
+            let (ws, welcome) = match next.take() {
+                Some(connected) => connected,
+                None => match self.reconnect(&mut backoff).await {
+                    Some(connected) => connected,
+                    None => break,
+                },
+            };
+            backoff.reset();
+            let _ = self.events.send(ConnectionEvent::Connected {
+                connection_id: welcome.connection_id.clone(),
+            });
+            let end = self.session(ws, welcome.heartbeat).await;
+            self.fail_pending();
+            match end {
+                End::Closed => break,
+                End::Lost { code, reason } => {
+                    tracing::debug!(?code, %reason, "connection lost; reconnecting");
+                    self.token_refused = code == Some(CloseCode::Unauthorized.code());
+                    let _ = self
+                        .events
+                        .send(ConnectionEvent::Disconnected { code, reason });
+                }
+            }
+        }
+        let _ = self.events.send(ConnectionEvent::Closed);
+    }
+
+    /// Waits (with backoff) and connects again; `None` when the client was closed meanwhile.
+    async fn reconnect(&mut self, backoff: &mut Backoff) -> Option<(Ws, Welcome)> {
+        loop {
+            let delay = tokio::time::sleep(backoff.next_delay());
+            tokio::pin!(delay);
+            loop {
+                tokio::select! {
+                    () = &mut delay => break,
+                    command = self.commands.recv() => match command {
+                        None | Some(Command::Close) => return None,
+                        Some(command) => self.backlog.push_back(command),
+                    },
+                }
+            }
+            if self.token_refused {
+                // Never retry with a token the server refused: ask for a fresh one first.
+                match (self.settings.token_provider)().await {
+                    Ok(token) if token != self.token => {
+                        self.token = token;
+                        self.token_refused = false;
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "token provider failed");
+                        continue;
+                    }
+                }
+            }
+            match connect(&self.settings, &self.token).await {
+                Ok(connected) => return Some(connected),
+                Err(ClientError::Unauthorized(reason)) => {
+                    tracing::warn!(%reason, "token refused; waiting for a new one");
+                    self.token_refused = true;
+                }
+                Err(e) => tracing::debug!(error = %e, "reconnect failed"),
+            }
+        }
+    }
+
+    async fn session(&mut self, ws: Ws, heartbeat: Duration) -> End {
+        let (mut sink, mut stream) = ws.split();
+        // Restore every subscription where the application left off.
+        let restore: Vec<(ChannelName, Option<Seq>)> = self
+            .subs
+            .iter()
+            .map(|(c, s)| (c.clone(), s.last_seq))
+            .collect();
+        for (channel, since) in restore {
+            let id = self.next_id();
+            self.pending.insert(
+                id,
+                Pending::Subscribe {
+                    channel: channel.clone(),
+                    since,
+                    reply: None,
+                },
+            );
+            let frame = ClientFrame::Subscribe {
+                id: Some(id.into()),
+                channel,
+                since,
+            };
+            if let Err(end) = send(&mut sink, &frame).await {
+                return end;
+            }
+        }
+        while let Some(command) = self.backlog.pop_front() {
+            match self.on_command(&mut sink, command).await {
+                Ok(true) => {}
+                Ok(false) => return self.close(&mut sink).await,
+                Err(end) => return end,
+            }
+        }
+        let idle = heartbeat * 2;
+        let mut deadline = tokio::time::Instant::now() + idle;
+        loop {
+            tokio::select! {
+                message = stream.next() => {
+                    deadline = tokio::time::Instant::now() + idle;
+                    match message {
+                        Some(Ok(WsMessage::Text(text))) => match ServerFrame::decode(text.as_bytes()) {
+                            Ok(frame) => self.on_frame(frame).await,
+                            Err(e) => tracing::warn!(error = %e, "undecodable frame from the server"),
+                        },
+                        Some(Ok(WsMessage::Close(frame))) => {
+                            let code = frame.as_ref().map(|f| u16::from(f.code));
+                            let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                            return End::Lost { code, reason };
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return End::Lost { code: None, reason: e.to_string() },
+                        None => return End::Lost { code: None, reason: "connection closed".into() },
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return self.close(&mut sink).await };
+                    match self.on_command(&mut sink, command).await {
+                        Ok(true) => {}
+                        Ok(false) => return self.close(&mut sink).await,
+                        Err(end) => return end,
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return End::Lost { code: None, reason: "no frame within two heartbeats".into() };
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self, sink: &mut Sink) -> End {
+        let _ = sink.send(WsMessage::Close(None)).await;
+        End::Closed
+    }
+
+    /// Handles one command; `Ok(false)` means close.
+    async fn on_command(&mut self, sink: &mut Sink, command: Command) -> Result<bool, End> {
+        match command {
+            Command::Request { id, frame, reply } => {
+                if reply.is_closed() {
+                    return Ok(true); // The caller gave up (timeout); do not act on it late.
+                }
+                self.pending.insert(id, Pending::Reply(reply));
+                send(sink, &frame).await?;
+            }
+            Command::Signal {
+                id,
+                fence,
+                frame,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    return Ok(true);
+                }
+                self.pending.insert(id, Pending::Signal(reply));
+                self.pending.insert(fence, Pending::Fence { signal: id });
+                send(sink, &frame).await?;
+                send(
+                    sink,
+                    &ClientFrame::Ping {
+                        id: Some(fence.into()),
+                    },
+                )
+                .await?;
+            }
+            Command::Subscribe {
+                id,
+                channel,
+                since,
+                events,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    return Ok(true);
+                }
+                if self.subs.contains_key(&channel) {
+                    let _ = reply.send(Err(ClientError::AlreadySubscribed(channel.to_string())));
+                    return Ok(true);
+                }
+                self.subs.insert(
+                    channel.clone(),
+                    Sub {
+                        events,
+                        last_seq: since,
+                    },
+                );
+                self.pending.insert(
+                    id,
+                    Pending::Subscribe {
+                        channel: channel.clone(),
+                        since,
+                        reply: Some(reply),
+                    },
+                );
+                send(
+                    sink,
+                    &ClientFrame::Subscribe {
+                        id: Some(id.into()),
+                        channel,
+                        since,
+                    },
+                )
+                .await?;
+            }
+            Command::Unsubscribe { channel } => {
+                if self.subs.remove(&channel).is_some() {
+                    send(sink, &ClientFrame::Unsubscribe { id: None, channel }).await?;
+                }
+            }
+            Command::Close => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    async fn on_frame(&mut self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Subscribed {
+                id, seq, recovered, ..
+            } => {
+                let Some(Pending::Subscribe {
+                    channel,
+                    since,
+                    reply,
+                }) = numeric(&id).and_then(|id| self.pending.remove(&id))
+                else {
+                    return;
+                };
+                let notice = match (since, recovered) {
+                    (Some(since), Some(true)) => {
+                        reply.is_none().then_some(Event::Recovered { since })
+                    }
+                    (Some(since), _) => Some(Event::Gap {
+                        since,
+                        resumed_at: seq,
+                    }),
+                    (None, _) => None,
+                };
+                if let Some(sub) = self.subs.get_mut(&channel) {
+                    if !matches!(recovered, Some(true)) {
+                        sub.last_seq = Some(seq);
+                    }
+                    if let Some(notice) = notice {
+                        let _ = sub.events.send(notice).await;
+                    }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(seq));
+                }
+            }
+            ServerFrame::Message {
+                channel,
+                id,
+                seq,
+                from,
+                event,
+                payload,
+                ts,
+            } => {
+                let Some(sub) = self.subs.get_mut(&channel) else {
+                    return;
+                };
+                if let Some(seq) = seq {
+                    if sub.last_seq.is_some_and(|last| seq <= last) {
+                        return; // Already delivered before a reconnect.
+                    }
+                    sub.last_seq = Some(seq);
+                }
+                let message = Message {
+                    channel,
+                    id,
+                    seq,
+                    from,
+                    event,
+                    payload,
+                    ts,
+                };
+                // Awaiting here is the back-pressure: a subscription that is not consumed
+                // stops the reading, and the server eventually closes with 4008; the
+                // reconnect then recovers with `since`.
+                let _ = sub.events.send(Event::Message(message)).await;
+            }
+            ServerFrame::Join { channel, user } => self.deliver(&channel, Event::Join(user)).await,
+            ServerFrame::Leave { channel, user } => {
+                self.deliver(&channel, Event::Leave(user)).await
+            }
+            ServerFrame::Signal {
+                channel,
+                from,
+                payload,
+                event,
+            } => {
+                self.deliver(
+                    &channel,
+                    Event::Signal {
+                        from,
+                        event,
+                        payload,
+                    },
+                )
+                .await;
+            }
+            ServerFrame::Error {
+                id, code, message, ..
+            } => {
+                let error = || ClientError::Server {
+                    code,
+                    message: message.clone(),
+                };
+                match numeric(&id).and_then(|id| self.pending.remove(&id)) {
+                    Some(Pending::Reply(reply)) => {
+                        let _ = reply.send(Err(error()));
+                    }
+                    Some(Pending::Signal(reply)) => {
+                        let _ = reply.send(Err(error()));
+                    }
+                    Some(Pending::Subscribe { channel, reply, .. }) => {
+                        // Refused (perhaps no longer a member): the subscription ends.
+                        tracing::warn!(%channel, %code, %message, "subscribe refused");
+                        self.subs.remove(&channel);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(error()));
+                        }
+                    }
+                    Some(Pending::Fence { .. }) | None => {
+                        tracing::warn!(%code, %message, "error from the server");
+                    }
+                }
+            }
+            ServerFrame::Pong { id } => {
+                match numeric(&id).and_then(|id| self.pending.remove(&id)) {
+                    Some(Pending::Fence { signal }) => {
+                        if let Some(Pending::Signal(reply)) = self.pending.remove(&signal) {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    Some(Pending::Reply(reply)) => {
+                        let _ = reply.send(Ok(ServerFrame::Pong { id }));
+                    }
+                    _ => {}
+                }
+            }
+            frame @ (ServerFrame::Ack { .. }
+            | ServerFrame::Presence { .. }
+            | ServerFrame::Unsubscribed { .. }) => {
+                let id = match &frame {
+                    ServerFrame::Ack { id, .. }
+                    | ServerFrame::Presence { id, .. }
+                    | ServerFrame::Unsubscribed { id, .. } => numeric(id),
+                    _ => None,
+                };
+                if let Some(Pending::Reply(reply)) = id.and_then(|id| self.pending.remove(&id)) {
+                    let _ = reply.send(Ok(frame));
+                }
+            }
+            ServerFrame::Welcome { .. } => {}
+        }
+    }
+
+    async fn deliver(&mut self, channel: &ChannelName, event: Event) {
+        if let Some(sub) = self.subs.get(channel) {
+            let _ = sub.events.send(event).await;
+        }
+    }
+
+    /// The connection is gone: nobody will answer what is pending.
+    fn fail_pending(&mut self) {
+        for (_, pending) in self.pending.drain() {
+            match pending {
+                Pending::Reply(reply) => {
+                    let _ = reply.send(Err(ClientError::Disconnected));
+                }
+                Pending::Signal(reply) => {
+                    let _ = reply.send(Err(ClientError::Disconnected));
+                }
+                Pending::Subscribe {
+                    channel,
+                    reply: Some(reply),
+                    ..
+                } => {
+                    self.subs.remove(&channel);
+                    let _ = reply.send(Err(ClientError::Disconnected));
+                }
+                Pending::Subscribe { reply: None, .. } | Pending::Fence { .. } => {}
+            }
+        }
+    }
+}
+
+async fn send(sink: &mut Sink, frame: &ClientFrame) -> Result<(), End> {
+    sink.send(WsMessage::Text(frame.encode().into()))
+        .await
+        .map_err(|e| End::Lost {
+            code: None,
+            reason: e.to_string(),
+        })
+}

@@ -1,0 +1,136 @@
+//! [`Subscription`] and the [`Event`]s it yields.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use relay_proto::{ChannelName, MessageId, Payload, Seq, Timestamp, UserId};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::driver::Command;
+
+/// A message delivered on a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The message id.
+    pub id: MessageId,
+    /// Its seq; `None` for an ephemeral message (typing, cursors).
+    pub seq: Option<Seq>,
+    /// The publisher; `None` for server publishes.
+    pub from: Option<UserId>,
+    /// The event name.
+    pub event: Option<String>,
+    /// The opaque JSON payload.
+    pub payload: Payload,
+    /// Server time of the publish.
+    pub ts: Timestamp,
+}
+
+impl Message {
+    /// Deserializes the payload into `T`.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.payload.as_str())
+    }
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A published message. Persistent messages arrive in seq order, each exactly once, across
+    /// reconnects.
+    Message(Message),
+    /// A user's first connection subscribed (namespaces with join/leave).
+    Join(UserId),
+    /// A user's last connection left.
+    Leave(UserId),
+    /// A signal addressed to this user.
+    Signal {
+        /// The sender.
+        from: UserId,
+        /// The event name (`offer`, `answer`, `ice`).
+        event: Option<String>,
+        /// The opaque payload.
+        payload: Payload,
+    },
+    /// After a reconnect, the server replayed everything missed since `since`: nothing was
+    /// lost. Informational.
+    Recovered {
+        /// The last seq seen before the reconnect.
+        since: Seq,
+    },
+    /// After a reconnect, the server could not replay everything after `since` (history
+    /// trimmed or too far behind): messages `since + 1 ..= resumed_at` are missing here. Reload
+    /// them over REST (`history`) if needed; live messages continue after `resumed_at`.
+    Gap {
+        /// The last seq seen before the reconnect.
+        since: Seq,
+        /// Where live delivery resumes (the channel's latest seq at the resubscribe).
+        resumed_at: Seq,
+    },
+}
+
+/// A live subscription: a [`Stream`] of [`Event`]s. Dropping it unsubscribes.
+pub struct Subscription {
+    pub(crate) channel: ChannelName,
+    pub(crate) start: Seq,
+    pub(crate) events: mpsc::Receiver<Event>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Subscription {
+    /// The channel.
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+
+    /// The channel's latest seq when the subscription started: messages after it follow.
+    pub fn start_seq(&self) -> Seq {
+        self.start
+    }
+
+    /// Events received and not yet taken.
+    pub fn events_pending(&self) -> usize {
+        self.events.len()
+    }
+
+    /// The next event; `None` once the client is closed.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next message, skipping other events.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        loop {
+            if let Event::Message(m) = self.events.recv().await? {
+                return Some(m);
+            }
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Unsubscribe {
+            channel: self.channel.clone(),
+        });
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}

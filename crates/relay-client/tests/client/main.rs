@@ -1,0 +1,11 @@
+//! The client against the real server, started in-process on an ephemeral port.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod reconnect;
+mod rest;
+mod roundtrip;
+mod slow_consumer;
+mod token_expiry;

@@ -1,0 +1,107 @@
+//! Publish and subscribe with typed payloads; presence, signals, errors.
+
+use relay_client::{ClientError, Event};
+use relay_proto::{ErrorCode, Seq};
+use serde::{Deserialize, Serialize};
+
+use crate::support::*;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: u32,
+    items: Vec<String>,
+    note: Option<String>,
+}
+
+#[tokio::test]
+async fn typed_payloads_round_trip_through_publish_and_subscribe() {
+    let server = Server::start().await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let mut orders = bob.subscribe("orders:eu").await.unwrap();
+    assert_eq!(orders.start_seq(), Seq(0));
+
+    let order = Order {
+        id: 7,
+        items: vec!["tea".into(), "scone".into()],
+        note: None,
+    };
+    let ack = alice
+        .publish_event("orders:eu", "ADDED", &order)
+        .await
+        .unwrap();
+    assert_eq!(ack.seq, Some(Seq(1)));
+
+    let message = next_message(&mut orders).await;
+    assert_eq!(message.payload::<Order>().unwrap(), order);
+    assert_eq!((message.seq, message.id), (Some(Seq(1)), ack.message_id));
+    assert_eq!(message.event.as_deref(), Some("ADDED"));
+    assert_eq!(message.from.unwrap().as_str(), "alice");
+}
+
+#[tokio::test]
+async fn refusals_are_typed_errors() {
+    let server = Server::start().await;
+    let carol = server.client("carol").await;
+    let err = carol.subscribe("dm:#alice,bob").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let err = carol.publish("dm:#alice,bob", &1).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let _sub = carol.subscribe("chat:1").await.unwrap();
+    assert!(matches!(
+        carol.subscribe("chat:1").await,
+        Err(ClientError::AlreadySubscribed(_))
+    ));
+}
+
+#[tokio::test]
+async fn signals_reach_the_peer_and_report_a_missing_one() {
+    let server = Server::start().await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let _a = alice.subscribe("dm:#alice,bob").await.unwrap();
+    let mut b = bob.subscribe("dm:#alice,bob").await.unwrap();
+    alice
+        .signal(
+            "dm:#alice,bob",
+            "bob",
+            Some("offer"),
+            &serde_json::json!({"sdp": "v=0"}),
+        )
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), b.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(event, Event::Signal { ref from, event: Some(ref e), .. } if from.as_str() == "alice" && e == "offer")
+    );
+    drop(b);
+    bob.ping().await.unwrap(); // the unsubscribe has been processed
+    let err = alice
+        .signal("dm:#alice,bob", "bob", None, &1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_unsubscribes() {
+    let server = Server::start().await;
+    let alice = server.client("alice").await;
+    let sub = alice.subscribe("chat:1").await.unwrap();
+    assert_eq!(server.hub.stats().subscriptions, 1);
+    drop(sub);
+    alice.ping().await.unwrap();
+    assert_eq!(server.hub.stats().subscriptions, 0);
+}
