@@ -4,6 +4,7 @@
 
 mod support;
 
+mod heartbeat;
 mod reconnect;
 mod rest;
 mod roundtrip;
