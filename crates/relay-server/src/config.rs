@@ -63,6 +63,8 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
+    /// Runtime worker threads for the binary (0: one per core; 1: a single-threaded runtime).
+    pub worker_threads: usize,
     /// The policy of namespaces not listed in `namespaces`.
     pub default_policy: PolicyConfig,
     /// Per-namespace policies (the key `""` is the namespace of names without `:`).
@@ -84,6 +86,7 @@ impl Default for Config {
             max_recovery: 1000,
             shutdown_timeout_ms: 10_000,
             log_format: LogFormat::Text,
+            worker_threads: 0,
             default_policy: PolicyConfig::default(),
             namespaces: BTreeMap::new(),
         }
