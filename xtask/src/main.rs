@@ -6,9 +6,13 @@
 //! - `cargo xtask lint`: `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
 //! - `cargo xtask ci`: lint, then test.
 //! - `cargo xtask bench <scenario> [flags]`: benchmarks (release builds); see
-//!   `docs/performance.md`. Scenarios: `persist` (needs `DATABASE_URL`).
+//!   `docs/performance.md`. Scenarios: `fanout`, `baseline`, `compare` (both, and the
+//!   ratio), `idle`, `persist` (needs `DATABASE_URL`). The server runs pinned to core 0 on
+//!   a one-thread runtime, the load generator pinned to core 1.
 
-use std::process::{Command, ExitCode};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,20 +83,230 @@ fn lint() -> Result<(), String> {
     ])
 }
 
+const BENCH_SECRET: &str = "xtask-bench-secret-0123456789";
+
 fn bench(args: &[String]) -> Result<(), String> {
     let Some(scenario) = args.first() else {
-        return Err("name a scenario: persist".into());
+        return Err("name a scenario: fanout | baseline | compare | idle | persist".into());
     };
-    let flags: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    let flags: Vec<String> = args[1..].to_vec();
     match scenario.as_str() {
         "persist" => {
             if std::env::var("DATABASE_URL").map_or(true, |u| u.is_empty()) {
                 return Err("bench persist needs DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)".into());
             }
             let mut cargo_args = vec!["bench", "-p", "relay-server", "--bench", "persist", "--"];
-            cargo_args.extend(flags);
+            cargo_args.extend(flags.iter().map(String::as_str));
             cargo(&cargo_args)
         }
-        other => Err(format!("unknown scenario {other:?}; known: persist")),
+        "fanout" => {
+            let tools = Tools::build()?;
+            tools.fanout(Target::Relay, &flags).map(|_| ())
+        }
+        "baseline" => {
+            let tools = Tools::build()?;
+            tools.fanout(Target::Baseline, &flags).map(|_| ())
+        }
+        "compare" => {
+            let tools = Tools::build()?;
+            let ours = tools.fanout(Target::Relay, &flags)?;
+            let reference = tools.fanout(Target::Baseline, &flags)?;
+            match (ours, reference) {
+                (Some(ours), Some(reference)) if reference > 0.0 => eprintln!(
+                    "relay reaches {:.0}% of the baseline relay ({ours:.0} vs {reference:.0} deliveries/s)",
+                    ours / reference * 100.0
+                ),
+                _ => eprintln!("no ratio: a run had no passing step"),
+            }
+            Ok(())
+        }
+        "idle" => {
+            let tools = Tools::build()?;
+            let counts = flag_value(&flags, "--connections").unwrap_or_else(|| "10000,19000".into());
+            let rest = without_flag(&flags, "--connections");
+            for count in counts.split(',') {
+                let server = tools.start(Target::Relay)?;
+                let mut run = vec!["idle".to_owned(), "--connections".into(), count.into()];
+                run.extend(server.args());
+                run.extend(rest.iter().cloned());
+                let result = tools.generator(&run);
+                server.stop();
+                result?;
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown scenario {other:?}; known: fanout baseline compare idle persist")),
+    }
+}
+
+fn flag_value(flags: &[String], name: &str) -> Option<String> {
+    flags.iter().position(|f| f == name).and_then(|i| flags.get(i + 1)).cloned()
+}
+
+fn without_flag(flags: &[String], name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for f in flags {
+        if skip {
+            skip = false;
+        } else if f == name {
+            skip = true;
+        } else {
+            out.push(f.clone());
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Relay,
+    Baseline,
+}
+
+struct Tools {
+    server: String,
+    loadgen: String,
+    pin: bool,
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    target: Target,
+}
+
+impl Server {
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--addr".into(), self.addr.clone(), "--server-pid".into(), self.child.id().to_string()];
+        if self.target == Target::Relay {
+            args.extend(["--secret".into(), BENCH_SECRET.into()]);
+        } else {
+            args.extend(["--label".into(), "baseline".into()]);
+        }
+        args
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Tools {
+    /// Builds the release server and the load generator; finds their executables.
+    fn build() -> Result<Self, String> {
+        cargo(&["build", "--release", "-p", "relay-server", "--bin", "relay-server"])?;
+        let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo_bin)
+            .args(["bench", "-p", "relay-server", "--bench", "loadgen", "--no-run", "--message-format=json"])
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot build the load generator: {e}"))?;
+        if !output.status.success() {
+            return Err("building the load generator failed".into());
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let loadgen = stdout
+            .lines()
+            .filter(|l| l.contains("\"name\":\"loadgen\""))
+            .find_map(|l| {
+                let at = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+                Some(l[at..].split('"').next()?.to_owned())
+            })
+            .ok_or("cannot find the load generator executable")?;
+        let target_dir = std::path::Path::new(&loadgen)
+            .ancestors()
+            .nth(2)
+            .ok_or("unexpected target layout")?
+            .to_path_buf();
+        let server = target_dir.join("relay-server").to_string_lossy().into_owned();
+        let pin = Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !pin {
+            eprintln!("xtask bench: taskset not found; server and generator run unpinned");
+        }
+        Ok(Self { server, loadgen, pin })
+    }
+
+    fn command(&self, core: &str, program: &str) -> Command {
+        if self.pin {
+            let mut command = Command::new("taskset");
+            command.args(["-c", core, program]);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// Starts the server under test on core 0 and waits for its address.
+    fn start(&self, target: Target) -> Result<Server, String> {
+        let mut command = match target {
+            Target::Relay => {
+                let mut c = self.command("0", &self.server);
+                c.args(["--listen", "127.0.0.1:0", "--worker-threads", "1", "--log-format", "json", "--jwt-secret", BENCH_SECRET])
+                    .env("RUST_LOG", "info")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                c
+            }
+            Target::Baseline => {
+                let mut c = self.command("0", &self.loadgen);
+                c.args(["baseline-server", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+                c
+            }
+        };
+        let mut child = command.spawn().map_err(|e| format!("cannot start the server: {e}"))?;
+        let lines: Box<dyn BufRead + Send> = match target {
+            Target::Relay => Box::new(BufReader::new(child.stderr.take().ok_or("no stderr")?)),
+            Target::Baseline => Box::new(BufReader::new(child.stdout.take().ok_or("no stdout")?)),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                let addr = if let Some(rest) = line.strip_prefix("listening ") {
+                    Some(rest.trim().to_owned())
+                } else if line.contains("\"message\":\"listening\"") {
+                    line.split("\"addr\":\"").nth(1).and_then(|r| r.split('"').next()).map(str::to_owned)
+                } else {
+                    None
+                };
+                if let Some(addr) = addr {
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| "the server did not report its address")?;
+        Ok(Server { child, addr, target })
+    }
+
+    /// Runs the generator on core 1, echoing its output; returns its output.
+    fn generator(&self, args: &[String]) -> Result<String, String> {
+        let output = self
+            .command("1", &self.loadgen)
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run the load generator: {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        print!("{stdout}");
+        if output.status.success() { Ok(stdout) } else { Err("the load generator failed".into()) }
+    }
+
+    /// One fan-out run against a fresh server; the highest passing deliveries/s.
+    fn fanout(&self, target: Target, flags: &[String]) -> Result<Option<f64>, String> {
+        let server = self.start(target)?;
+        let mut run = vec!["fanout".to_owned()];
+        run.extend(server.args());
+        run.extend(flags.iter().cloned());
+        let result = self.generator(&run);
+        server.stop();
+        let stdout = result?;
+        Ok(stdout.lines().find_map(|l| {
+            if let Some(at) = l.find("\"best_deliveries_per_sec\":") {
+                return l[at + 26..].trim_end_matches('}').trim().parse().ok();
+            }
+            let (_, rest) = l.split_once(" publishes/s = ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        }))
     }
 }

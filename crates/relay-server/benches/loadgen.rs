@@ -1,0 +1,726 @@
+//! The load generator of `cargo xtask bench`, and the minimal reference relay it is compared
+//! with. Run through `cargo xtask bench <scenario>`, which pins the server to one core and this
+//! generator to the other; see `docs/performance.md`.
+//!
+//! ```text
+//! loadgen fanout --addr A [--secret S] --subscribers 1000 --payload 100 --rates 1000,2000 ...
+//! loadgen idle --addr A --secret S --connections 10000
+//! loadgen baseline-server [--listen 127.0.0.1:0]
+//! ```
+//!
+//! The generator must stay cheap per delivery, because it shares the machine with the server:
+//! it speaks WebSocket over raw sockets (handshake by hand, frames parsed in place), finds the
+//! `"t":` timestamp in a message by a byte search instead of parsing JSON, and keeps counters
+//! and a latency histogram in atomics. It reports its own CPU use next to the server's, so a
+//! generator-bound run is visible.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+struct Flags(BTreeMap<String, String>);
+
+impl Flags {
+    fn parse(args: &[String]) -> Self {
+        let mut map = BTreeMap::new();
+        let mut it = args.iter().peekable();
+        while let Some(arg) = it.next() {
+            if let Some(name) = arg.strip_prefix("--") {
+                let value = match it.peek() {
+                    Some(v) if !v.starts_with("--") => it.next().unwrap().clone(),
+                    _ => "true".to_owned(),
+                };
+                map.insert(name.to_owned(), value);
+            }
+        }
+        Self(map)
+    }
+
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
+        self.0.get(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn list(&self, name: &str, default: &[u64]) -> Vec<u64> {
+        match self.0.get(name) {
+            Some(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+            None => default.to_vec(),
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let Some(command) = args.first().cloned() else {
+        eprintln!("usage: loadgen <fanout|idle|baseline-server> [flags]");
+        std::process::exit(2);
+    };
+    let flags = Flags::parse(&args[1..]);
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    match command.as_str() {
+        "fanout" => runtime.block_on(fanout(&flags)),
+        "idle" => runtime.block_on(idle(&flags)),
+        "baseline-server" => runtime.block_on(baseline_server(&flags)),
+        other => {
+            eprintln!("unknown command {other}");
+            std::process::exit(2);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement helpers
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// Clock ticks per second of /proc/*/stat (USER_HZ; 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// CPU seconds used by a process (utime + stime).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS)
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A log-linear latency histogram in microseconds (16 sub-buckets per power of two), in
+/// atomics so that every reader task records without locks.
+struct Histogram {
+    buckets: Vec<AtomicU64>,
+    max: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self { buckets: (0..64 * 16).map(|_| AtomicU64::new(0)).collect(), max: AtomicU64::new(0) }
+    }
+
+    fn index(v: u64) -> usize {
+        if v < 16 {
+            return v as usize;
+        }
+        let exp = 63 - v.leading_zeros() as usize; // >= 4
+        let mantissa = ((v >> (exp - 4)) & 0xf) as usize;
+        (exp - 3) * 16 + mantissa
+    }
+
+    fn upper(index: usize) -> u64 {
+        if index < 16 {
+            return index as u64;
+        }
+        let exp = index / 16 + 3;
+        let mantissa = (index % 16) as u64;
+        ((16 + mantissa + 1) << (exp - 4)) - 1
+    }
+
+    fn record(&self, v: u64) {
+        self.buckets[Self::index(v).min(self.buckets.len() - 1)].fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(v, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+        self.max.store(0, Ordering::Relaxed);
+    }
+
+    /// Value at quantile `q` (upper bound of its bucket), in microseconds.
+    fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Self::upper(i).min(self.max.load(Ordering::Relaxed));
+            }
+        }
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal WebSocket client over a raw socket
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+struct RawWs {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// A frame parsed in place: opcode and payload range within the buffer.
+struct Frame {
+    opcode: u8,
+    start: usize,
+    end: usize,
+}
+
+impl RawWs {
+    async fn connect(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Self> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
+        let request = format!(
+            "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::other("closed during the handshake"));
+            }
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                if !buf.starts_with(b"HTTP/1.1 101") {
+                    return Err(std::io::Error::other("upgrade refused"));
+                }
+                let _ = buf.split_to(end + 4);
+                return Ok(Self { stream, buf });
+            }
+        }
+    }
+
+    /// Parses the next complete server frame at the front of the buffer.
+    fn parse(&self) -> Option<Frame> {
+        let b = &self.buf[..];
+        if b.len() < 2 {
+            return None;
+        }
+        let opcode = b[0] & 0x0f;
+        let (len, header) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        (b.len() >= header + len).then_some(Frame { opcode, start: header, end: header + len })
+    }
+
+    fn consume(&mut self, frame: &Frame) {
+        let _ = self.buf.split_to(frame.end);
+    }
+
+    /// Reads more bytes; `Ok(false)` on EOF.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// Waits for the next text frame, answering pings on the way.
+    async fn next_text(&mut self) -> std::io::Result<Bytes> {
+        loop {
+            while let Some(frame) = self.parse() {
+                let payload = Bytes::copy_from_slice(&self.buf[frame.start..frame.end]);
+                self.consume(&frame);
+                match frame.opcode {
+                    1 => return Ok(payload),
+                    9 => self.stream.write_all(&client_frame(0xA, &payload)).await?,
+                    8 => return Err(std::io::Error::other("closed by the server")),
+                    _ => {}
+                }
+            }
+            if !self.fill().await? {
+                return Err(std::io::Error::other("eof"));
+            }
+        }
+    }
+}
+
+/// A masked client frame (mask key zero: valid, and free to apply).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `"t":<digits>` timestamp of a message frame.
+fn timestamp(payload: &[u8]) -> Option<u64> {
+    let at = find(payload, b"\"t\":")? + 4;
+    let mut v = 0u64;
+    let mut any = false;
+    for &c in &payload[at..] {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        v = v * 10 + u64::from(c - b'0');
+        any = true;
+    }
+    any.then_some(v)
+}
+
+fn token(flags: &Flags, user: &str) -> Option<String> {
+    let secret = flags.text("secret")?;
+    let auth = relay_server::Authenticator::from_config(&relay_server::AuthConfig {
+        secret: Some(secret.to_owned()),
+        ..Default::default()
+    })
+    .ok()?;
+    auth.mint(&relay_server::Claims::new(user, Duration::from_secs(24 * 3600)))
+}
+
+async fn subscribe(ws: &mut RawWs, channel: &str) -> std::io::Result<()> {
+    let welcome = ws.next_text().await?;
+    if find(&welcome, b"\"welcome\"").is_none() {
+        return Err(std::io::Error::other("no welcome"));
+    }
+    let frame = format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#);
+    ws.stream.write_all(&client_frame(1, frame.as_bytes())).await?;
+    loop {
+        let reply = ws.next_text().await?;
+        if find(&reply, b"\"subscribed\"").is_some() {
+            return Ok(());
+        }
+        if find(&reply, b"\"error\"").is_some() {
+            return Err(std::io::Error::other(String::from_utf8_lossy(&reply).into_owned()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fanout
+
+struct Counters {
+    delivered: AtomicU64,
+    closed: AtomicUsize,
+    latency: Histogram,
+}
+
+async fn subscriber_loop(mut ws: RawWs, counters: Arc<Counters>) {
+    loop {
+        while let Some(frame) = ws.parse() {
+            let payload = &ws.buf[frame.start..frame.end];
+            match frame.opcode {
+                1 => {
+                    if let Some(t) = timestamp(payload) {
+                        counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        counters.latency.record(now_micros().saturating_sub(t));
+                    }
+                }
+                9 => {
+                    let pong = client_frame(0xA, payload);
+                    if ws.stream.write_all(&pong).await.is_err() {
+                        counters.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                8 => {
+                    counters.closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                _ => {}
+            }
+            ws.consume(&frame);
+        }
+        match ws.fill().await {
+            Ok(true) => {}
+            _ => {
+                counters.closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+async fn fanout(flags: &Flags) {
+    let addr: SocketAddr = flags.text("addr").expect("--addr").parse().unwrap();
+    let subscribers = flags.get("subscribers", 1000usize);
+    let payload_bytes = flags.get("payload", 100usize);
+    let rates = flags.list("rates", &[250, 500, 1000, 1500, 2000, 2500, 3000]);
+    let step = Duration::from_secs(flags.get("step-secs", 3u64));
+    let server_pid = flags.text("server-pid").unwrap_or("0").to_owned();
+    let json = flags.text("json").is_some();
+    let label = flags.text("label").unwrap_or("relay").to_owned();
+    let channel = "bench:fanout";
+
+    let counters = Arc::new(Counters {
+        delivered: AtomicU64::new(0),
+        closed: AtomicUsize::new(0),
+        latency: Histogram::new(),
+    });
+    let started = Instant::now();
+    for i in 0..subscribers {
+        let mut ws = RawWs::connect(addr, token(flags, &format!("sub{i}")).as_deref()).await.unwrap();
+        subscribe(&mut ws, channel).await.unwrap();
+        tokio::spawn(subscriber_loop(ws, counters.clone()));
+    }
+    let setup = started.elapsed();
+    eprintln!("{label}: {subscribers} subscribers ready in {:.2}s", setup.as_secs_f64());
+
+    let mut publisher = RawWs::connect(addr, token(flags, "publisher").as_deref()).await.unwrap();
+    let _ = publisher.next_text().await.unwrap(); // welcome
+    let (mut reader, mut writer) = publisher.stream.into_split();
+    tokio::spawn(async move {
+        // Acks and pings: read and discard (the server's pings only need an answer after
+        // 2 heartbeats of silence, and the publisher is never silent).
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+
+    // A publish frame of `payload_bytes` of payload: {"t":<16 digits>,"p":"xxx…"}.
+    let pad = payload_bytes.saturating_sub(r#"{"t":1234567890123456,"p":""}"#.len());
+    let padding = "x".repeat(pad);
+    let mut best: Option<(u64, f64)> = None;
+    if !json {
+        println!(
+            "{:<9} {:>8} {:>13} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}",
+            "relay", "rate/s", "deliveries/s", "delivered", "p50 ms", "p90 ms", "p99 ms", "max ms",
+            "srv cpu", "srv rss", "gen cpu"
+        );
+    }
+    for rate in rates {
+        counters.delivered.store(0, Ordering::Relaxed);
+        counters.latency.reset();
+        let (srv0, gen0) = (cpu_seconds(&server_pid), cpu_seconds("self"));
+        let t0 = Instant::now();
+        let total = rate * step.as_secs();
+        let mut sent = 0u64;
+        let mut ticker = tokio::time::interval(Duration::from_millis(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut batch = Vec::with_capacity(64 * 1024);
+        while sent < total {
+            ticker.tick().await;
+            let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+            batch.clear();
+            while sent < due {
+                let body = format!(
+                    r#"{{"type":"publish","channel":"{channel}","payload":{{"t":{},"p":"{padding}"}}}}"#,
+                    now_micros()
+                );
+                batch.extend_from_slice(&client_frame(1, body.as_bytes()));
+                sent += 1;
+            }
+            if !batch.is_empty() && writer.write_all(&batch).await.is_err() {
+                eprintln!("publisher connection lost");
+                break;
+            }
+        }
+        let publish_time = t0.elapsed();
+        let expected = sent * subscribers as u64;
+        // Let the last deliveries arrive (bounded).
+        let drain_deadline = Instant::now() + Duration::from_secs(3);
+        while counters.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let delivered = counters.delivered.load(Ordering::Relaxed);
+        let fraction = delivered as f64 / expected.max(1) as f64;
+        let per_sec = delivered as f64 / publish_time.as_secs_f64().max(wall.min(publish_time.as_secs_f64() + 0.5));
+        let srv_cpu = srv0.zip(cpu_seconds(&server_pid)).map(|(a, b)| (b - a) / wall * 100.0);
+        let gen_cpu = gen0.zip(cpu_seconds("self")).map(|(a, b)| (b - a) / wall * 100.0);
+        let rss = rss_bytes(&server_pid).unwrap_or(0);
+        let q = |x| counters.latency.quantile(x) as f64 / 1000.0;
+        let (p50, p90, p99, max) = (q(0.5), q(0.9), q(0.99), q(1.0));
+        let pass = fraction >= 0.99 && p99 <= 100.0;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "scenario": "fanout", "relay": label, "subscribers": subscribers,
+                    "payload_bytes": payload_bytes, "rate": rate, "deliveries_per_sec": per_sec.round(),
+                    "delivered_fraction": fraction, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
+                    "max_ms": max, "server_cpu_pct": srv_cpu, "server_rss_bytes": rss,
+                    "generator_cpu_pct": gen_cpu, "closed_subscribers": counters.closed.load(Ordering::Relaxed),
+                    "pass": pass,
+                })
+            );
+        } else {
+            println!(
+                "{label:<9} {rate:>8} {per_sec:>13.0} {:>8.2}% {p50:>8.2} {p90:>8.2} {p99:>8.2} {max:>8.2} {:>8.0}% {:>7.1}MB {:>7.0}%",
+                fraction * 100.0,
+                srv_cpu.unwrap_or(f64::NAN),
+                rss as f64 / 1e6,
+                gen_cpu.unwrap_or(f64::NAN),
+            );
+        }
+        if !pass {
+            break;
+        }
+        best = Some((rate, per_sec));
+    }
+    match best {
+        Some((rate, per_sec)) if json => println!(
+            "{}",
+            serde_json::json!({"scenario": "fanout-summary", "relay": label, "best_rate": rate, "best_deliveries_per_sec": per_sec.round()})
+        ),
+        Some((rate, per_sec)) => {
+            println!("{label}: highest passing step {rate} publishes/s = {per_sec:.0} deliveries/s")
+        }
+        None => println!("{label}: no step passed"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// idle
+
+async fn idle(flags: &Flags) {
+    let addr: SocketAddr = flags.text("addr").expect("--addr").parse().unwrap();
+    let connections = flags.get("connections", 10_000usize);
+    let concurrency = flags.get("concurrency", 256usize);
+    let server_pid = flags.text("server-pid").unwrap_or("0").to_owned();
+    let json = flags.text("json").is_some();
+    // Tokens are minted up front so that the measured rate is the server's.
+    let tokens: Vec<Option<String>> = (0..connections).map(|i| token(flags, &format!("idle{i}"))).collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss_bytes(&server_pid).unwrap_or(0);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(tokens);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, tokens, errors) = (next.clone(), tokens.clone(), errors.clone());
+        workers.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= tokens.len() {
+                    return held;
+                }
+                let result = async {
+                    let mut ws = RawWs::connect(addr, tokens[i].as_deref()).await?;
+                    subscribe(&mut ws, &format!("idle:{i}")).await?;
+                    Ok::<_, std::io::Error>(ws)
+                }
+                .await;
+                match result {
+                    Ok(ws) => held.push(ws),
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("connection {i}: {e}");
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut held = Vec::new();
+    for w in workers {
+        held.extend(w.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let the server settle, then check every connection is still there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_bytes(&server_pid).unwrap_or(0);
+    let open = held.len();
+    let per_conn = rss_after.saturating_sub(rss_before) as f64 / open.max(1) as f64;
+    let rate = open as f64 / elapsed;
+    let errors = errors.load(Ordering::Relaxed);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "idle", "connections": connections, "open": open, "errors": errors,
+                "handshakes_per_sec": rate.round(), "server_rss_before": rss_before,
+                "server_rss_after": rss_after, "rss_bytes_per_connection": per_conn.round(),
+            })
+        );
+    } else {
+        println!(
+            "idle {connections:>6} connections: {open} open, {errors} errors, {rate:.0} handshakes/s \
+             (connect + JWT + subscribe), server RSS {:.1} MB -> {:.1} MB = {per_conn:.0} bytes/connection",
+            rss_before as f64 / 1e6,
+            rss_after as f64 / 1e6
+        );
+    }
+    drop(held);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference relay: tokio and pre-encoded frames written straight to sockets. No auth, no
+// store, no JSON parsing beyond finding the payload; it answers `welcome` and `subscribed`
+// so that the same generator drives it. Every connection but a publisher is a subscriber
+// of the one channel.
+
+type Outbound = tokio::sync::mpsc::UnboundedSender<Bytes>;
+
+/// A server frame header for a text payload of `len` bytes.
+fn server_header(len: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(10);
+    h.push(0x81);
+    match len {
+        n if n < 126 => h.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            h.push(126);
+            h.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            h.push(127);
+            h.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    h
+}
+
+fn server_text(json: &str) -> Bytes {
+    let mut out = server_header(json.len());
+    out.extend_from_slice(json.as_bytes());
+    Bytes::from(out)
+}
+
+struct Baseline {
+    subscribers: std::sync::Mutex<Vec<Outbound>>,
+    seq: AtomicU64,
+}
+
+async fn baseline_server(flags: &Flags) {
+    let listen = flags.text("listen").unwrap_or("127.0.0.1:0");
+    let listener = TcpListener::bind(listen).await.unwrap();
+    println!("listening {}", listener.local_addr().unwrap());
+    let shared = Arc::new(Baseline { subscribers: std::sync::Mutex::new(Vec::new()), seq: AtomicU64::new(0) });
+    let stop = Arc::new(AtomicBool::new(false));
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(baseline_connection(stream, shared.clone()));
+    }
+}
+
+async fn baseline_connection(mut stream: TcpStream, shared: Arc<Baseline>) {
+    // Handshake.
+    let mut buf = BytesMut::with_capacity(4096);
+    let head_end = loop {
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let _ = buf.split_to(head_end);
+    let Some(key) = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim().to_owned())
+    }) else {
+        return;
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let (mut reader, writer) = stream.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    // Writer: take everything queued, write it in one go.
+    tokio::spawn(async move {
+        let mut writer = writer;
+        let mut batch = Vec::new();
+        let mut out = Vec::with_capacity(64 * 1024);
+        while rx.recv_many(&mut batch, 1024).await > 0 {
+            out.clear();
+            for frame in batch.drain(..) {
+                out.extend_from_slice(&frame);
+            }
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _ = tx.send(server_text(r#"{"type":"welcome","connection_id":"0","user":"u","heartbeat_ms":25000}"#));
+    // Reader: unmask client frames; `subscribe` registers, `publish` fans out.
+    loop {
+        while buf.len() >= 6 {
+            let b = &buf[..];
+            let (len, header) = match b[1] & 0x7f {
+                126 if b.len() >= 8 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 14 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            let total = header + 4 + len;
+            if buf.len() < total {
+                break;
+            }
+            let opcode = b[0] & 0x0f;
+            let mask = [b[header], b[header + 1], b[header + 2], b[header + 3]];
+            let mut payload = buf[header + 4..total].to_vec();
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= mask[i % 4];
+            }
+            let _ = buf.split_to(total);
+            match opcode {
+                1 if find(&payload, b"\"subscribe\"").is_some() => {
+                    let _ = tx.send(server_text(r#"{"type":"subscribed","channel":"bench:fanout","seq":0}"#));
+                    shared.subscribers.lock().unwrap().push(tx.clone());
+                }
+                1 if find(&payload, b"\"publish\"").is_some() => {
+                    let Some(at) = find(&payload, b"\"payload\":") else { continue };
+                    let body = &payload[at + 10..payload.len() - 1];
+                    let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                    let json = format!(
+                        r#"{{"type":"message","channel":"bench:fanout","seq":{seq},"payload":{}}}"#,
+                        String::from_utf8_lossy(body)
+                    );
+                    // Encoded once; every subscriber gets the same bytes.
+                    let frame = server_text(&json);
+                    for sub in shared.subscribers.lock().unwrap().iter() {
+                        let _ = sub.send(frame.clone());
+                    }
+                }
+                8 => return,
+                _ => {}
+            }
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
