@@ -122,7 +122,8 @@ fn bench(args: &[String]) -> Result<(), String> {
         }
         "idle" => {
             let tools = Tools::build()?;
-            let counts = flag_value(&flags, "--connections").unwrap_or_else(|| "10000,19000".into());
+            let counts =
+                flag_value(&flags, "--connections").unwrap_or_else(|| "10000,19000".into());
             let rest = without_flag(&flags, "--connections");
             for count in counts.split(',') {
                 let server = tools.start(Target::Relay)?;
@@ -135,12 +136,18 @@ fn bench(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        other => Err(format!("unknown scenario {other:?}; known: fanout baseline compare idle persist")),
+        other => Err(format!(
+            "unknown scenario {other:?}; known: fanout baseline compare idle persist"
+        )),
     }
 }
 
 fn flag_value(flags: &[String], name: &str) -> Option<String> {
-    flags.iter().position(|f| f == name).and_then(|i| flags.get(i + 1)).cloned()
+    flags
+        .iter()
+        .position(|f| f == name)
+        .and_then(|i| flags.get(i + 1))
+        .cloned()
 }
 
 fn without_flag(flags: &[String], name: &str) -> Vec<String> {
@@ -178,7 +185,12 @@ struct Server {
 
 impl Server {
     fn args(&self) -> Vec<String> {
-        let mut args = vec!["--addr".into(), self.addr.clone(), "--server-pid".into(), self.child.id().to_string()];
+        let mut args = vec![
+            "--addr".into(),
+            self.addr.clone(),
+            "--server-pid".into(),
+            self.child.id().to_string(),
+        ];
         if self.target == Target::Relay {
             args.extend(["--secret".into(), BENCH_SECRET.into()]);
         } else {
@@ -188,7 +200,9 @@ impl Server {
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -196,10 +210,25 @@ impl Server {
 impl Tools {
     /// Builds the release server and the load generator; finds their executables.
     fn build() -> Result<Self, String> {
-        cargo(&["build", "--release", "-p", "relay-server", "--bin", "relay-server"])?;
+        cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "relay-server",
+            "--bin",
+            "relay-server",
+        ])?;
         let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let output = Command::new(cargo_bin)
-            .args(["bench", "-p", "relay-server", "--bench", "loadgen", "--no-run", "--message-format=json"])
+            .args([
+                "bench",
+                "-p",
+                "relay-server",
+                "--bench",
+                "loadgen",
+                "--no-run",
+                "--message-format=json",
+            ])
             .stderr(Stdio::inherit())
             .output()
             .map_err(|e| format!("cannot build the load generator: {e}"))?;
@@ -220,12 +249,23 @@ impl Tools {
             .nth(2)
             .ok_or("unexpected target layout")?
             .to_path_buf();
-        let server = target_dir.join("relay-server").to_string_lossy().into_owned();
-        let pin = Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        let server = target_dir
+            .join("relay-server")
+            .to_string_lossy()
+            .into_owned();
+        let pin = Command::new("taskset")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         if !pin {
             eprintln!("xtask bench: taskset not found; server and generator run unpinned");
         }
-        Ok(Self { server, loadgen, pin })
+        Ok(Self {
+            server,
+            loadgen,
+            pin,
+        })
     }
 
     fn command(&self, core: &str, program: &str) -> Command {
@@ -243,19 +283,32 @@ impl Tools {
         let mut command = match target {
             Target::Relay => {
                 let mut c = self.command("0", &self.server);
-                c.args(["--listen", "127.0.0.1:0", "--worker-threads", "1", "--log-format", "json", "--jwt-secret", BENCH_SECRET])
-                    .env("RUST_LOG", "info")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped());
+                c.args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--worker-threads",
+                    "1",
+                    "--log-format",
+                    "json",
+                    "--jwt-secret",
+                    BENCH_SECRET,
+                ])
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
                 c
             }
             Target::Baseline => {
                 let mut c = self.command("0", &self.loadgen);
-                c.args(["baseline-server", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+                c.args(["baseline-server", "--listen", "127.0.0.1:0"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit());
                 c
             }
         };
-        let mut child = command.spawn().map_err(|e| format!("cannot start the server: {e}"))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))?;
         let lines: Box<dyn BufRead + Send> = match target {
             Target::Relay => Box::new(BufReader::new(child.stderr.take().ok_or("no stderr")?)),
             Target::Baseline => Box::new(BufReader::new(child.stdout.take().ok_or("no stdout")?)),
@@ -266,7 +319,10 @@ impl Tools {
                 let addr = if let Some(rest) = line.strip_prefix("listening ") {
                     Some(rest.trim().to_owned())
                 } else if line.contains("\"message\":\"listening\"") {
-                    line.split("\"addr\":\"").nth(1).and_then(|r| r.split('"').next()).map(str::to_owned)
+                    line.split("\"addr\":\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .map(str::to_owned)
                 } else {
                     None
                 };
@@ -275,8 +331,14 @@ impl Tools {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| "the server did not report its address")?;
-        Ok(Server { child, addr, target })
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "the server did not report its address")?;
+        Ok(Server {
+            child,
+            addr,
+            target,
+        })
     }
 
     /// Runs the generator on core 1, echoing its output; returns its output.
@@ -289,7 +351,11 @@ impl Tools {
             .map_err(|e| format!("cannot run the load generator: {e}"))?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         print!("{stdout}");
-        if output.status.success() { Ok(stdout) } else { Err("the load generator failed".into()) }
+        if output.status.success() {
+            Ok(stdout)
+        } else {
+            Err("the load generator failed".into())
+        }
     }
 
     /// One fan-out run against a fresh server; the highest passing deliveries/s.

@@ -48,7 +48,10 @@ impl Flags {
     }
 
     fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
-        self.0.get(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+        self.0
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     }
 
     fn text(&self, name: &str) -> Option<&str> {
@@ -64,14 +67,20 @@ impl Flags {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let Some(command) = args.first().cloned() else {
         eprintln!("usage: loadgen <fanout|idle|baseline-server> [flags]");
         std::process::exit(2);
     };
     let flags = Flags::parse(&args[1..]);
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     match command.as_str() {
         "fanout" => runtime.block_on(fanout(&flags)),
         "idle" => runtime.block_on(idle(&flags)),
@@ -87,7 +96,10 @@ fn main() {
 // Measurement helpers
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// Clock ticks per second of /proc/*/stat (USER_HZ; 100 on Linux).
@@ -120,7 +132,10 @@ struct Histogram {
 
 impl Histogram {
     fn new() -> Self {
-        Self { buckets: (0..64 * 16).map(|_| AtomicU64::new(0)).collect(), max: AtomicU64::new(0) }
+        Self {
+            buckets: (0..64 * 16).map(|_| AtomicU64::new(0)).collect(),
+            max: AtomicU64::new(0),
+        }
     }
 
     fn index(v: u64) -> usize {
@@ -155,7 +170,11 @@ impl Histogram {
 
     /// Value at quantile `q` (upper bound of its bucket), in microseconds.
     fn quantile(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0;
@@ -223,11 +242,18 @@ impl RawWs {
         let opcode = b[0] & 0x0f;
         let (len, header) = match b[1] & 0x7f {
             126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             126 | 127 => return None,
             n => (n as usize, 2),
         };
-        (b.len() >= header + len).then_some(Frame { opcode, start: header, end: header + len })
+        (b.len() >= header + len).then_some(Frame {
+            opcode,
+            start: header,
+            end: header + len,
+        })
     }
 
     fn consume(&mut self, frame: &Frame) {
@@ -308,7 +334,10 @@ fn token(flags: &Flags, user: &str) -> Option<String> {
         ..Default::default()
     })
     .ok()?;
-    auth.mint(&relay_server::Claims::new(user, Duration::from_secs(24 * 3600)))
+    auth.mint(&relay_server::Claims::new(
+        user,
+        Duration::from_secs(24 * 3600),
+    ))
 }
 
 async fn subscribe(ws: &mut RawWs, channel: &str) -> std::io::Result<()> {
@@ -317,14 +346,18 @@ async fn subscribe(ws: &mut RawWs, channel: &str) -> std::io::Result<()> {
         return Err(std::io::Error::other("no welcome"));
     }
     let frame = format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#);
-    ws.stream.write_all(&client_frame(1, frame.as_bytes())).await?;
+    ws.stream
+        .write_all(&client_frame(1, frame.as_bytes()))
+        .await?;
     loop {
         let reply = ws.next_text().await?;
         if find(&reply, b"\"subscribed\"").is_some() {
             return Ok(());
         }
         if find(&reply, b"\"error\"").is_some() {
-            return Err(std::io::Error::other(String::from_utf8_lossy(&reply).into_owned()));
+            return Err(std::io::Error::other(
+                String::from_utf8_lossy(&reply).into_owned(),
+            ));
         }
     }
 }
@@ -392,14 +425,21 @@ async fn fanout(flags: &Flags) {
     });
     let started = Instant::now();
     for i in 0..subscribers {
-        let mut ws = RawWs::connect(addr, token(flags, &format!("sub{i}")).as_deref()).await.unwrap();
+        let mut ws = RawWs::connect(addr, token(flags, &format!("sub{i}")).as_deref())
+            .await
+            .unwrap();
         subscribe(&mut ws, channel).await.unwrap();
         tokio::spawn(subscriber_loop(ws, counters.clone()));
     }
     let setup = started.elapsed();
-    eprintln!("{label}: {subscribers} subscribers ready in {:.2}s", setup.as_secs_f64());
+    eprintln!(
+        "{label}: {subscribers} subscribers ready in {:.2}s",
+        setup.as_secs_f64()
+    );
 
-    let mut publisher = RawWs::connect(addr, token(flags, "publisher").as_deref()).await.unwrap();
+    let mut publisher = RawWs::connect(addr, token(flags, "publisher").as_deref())
+        .await
+        .unwrap();
     let _ = publisher.next_text().await.unwrap(); // welcome
     let (mut reader, mut writer) = publisher.stream.into_split();
     tokio::spawn(async move {
@@ -416,8 +456,17 @@ async fn fanout(flags: &Flags) {
     if !json {
         println!(
             "{:<9} {:>8} {:>13} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}",
-            "relay", "rate/s", "deliveries/s", "delivered", "p50 ms", "p90 ms", "p99 ms", "max ms",
-            "srv cpu", "srv rss", "gen cpu"
+            "relay",
+            "rate/s",
+            "deliveries/s",
+            "delivered",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "srv cpu",
+            "srv rss",
+            "gen cpu"
         );
     }
     for rate in rates {
@@ -451,15 +500,24 @@ async fn fanout(flags: &Flags) {
         let expected = sent * subscribers as u64;
         // Let the last deliveries arrive (bounded).
         let drain_deadline = Instant::now() + Duration::from_secs(3);
-        while counters.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        while counters.delivered.load(Ordering::Relaxed) < expected
+            && Instant::now() < drain_deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let wall = t0.elapsed().as_secs_f64();
         let delivered = counters.delivered.load(Ordering::Relaxed);
         let fraction = delivered as f64 / expected.max(1) as f64;
-        let per_sec = delivered as f64 / publish_time.as_secs_f64().max(wall.min(publish_time.as_secs_f64() + 0.5));
-        let srv_cpu = srv0.zip(cpu_seconds(&server_pid)).map(|(a, b)| (b - a) / wall * 100.0);
-        let gen_cpu = gen0.zip(cpu_seconds("self")).map(|(a, b)| (b - a) / wall * 100.0);
+        let per_sec = delivered as f64
+            / publish_time
+                .as_secs_f64()
+                .max(wall.min(publish_time.as_secs_f64() + 0.5));
+        let srv_cpu = srv0
+            .zip(cpu_seconds(&server_pid))
+            .map(|(a, b)| (b - a) / wall * 100.0);
+        let gen_cpu = gen0
+            .zip(cpu_seconds("self"))
+            .map(|(a, b)| (b - a) / wall * 100.0);
         let rss = rss_bytes(&server_pid).unwrap_or(0);
         let q = |x| counters.latency.quantile(x) as f64 / 1000.0;
         let (p50, p90, p99, max) = (q(0.5), q(0.9), q(0.99), q(1.0));
@@ -512,7 +570,9 @@ async fn idle(flags: &Flags) {
     let server_pid = flags.text("server-pid").unwrap_or("0").to_owned();
     let json = flags.text("json").is_some();
     // Tokens are minted up front so that the measured rate is the server's.
-    let tokens: Vec<Option<String>> = (0..connections).map(|i| token(flags, &format!("idle{i}"))).collect();
+    let tokens: Vec<Option<String>> = (0..connections)
+        .map(|i| token(flags, &format!("idle{i}")))
+        .collect();
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_bytes(&server_pid).unwrap_or(0);
@@ -620,10 +680,15 @@ async fn baseline_server(flags: &Flags) {
     let listen = flags.text("listen").unwrap_or("127.0.0.1:0");
     let listener = TcpListener::bind(listen).await.unwrap();
     println!("listening {}", listener.local_addr().unwrap());
-    let shared = Arc::new(Baseline { subscribers: std::sync::Mutex::new(Vec::new()), seq: AtomicU64::new(0) });
+    let shared = Arc::new(Baseline {
+        subscribers: std::sync::Mutex::new(Vec::new()),
+        seq: AtomicU64::new(0),
+    });
     let stop = Arc::new(AtomicBool::new(false));
     while !stop.load(Ordering::Relaxed) {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(baseline_connection(stream, shared.clone()));
     }
@@ -645,7 +710,9 @@ async fn baseline_connection(mut stream: TcpStream, shared: Arc<Baseline>) {
     let _ = buf.split_to(head_end);
     let Some(key) = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim().to_owned())
+        name.trim()
+            .eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| value.trim().to_owned())
     }) else {
         return;
     };
@@ -673,14 +740,19 @@ async fn baseline_connection(mut stream: TcpStream, shared: Arc<Baseline>) {
             }
         }
     });
-    let _ = tx.send(server_text(r#"{"type":"welcome","connection_id":"0","user":"u","heartbeat_ms":25000}"#));
+    let _ = tx.send(server_text(
+        r#"{"type":"welcome","connection_id":"0","user":"u","heartbeat_ms":25000}"#,
+    ));
     // Reader: unmask client frames; `subscribe` registers, `publish` fans out.
     loop {
         while buf.len() >= 6 {
             let b = &buf[..];
             let (len, header) = match b[1] & 0x7f {
                 126 if b.len() >= 8 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-                127 if b.len() >= 14 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+                127 if b.len() >= 14 => (
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 126 | 127 => break,
                 n => (n as usize, 2),
             };
@@ -697,11 +769,15 @@ async fn baseline_connection(mut stream: TcpStream, shared: Arc<Baseline>) {
             let _ = buf.split_to(total);
             match opcode {
                 1 if find(&payload, b"\"subscribe\"").is_some() => {
-                    let _ = tx.send(server_text(r#"{"type":"subscribed","channel":"bench:fanout","seq":0}"#));
+                    let _ = tx.send(server_text(
+                        r#"{"type":"subscribed","channel":"bench:fanout","seq":0}"#,
+                    ));
                     shared.subscribers.lock().unwrap().push(tx.clone());
                 }
                 1 if find(&payload, b"\"publish\"").is_some() => {
-                    let Some(at) = find(&payload, b"\"payload\":") else { continue };
+                    let Some(at) = find(&payload, b"\"payload\":") else {
+                        continue;
+                    };
                     let body = &payload[at + 10..payload.len() - 1];
                     let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
                     let json = format!(

@@ -28,6 +28,7 @@ mod config;
 mod metrics;
 mod rest;
 mod serve;
+mod wire;
 mod ws;
 
 pub use app::{App, Body};

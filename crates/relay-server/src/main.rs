@@ -174,13 +174,10 @@ fn runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
             builder
         }
     };
-    builder
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("relay-server: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        })
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("relay-server: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 async fn migrate(config: Config) -> ExitCode {

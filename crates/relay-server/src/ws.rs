@@ -6,26 +6,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use relay_core::{Batch, Connection, Identity};
 use relay_proto::{ClientFrame, CloseCode, ErrorCode, SUBPROTOCOL};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::app::{ApiError, App, Body};
 use crate::auth::AuthError;
+use crate::wire;
 
 /// Read buffer of a connection. Small on purpose: tungstenite's 128 KiB default would cost
 /// over a gigabyte at 10k idle connections; frames larger than this still arrive, in pieces.
 const READ_BUFFER: usize = 4 * 1024;
-/// Frames are gathered up to this many bytes before a write: the writer feeds a whole batch
-/// and flushes once, so a burst costs one `send` per 16 KiB instead of one per frame. The
-/// buffer grows only as far as a burst needs.
-const WRITE_BUFFER: usize = 16 * 1024;
+/// A writer's batch buffer is given back after a burst larger than this, so that idle
+/// connections stay small.
+const KEEP_WRITE_BUFFER: usize = 16 * 1024;
 /// How long a closing session waits for the peer's close reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -132,38 +132,40 @@ async fn session(
     let config = &app.inner.config;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+    let (read_half, mut write_half) = tokio::io::split(io);
+    let mut ws =
+        WebSocketStream::from_raw_socket(wire::ReadOnly(read_half), Role::Server, Some(ws_config))
+            .await;
     let (identity, expires) = match auth {
         // The token stays usable for the same leeway its verification allowed.
         Ok((identity, expires)) => (identity, expires + app.inner.auth.leeway()),
         Err(e) => {
             tracing::debug!(reason = %e, "websocket refused");
             app.inner.metrics.close(CloseCode::Unauthorized);
-            let _ = ws
-                .send(close_message(CloseCode::Unauthorized, &e.to_string()))
-                .await;
-            let _ = tokio::time::timeout(CLOSE_GRACE, ws.next()).await;
+            let mut frame = Vec::new();
+            wire::close(&mut frame, CloseCode::Unauthorized.code(), &e.to_string());
+            if write_half.write_all(&frame).await.is_ok() {
+                let _ = tokio::time::timeout(CLOSE_GRACE, ws.next()).await;
+            }
             return;
         }
     };
     let conn = app.inner.hub.connect(identity);
     tracing::debug!(connection = conn.id(), user = %conn.identity().user, "connected");
     conn.send(&conn.welcome(config.heartbeat_ms));
-    let (sink, stream) = ws.split();
-    let started = Instant::now();
-    let last_seen = AtomicU64::new(0);
     let session = Session {
         app: &app,
         conn: &conn,
-        started,
-        last_seen: &last_seen,
+        started: Instant::now(),
+        last_seen: AtomicU64::new(0),
+        pong: parking_lot::Mutex::new(None),
+        control: tokio::sync::Notify::new(),
     };
 
-    let writer = session.write(sink, expires);
-    let reader = session.read(stream);
+    let writer = session.write(write_half, expires);
+    let reader = session.read(ws);
     tokio::pin!(writer, reader);
     tokio::select! {
         (code, reason) = &mut reader => {
@@ -179,29 +181,21 @@ async fn session(
     tracing::debug!(connection = conn.id(), "disconnected");
 }
 
-fn close_message(code: CloseCode, reason: &str) -> Message {
-    // A close frame's reason must fit in 123 bytes.
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    Message::Close(Some(CloseFrame {
-        code: WsCloseCode::from(code.code()),
-        reason: Utf8Bytes::from(&reason[..end]),
-    }))
-}
-
 struct Session<'a> {
     app: &'a App,
     conn: &'a Connection,
     started: Instant,
     /// Milliseconds since `started` when the peer was last heard from.
-    last_seen: &'a AtomicU64,
+    last_seen: AtomicU64,
+    /// The payload of a client ping still to be answered (only the latest one is owed).
+    pong: parking_lot::Mutex<Option<Bytes>>,
+    /// Wakes the writer for a pong.
+    control: tokio::sync::Notify,
 }
 
-type Sink =
-    futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
-type Stream = futures_util::stream::SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
+type Reader =
+    WebSocketStream<wire::ReadOnly<tokio::io::ReadHalf<TokioIo<hyper::upgrade::Upgraded>>>>;
+type Writer = tokio::io::WriteHalf<TokioIo<hyper::upgrade::Upgraded>>;
 
 impl Session<'_> {
     fn touch(&self) {
@@ -210,7 +204,7 @@ impl Session<'_> {
     }
 
     /// Reads client frames until the peer closes; returns the close code to answer with.
-    async fn read(&self, mut stream: Stream) -> (CloseCode, &'static str) {
+    async fn read(&self, mut stream: Reader) -> (CloseCode, &'static str) {
         let metrics = &self.app.inner.metrics;
         while let Some(message) = stream.next().await {
             self.touch();
@@ -234,8 +228,12 @@ impl Session<'_> {
                     let message = "binary frames are not supported: send JSON in text frames";
                     self.conn.error(ErrorCode::BadRequest, message);
                 }
+                Ok(Message::Ping(payload)) => {
+                    *self.pong.lock() = Some(payload);
+                    self.control.notify_one();
+                }
                 Ok(Message::Close(_)) => return (CloseCode::Normal, "bye"),
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(Message::Pong(_) | Message::Frame(_)) => {}
                 Err(WsError::Capacity(e)) => {
                     tracing::debug!(connection = self.conn.id(), error = %e, "frame over the size limit");
                     return (CloseCode::TooBig, "frame over the size limit");
@@ -253,9 +251,12 @@ impl Session<'_> {
         (CloseCode::Normal, "connection lost")
     }
 
-    /// Drains the outbox to the socket (all queued frames, then one flush), pings every
-    /// heartbeat, and closes on silence, token expiry or maximum age.
-    async fn write(&self, mut sink: Sink, token_expires: SystemTime) {
+    /// Drains the outbox to the socket, pings every heartbeat, answers pings, and closes on
+    /// silence, token expiry or maximum age.
+    ///
+    /// Fast path: everything queued is taken at once and framed into one buffer (the JSON of
+    /// each frame was encoded once for all subscribers), then written with one call.
+    async fn write(&self, mut out: Writer, token_expires: SystemTime) {
         let config = &self.app.inner.config;
         let metrics = &self.app.inner.metrics;
         let outbox = self.conn.outbox();
@@ -271,34 +272,52 @@ impl Session<'_> {
         let max_age = tokio::time::sleep(max_age);
         tokio::pin!(expiry, max_age);
         let mut batch = Vec::new();
+        let mut buffer = Vec::new();
         loop {
+            buffer.clear();
             tokio::select! {
                 next = outbox.next_batch(&mut batch) => match next {
                     Batch::Frames => {
                         let count = batch.len() as u64;
+                        buffer.reserve(batch.iter().map(|f| f.len() + 4).sum());
                         for frame in batch.drain(..) {
-                            let Ok(text) = Utf8Bytes::try_from(frame.into_bytes()) else { continue };
-                            if sink.feed(Message::Text(text)).await.is_err() {
-                                return;
-                            }
+                            wire::text(&mut buffer, frame.as_bytes());
                         }
-                        if sink.flush().await.is_err() {
+                        if out.write_all(&buffer).await.is_err() {
                             return;
                         }
                         metrics.frames_out.inc_by(count);
+                        if buffer.capacity() > KEEP_WRITE_BUFFER {
+                            buffer = Vec::new();
+                            batch = Vec::new();
+                        }
                     }
                     Batch::Closed(reason) => {
                         metrics.close(reason.code);
-                        let _ = sink.send(close_message(reason.code, reason.reason)).await;
+                        wire::close(&mut buffer, reason.code.code(), reason.reason);
+                        let _ = out.write_all(&buffer).await;
+                        let _ = out.flush().await;
                         return;
                     }
                 },
+                () = self.control.notified() => {
+                    let payload = self.pong.lock().take();
+                    if let Some(payload) = payload {
+                        wire::pong(&mut buffer, &payload);
+                        if out.write_all(&buffer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 _ = ping.tick() => {
                     let silent = self.started.elapsed().as_millis() as u64 - self.last_seen.load(Ordering::Relaxed);
                     if silent > 2 * config.heartbeat_ms {
                         outbox.close(CloseCode::Idle, "no frame or pong within two heartbeats");
-                    } else if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return;
+                    } else {
+                        wire::ping(&mut buffer);
+                        if out.write_all(&buffer).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 () = &mut expiry => outbox.close(CloseCode::Unauthorized, "token expired"),
