@@ -22,7 +22,7 @@ use crate::wire;
 
 /// Read buffer of a connection. Small on purpose: tungstenite's 128 KiB default would cost
 /// over a gigabyte at 10k idle connections; frames larger than this still arrive, in pieces.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 512;
 /// A writer's batch buffer is given back after a burst larger than this, so that idle
 /// connections stay small.
 const KEEP_WRITE_BUFFER: usize = 16 * 1024;
@@ -215,7 +215,9 @@ impl Session<'_> {
                         Ok(frame) => {
                             let publish = matches!(frame, ClientFrame::Publish { .. });
                             let started = Instant::now();
-                            self.conn.handle(frame).await;
+                            // Boxed: the handling future is large and rarely alive, and
+                            // inline it would sit in every idle connection's task.
+                            Box::pin(self.conn.handle(frame)).await;
                             if publish {
                                 metrics.publish_latency(started.elapsed().as_secs_f64());
                             }
@@ -261,16 +263,24 @@ impl Session<'_> {
         let metrics = &self.app.inner.metrics;
         let outbox = self.conn.outbox();
         let heartbeat = config.heartbeat();
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        let expiry = token_expires
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let expiry = tokio::time::sleep(expiry);
-        let max_age = config
+        // One timer for the heartbeat, the token's expiry and the maximum age (a timer per
+        // concern would cost every idle connection three timer entries).
+        let now = tokio::time::Instant::now();
+        let expires_at = now
+            + token_expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+        let too_old_at = config
             .max_connection_age_secs
-            .map_or(Duration::from_secs(u64::MAX / 4), Duration::from_secs);
-        let max_age = tokio::time::sleep(max_age);
-        tokio::pin!(expiry, max_age);
+            .map(|secs| now + Duration::from_secs(secs));
+        let mut next_ping = now + heartbeat;
+        let next_deadline = |next_ping| {
+            too_old_at
+                .map_or(next_ping, |t| t.min(next_ping))
+                .min(expires_at)
+        };
+        let timer = tokio::time::sleep_until(next_deadline(next_ping));
+        tokio::pin!(timer);
         let mut batch = Vec::new();
         let mut buffer = Vec::new();
         loop {
@@ -309,19 +319,27 @@ impl Session<'_> {
                         }
                     }
                 }
-                _ = ping.tick() => {
-                    let silent = self.started.elapsed().as_millis() as u64 - self.last_seen.load(Ordering::Relaxed);
-                    if silent > 2 * config.heartbeat_ms {
-                        outbox.close(CloseCode::Idle, "no frame or pong within two heartbeats");
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= expires_at {
+                        outbox.close(CloseCode::Unauthorized, "token expired");
+                    } else if too_old_at.is_some_and(|t| now >= t) {
+                        outbox.close(CloseCode::Idle, "maximum connection age reached");
                     } else {
-                        wire::ping(&mut buffer);
-                        if out.write_all(&buffer).await.is_err() {
-                            return;
+                        next_ping = now + heartbeat;
+                        let silent = self.started.elapsed().as_millis() as u64 - self.last_seen.load(Ordering::Relaxed);
+                        if silent > 2 * config.heartbeat_ms {
+                            outbox.close(CloseCode::Idle, "no frame or pong within two heartbeats");
+                        } else {
+                            wire::ping(&mut buffer);
+                            if out.write_all(&buffer).await.is_err() {
+                                return;
+                            }
                         }
                     }
+                    // After a close the timer is not needed again: the outbox ends the loop.
+                    timer.as_mut().reset(next_deadline(next_ping).max(now + heartbeat / 4));
                 }
-                () = &mut expiry => outbox.close(CloseCode::Unauthorized, "token expired"),
-                () = &mut max_age => outbox.close(CloseCode::Idle, "maximum connection age reached"),
             }
         }
     }
