@@ -210,7 +210,21 @@ struct Frame {
 
 impl RawWs {
     async fn connect(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Self> {
-        let mut stream = TcpStream::connect(addr).await?;
+        Self::connect_from(addr, None, token).await
+    }
+
+    /// Connects from a chosen loopback source address. Spreading many connections over
+    /// several source addresses keeps the kernel's ephemeral-port search cheap (past half of
+    /// one address's port range, connect() slows down sharply).
+    async fn connect_from(addr: SocketAddr, source: Option<std::net::IpAddr>, token: Option<&str>) -> std::io::Result<Self> {
+        let mut stream = match source {
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+            None => TcpStream::connect(addr).await?,
+        };
         stream.set_nodelay(true)?;
         let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
         let request = format!(
@@ -591,7 +605,8 @@ async fn idle(flags: &Flags) {
                     return held;
                 }
                 let result = async {
-                    let mut ws = RawWs::connect(addr, tokens[i].as_deref()).await?;
+                    let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 16) as u8]);
+                    let mut ws = RawWs::connect_from(addr, Some(source), tokens[i].as_deref()).await?;
                     subscribe(&mut ws, &format!("idle:{i}")).await?;
                     Ok::<_, std::io::Error>(ws)
                 }
