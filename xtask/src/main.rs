@@ -7,8 +7,10 @@
 //! - `cargo xtask ci`: lint, then test.
 //! - `cargo xtask bench <scenario> [flags]`: benchmarks (release builds); see
 //!   `docs/performance.md`. Scenarios: `fanout`, `baseline`, `compare` (both, and the
-//!   ratio), `idle`, `persist` (needs `DATABASE_URL`). The server runs pinned to core 0 on
-//!   a one-thread runtime, the load generator pinned to core 1.
+//!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `micro` (criterion, no sockets). The
+//!   server runs pinned to core 0 on a one-thread runtime, the load generator on core 1.
+
+#![allow(clippy::print_stdout)] // A command-line tool: its output is the point.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -87,7 +89,7 @@ const BENCH_SECRET: &str = "xtask-bench-secret-0123456789";
 
 fn bench(args: &[String]) -> Result<(), String> {
     let Some(scenario) = args.first() else {
-        return Err("name a scenario: fanout | baseline | compare | idle | persist".into());
+        return Err("name a scenario: fanout | baseline | compare | idle | persist | micro".into());
     };
     let flags: Vec<String> = args[1..].to_vec();
     match scenario.as_str() {
@@ -96,6 +98,11 @@ fn bench(args: &[String]) -> Result<(), String> {
                 return Err("bench persist needs DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)".into());
             }
             let mut cargo_args = vec!["bench", "-p", "relay-server", "--bench", "persist", "--"];
+            cargo_args.extend(flags.iter().map(String::as_str));
+            cargo(&cargo_args)
+        }
+        "micro" => {
+            let mut cargo_args = vec!["bench", "-p", "relay-core", "--bench", "hub", "--"];
             cargo_args.extend(flags.iter().map(String::as_str));
             cargo(&cargo_args)
         }
@@ -137,7 +144,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         other => Err(format!(
-            "unknown scenario {other:?}; known: fanout baseline compare idle persist"
+            "unknown scenario {other:?}; known: fanout baseline compare idle persist micro"
         )),
     }
 }

@@ -216,7 +216,11 @@ impl RawWs {
     /// Connects from a chosen loopback source address. Spreading many connections over
     /// several source addresses keeps the kernel's ephemeral-port search cheap (past half of
     /// one address's port range, connect() slows down sharply).
-    async fn connect_from(addr: SocketAddr, source: Option<std::net::IpAddr>, token: Option<&str>) -> std::io::Result<Self> {
+    async fn connect_from(
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        token: Option<&str>,
+    ) -> std::io::Result<Self> {
         let mut stream = match source {
             Some(ip) => {
                 let socket = tokio::net::TcpSocket::new_v4()?;
@@ -606,7 +610,8 @@ async fn idle(flags: &Flags) {
                 }
                 let result = async {
                     let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 16) as u8]);
-                    let mut ws = RawWs::connect_from(addr, Some(source), tokens[i].as_deref()).await?;
+                    let mut ws =
+                        RawWs::connect_from(addr, Some(source), tokens[i].as_deref()).await?;
                     subscribe(&mut ws, &format!("idle:{i}")).await?;
                     Ok::<_, std::io::Error>(ws)
                 }
