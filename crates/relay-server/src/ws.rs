@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use relay_core::{Batch, Connection, Identity};
 use relay_proto::{ClientFrame, CloseCode, ErrorCode, SUBPROTOCOL};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -51,7 +51,20 @@ where
     let session_app = app.clone();
     app.inner.sessions.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => session(session_app, TokioIo::new(upgraded), auth).await,
+            // Served by our own accept loop, the upgraded IO is a plain TCP stream: take it
+            // back from hyper, so that reads and writes skip hyper's boxed IO and the split
+            // lock (each write is one syscall with nothing in between). Embedders' IO types
+            // take the generic path.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                Ok(parts) => {
+                    let (read, write) = parts.io.into_inner().into_split();
+                    session(session_app, read, parts.read_buf.to_vec(), write, auth).await;
+                }
+                Err(upgraded) => {
+                    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                    session(session_app, read, Vec::new(), write, auth).await;
+                }
+            },
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -124,20 +137,30 @@ fn negotiate_protocol<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ApiErr
     ))
 }
 
-async fn session(
+/// One WebSocket session over the two halves of a connection; `already_read` holds bytes
+/// that arrived with the upgrade request.
+async fn session<R, W>(
     app: App,
-    io: TokioIo<hyper::upgrade::Upgraded>,
+    read_half: R,
+    already_read: Vec<u8>,
+    mut write_half: W,
     auth: Result<(Identity, SystemTime), AuthError>,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let config = &app.inner.config;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let (read_half, mut write_half) = tokio::io::split(io);
-    let mut ws =
-        WebSocketStream::from_raw_socket(wire::ReadOnly(read_half), Role::Server, Some(ws_config))
-            .await;
+    let mut ws = WebSocketStream::from_partially_read(
+        wire::ReadOnly(read_half),
+        already_read,
+        Role::Server,
+        Some(ws_config),
+    )
+    .await;
     let (identity, expires) = match auth {
         // The token stays usable for the same leeway its verification allowed.
         Ok((identity, expires)) => (identity, expires + app.inner.auth.leeway()),
@@ -193,10 +216,6 @@ struct Session<'a> {
     control: tokio::sync::Notify,
 }
 
-type Reader =
-    WebSocketStream<wire::ReadOnly<tokio::io::ReadHalf<TokioIo<hyper::upgrade::Upgraded>>>>;
-type Writer = tokio::io::WriteHalf<TokioIo<hyper::upgrade::Upgraded>>;
-
 impl Session<'_> {
     fn touch(&self) {
         self.last_seen
@@ -204,7 +223,10 @@ impl Session<'_> {
     }
 
     /// Reads client frames until the peer closes; returns the close code to answer with.
-    async fn read(&self, mut stream: Reader) -> (CloseCode, &'static str) {
+    async fn read<R: AsyncRead + Unpin>(
+        &self,
+        mut stream: WebSocketStream<wire::ReadOnly<R>>,
+    ) -> (CloseCode, &'static str) {
         let metrics = &self.app.inner.metrics;
         while let Some(message) = stream.next().await {
             self.touch();
@@ -258,7 +280,7 @@ impl Session<'_> {
     ///
     /// Fast path: everything queued is taken at once and framed into one buffer (the JSON of
     /// each frame was encoded once for all subscribers), then written with one call.
-    async fn write(&self, mut out: Writer, token_expires: SystemTime) {
+    async fn write<W: AsyncWrite + Unpin>(&self, mut out: W, token_expires: SystemTime) {
         let config = &self.app.inner.config;
         let metrics = &self.app.inner.metrics;
         let outbox = self.conn.outbox();
