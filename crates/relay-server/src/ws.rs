@@ -57,8 +57,12 @@ where
             // take the generic path.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
                 Ok(parts) => {
+                    // Copy what hyper read ahead and let go of its read buffer now, or the
+                    // whole buffer would live as long as the connection.
+                    let already_read = parts.read_buf.to_vec();
+                    drop(parts.read_buf);
                     let (read, write) = parts.io.into_inner().into_split();
-                    session(session_app, read, parts.read_buf.to_vec(), write, auth).await;
+                    session(session_app, read, already_read, write, auth).await;
                 }
                 Err(upgraded) => {
                     let (read, write) = tokio::io::split(TokioIo::new(upgraded));
