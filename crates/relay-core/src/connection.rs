@@ -155,10 +155,20 @@ impl Connection {
         self.hub
             .authorize(&self.identity, &channel, Action::Subscribe)
             .await?;
-        if !self.subscriptions.lock().insert(channel.clone()) {
-            return Err(HubError::BadRequest(format!(
-                "already subscribed to {channel}"
-            )));
+        {
+            let mut subscriptions = self.subscriptions.lock();
+            let limit = self.hub.config().max_subscriptions;
+            if subscriptions.contains(&channel) {
+                return Err(HubError::BadRequest(format!(
+                    "already subscribed to {channel}"
+                )));
+            }
+            if subscriptions.len() >= limit {
+                return Err(HubError::BadRequest(format!(
+                    "subscription limit reached: at most {limit} per connection"
+                )));
+            }
+            subscriptions.insert(channel.clone());
         }
         self.hub
             .add_subscriber(&channel, self.id, &self.identity.user, self.outbox.clone());

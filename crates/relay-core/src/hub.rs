@@ -25,6 +25,10 @@ pub struct HubConfig {
     pub policies: Policies,
     /// Frames a connection may have queued before it is closed as a slow consumer (4008).
     pub outbox_capacity: usize,
+    /// Bytes a connection may have queued before it is closed as a slow consumer (4008).
+    pub outbox_max_bytes: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
     /// Most messages a `subscribe {since}` replays; further behind answers `recovered: false`.
     pub max_recovery: usize,
     /// How long a subscriber waits on a gap in the sequence (messages that arrived out of
@@ -37,6 +41,8 @@ impl Default for HubConfig {
         Self {
             policies: Policies::default(),
             outbox_capacity: 4096,
+            outbox_max_bytes: 16 * 1024 * 1024,
+            max_subscriptions: 1024,
             max_recovery: 1000,
             repair_delay: Duration::from_millis(20),
         }
@@ -205,7 +211,11 @@ impl Hub {
     /// [`Connection::outbox`]. Dropping the connection removes every trace of it.
     pub fn connect(&self, identity: Identity) -> Connection {
         let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.inner.config.outbox_capacity));
+        let config = &self.inner.config;
+        let outbox = Arc::new(Outbox::with_limits(
+            config.outbox_capacity,
+            config.outbox_max_bytes,
+        ));
         self.inner.connections.insert(id, outbox.clone());
         Connection::new(self.clone(), id, identity, outbox)
     }

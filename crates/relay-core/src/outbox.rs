@@ -45,6 +45,7 @@ pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
     capacity: usize,
+    max_bytes: usize,
 }
 
 struct State {
@@ -54,19 +55,29 @@ struct State {
     /// which bounds only live traffic (a recovery replay larger than the queue must not cut
     /// the connection it is recovering).
     replayed: usize,
+    /// Bytes of live frames queued.
+    bytes: usize,
 }
 
 impl Outbox {
     /// An empty outbox holding at most `capacity` frames.
     pub fn new(capacity: usize) -> Self {
+        Self::with_limits(capacity, usize::MAX)
+    }
+
+    /// An empty outbox holding at most `capacity` frames and `max_bytes` bytes of them (a
+    /// single frame larger than that still passes when nothing else is queued).
+    pub fn with_limits(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: None,
                 replayed: 0,
+                bytes: 0,
             }),
             ready: Notify::new(),
             capacity: capacity.max(1),
+            max_bytes,
         }
     }
 
@@ -77,9 +88,12 @@ impl Outbox {
         if state.closed.is_some() {
             return Err(PushError::Closed);
         }
-        if state.queue.len() >= self.capacity + state.replayed {
+        let too_many = state.queue.len() >= self.capacity + state.replayed;
+        let too_big = state.bytes > 0 && state.bytes.saturating_add(frame.len()) > self.max_bytes;
+        if too_many || too_big {
             state.queue = VecDeque::new();
             state.replayed = 0;
+            state.bytes = 0;
             state.closed = Some(CloseReason {
                 code: CloseCode::SlowConsumer,
                 reason: "slow consumer: outbound queue overflowed",
@@ -89,6 +103,7 @@ impl Outbox {
             return Err(PushError::Overflow);
         }
         let was_empty = state.queue.is_empty();
+        state.bytes += frame.len();
         state.queue.push_back(frame);
         drop(state);
         if was_empty {
@@ -146,6 +161,7 @@ impl Outbox {
         if !state.queue.is_empty() {
             out.extend(state.queue.drain(..));
             state.replayed = 0;
+            state.bytes = 0;
             // Give back the memory of a burst so idle connections stay small.
             if state.queue.capacity() > 64 {
                 state.queue.shrink_to(16);
@@ -220,6 +236,19 @@ mod tests {
         outbox.push(frame("live1")).unwrap();
         outbox.push(frame("live2")).unwrap();
         assert_eq!(outbox.push(frame("live3")), Err(PushError::Overflow));
+    }
+
+    #[tokio::test]
+    async fn the_byte_limit_closes_with_4008_too() {
+        let outbox = Outbox::with_limits(100, 10);
+        outbox.push(frame("12345678")).unwrap();
+        assert_eq!(outbox.push(frame("123")), Err(PushError::Overflow));
+        let alone = Outbox::with_limits(100, 4);
+        assert_eq!(
+            alone.push(frame("a frame larger than the limit")),
+            Ok(()),
+            "alone, it passes"
+        );
     }
 
     #[tokio::test]

@@ -57,6 +57,10 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Frames a connection may have queued before it is closed as a slow consumer (4008).
     pub outbox_capacity: usize,
+    /// Bytes a connection may have queued before it is closed as a slow consumer (4008).
+    pub outbox_max_bytes: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
     /// Most messages a `subscribe {since}` replays.
     pub max_recovery: usize,
     /// How long graceful shutdown waits for connections and requests to finish.
@@ -83,6 +87,8 @@ impl Default for Config {
             max_connection_age_secs: None,
             max_frame_bytes: 128 * 1024,
             outbox_capacity: 4096,
+            outbox_max_bytes: 16 * 1024 * 1024,
+            max_subscriptions: 1024,
             max_recovery: 1000,
             shutdown_timeout_ms: 10_000,
             log_format: LogFormat::Text,
@@ -275,6 +281,8 @@ impl Config {
         HubConfig {
             policies,
             outbox_capacity: self.outbox_capacity,
+            outbox_max_bytes: self.outbox_max_bytes,
+            max_subscriptions: self.max_subscriptions,
             max_recovery: self.max_recovery,
             ..HubConfig::default()
         }

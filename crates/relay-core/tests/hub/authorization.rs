@@ -137,3 +137,27 @@ async fn user_limits_bind_services_too() {
         "{frames:?}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_cannot_hold_more_subscriptions_than_the_limit() {
+    let t = TestHub::with_config(relay_core::HubConfig {
+        max_subscriptions: 2,
+        ..Default::default()
+    });
+    let alice = t.connect("alice");
+    alice.subscribe("c:1").await;
+    alice.subscribe("c:2").await;
+    assert_eq!(
+        error_code(&alice.subscribe("c:3").await),
+        Some(ErrorCode::BadRequest)
+    );
+    alice
+        .send(json!({"type": "unsubscribe", "channel": "c:1"}))
+        .await;
+    alice.frames();
+    let frames = alice.subscribe("c:3").await;
+    assert!(
+        matches!(&frames[..], [ServerFrame::Subscribed { .. }]),
+        "{frames:?}"
+    );
+}
