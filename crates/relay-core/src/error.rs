@@ -55,6 +55,7 @@ impl From<StoreError> for HubError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::ChannelNotFound(c) => Self::NotFound(format!("channel {c} does not exist")),
+            StoreError::Invalid(why) => Self::BadRequest(format!("refused by the store: {why}")),
             e @ StoreError::Unavailable(_) => Self::Unavailable(e),
             e @ StoreError::Corrupt(_) => Self::Internal(e),
         }

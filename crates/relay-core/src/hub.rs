@@ -212,10 +212,14 @@ impl Hub {
     pub fn connect(&self, identity: Identity) -> Connection {
         let id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
         let config = &self.inner.config;
-        let outbox = Arc::new(Outbox::with_limits(
-            config.outbox_capacity,
-            config.outbox_max_bytes,
-        ));
+        // A few full recoveries may queue at once; more means the client is not reading.
+        let replay_limit = config
+            .max_recovery
+            .saturating_mul(4)
+            .max(config.outbox_capacity);
+        let outbox = Outbox::with_limits(config.outbox_capacity, config.outbox_max_bytes)
+            .with_replay_limit(replay_limit);
+        let outbox = Arc::new(outbox);
         self.inner.connections.insert(id, outbox.clone());
         Connection::new(self.clone(), id, identity, outbox)
     }
@@ -365,8 +369,17 @@ impl Hub {
             return Ok(published);
         }
         let max_history = policy.max_history;
-        let stored = self.inner.store.append(message).await?;
-        self.deliver_from(&stored, origin);
+        // Commit and local delivery run in their own task: if the caller goes away (its
+        // connection closed) after the commit, the message is still delivered now rather
+        // than at the channel's next publish.
+        let hub = self.clone();
+        let commit = async move { hub.commit_and_deliver(message, origin).await };
+        let stored = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.spawn(commit).await.map_err(|e| {
+                HubError::Unavailable(relay_store::StoreError::Unavailable(Box::new(e)))
+            })??,
+            Err(_) => commit.await?,
+        };
         if let Some(keep) = max_history
             && let Err(e) = self.inner.store.trim(&stored.channel, keep).await
         {
@@ -378,6 +391,40 @@ impl Hub {
             seq: Some(stored.seq),
             ts: stored.ts,
         })
+    }
+
+    async fn commit_and_deliver(
+        &self,
+        message: NewMessage,
+        origin: Option<ConnId>,
+    ) -> Result<StoredMessage, relay_store::StoreError> {
+        let channel = message.channel.clone();
+        match self.inner.store.append(message).await {
+            Ok(stored) => {
+                self.deliver_from(&stored, origin);
+                Ok(stored)
+            }
+            Err(e) => {
+                // A failed commit may still have committed (the connection broke on the
+                // way back): check the channel's tail so no subscriber waits for a
+                // message that nobody will deliver.
+                self.check_tail(&channel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Schedules a repair that also brings live subscribers up to the store's latest seq.
+    fn check_tail(&self, channel: &ChannelName) {
+        if let Some(mut state) = self.inner.channels.get_mut(channel) {
+            state.tail_check = true;
+            let schedule = !state.repair_scheduled;
+            state.repair_scheduled = true;
+            drop(state);
+            if schedule {
+                self.schedule_repair(channel.clone());
+            }
+        }
     }
 
     /// Delivers a committed message to local subscribers, in seq order.
@@ -476,10 +523,10 @@ impl Hub {
         reply: impl FnOnce(Option<Vec<UserId>>) -> ServerFrame,
     ) -> bool {
         let policy = self.policy(channel);
-        let Some(mut state) = self.inner.channels.get_mut(channel) else {
+        let Some(mut guard) = self.inner.channels.get_mut(channel) else {
             return false;
         };
-        let state = &mut *state;
+        let state = &mut *guard;
         let Some(user) = state.subscribers.get(&id).map(|s| s.user.clone()) else {
             return false;
         };
@@ -501,6 +548,7 @@ impl Hub {
         let gap = sub.start(cursor, history);
         let schedule = gap && !state.repair_scheduled;
         state.repair_scheduled |= gap;
+        drop(guard);
         if schedule {
             self.schedule_repair(channel.clone());
         }
@@ -548,6 +596,10 @@ impl Hub {
     fn schedule_repair(&self, channel: ChannelName) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(%channel, "no tokio runtime: cannot repair a delivery gap");
+            // Let a later delivery made on a runtime schedule the repair.
+            if let Some(mut state) = self.inner.channels.get_mut(&channel) {
+                state.repair_scheduled = false;
+            }
             return;
         };
         let hub = Arc::downgrade(&self.inner);
@@ -562,16 +614,18 @@ impl Hub {
 
     /// Fills the gaps of a channel's subscribers from the store.
     async fn repair(&self, channel: ChannelName) {
-        let from = {
+        let (from, tail) = {
             let Some(mut state) = self.inner.channels.get_mut(&channel) else {
                 return;
             };
             state.repair_scheduled = false;
-            state
+            let tail = std::mem::take(&mut state.tail_check);
+            let from = state
                 .subscribers
                 .values()
-                .filter_map(|s| s.gap_cursor())
-                .min()
+                .filter_map(|s| if tail { s.cursor() } else { s.gap_cursor() })
+                .min();
+            (from, tail)
         };
         let Some(from) = from else {
             return;
@@ -604,8 +658,18 @@ impl Hub {
         let mut gap = false;
         if let Some(mut state) = self.inner.channels.get_mut(&channel) {
             for sub in state.subscribers.values_mut() {
-                if sub.gap_cursor().is_some() {
-                    gap |= sub.fill(&frames, committed);
+                // Only subscribers at or after `from` can trust this read to hold everything
+                // they miss; one that fell behind it meanwhile waits for the next repair.
+                match sub.cursor() {
+                    Some(cursor) if cursor >= from => {
+                        if sub.gap_cursor().is_some() {
+                            gap |= sub.fill(&frames, committed);
+                        } else if tail {
+                            gap |= sub.catch_up(&frames, committed);
+                        }
+                    }
+                    Some(_) => gap |= sub.gap_cursor().is_some(),
+                    None => {}
                 }
             }
         }

@@ -46,6 +46,7 @@ pub struct Outbox {
     ready: Notify,
     capacity: usize,
     max_bytes: usize,
+    max_replayed: usize,
 }
 
 struct State {
@@ -78,7 +79,15 @@ impl Outbox {
             ready: Notify::new(),
             capacity: capacity.max(1),
             max_bytes,
+            max_replayed: usize::MAX,
         }
+    }
+
+    /// Bounds the replayed frames queued at once (several recoveries into a connection that
+    /// does not read); past it the outbox closes with 4008 like a live overflow.
+    pub fn with_replay_limit(mut self, frames: usize) -> Self {
+        self.max_replayed = frames;
+        self
     }
 
     /// Enqueues a frame without waiting. On overflow the outbox closes itself with 4008 and
@@ -117,6 +126,18 @@ impl Outbox {
     pub(crate) fn push_replay(&self, frame: EncodedFrame) {
         let mut state = self.state.lock();
         if state.closed.is_some() {
+            return;
+        }
+        if state.replayed >= self.max_replayed {
+            state.queue = VecDeque::new();
+            state.replayed = 0;
+            state.bytes = 0;
+            state.closed = Some(CloseReason {
+                code: CloseCode::SlowConsumer,
+                reason: "slow consumer: too much history queued",
+            });
+            drop(state);
+            self.ready.notify_one();
             return;
         }
         let was_empty = state.queue.is_empty();

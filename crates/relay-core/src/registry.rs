@@ -144,6 +144,29 @@ impl Subscriber {
         false
     }
 
+    /// The cursor of a started subscriber (the last seq it was handed).
+    pub(crate) fn cursor(&self) -> Option<Seq> {
+        match self.position {
+            Position::Live(cursor) => Some(cursor),
+            Position::Buffering { cursor, .. } => cursor,
+        }
+    }
+
+    /// Brings a live subscriber up to date with messages read from the store (after a
+    /// commit whose delivery may have been lost). Returns true when it waits on a gap.
+    pub(crate) fn catch_up(&mut self, history: &[(Seq, EncodedFrame)], committed: Seq) -> bool {
+        if let Position::Live(cursor) = self.position {
+            if !history.iter().any(|(seq, _)| *seq > cursor) {
+                return false;
+            }
+            self.position = Position::Buffering {
+                cursor: Some(cursor),
+                pending: BTreeMap::new(),
+            };
+        }
+        self.fill(history, committed)
+    }
+
     /// The cursor of a subscriber waiting on a gap.
     pub(crate) fn gap_cursor(&self) -> Option<Seq> {
         match self.position {
@@ -187,6 +210,8 @@ pub(crate) struct ChannelState {
     pub(crate) online: HashMap<UserId, u32>,
     /// A gap repair is scheduled for this channel.
     pub(crate) repair_scheduled: bool,
+    /// The next repair also brings live subscribers up to the store's latest seq.
+    pub(crate) tail_check: bool,
 }
 
 impl ChannelState {

@@ -11,6 +11,18 @@ use crate::wire::{DecodeError, DecodeErrorKind, Fields, present};
 /// Longest `event` string, in bytes.
 pub const MAX_EVENT_LEN: usize = 255;
 
+/// Checks an `event` name: at most [`MAX_EVENT_LEN`] bytes, no control characters (a NUL
+/// could not even be stored). Returns why it is refused.
+pub fn validate_event(event: &str) -> Result<(), &'static str> {
+    if event.len() > MAX_EVENT_LEN {
+        return Err("longer than 255 bytes");
+    }
+    if event.chars().any(char::is_control) {
+        return Err("holds a control character");
+    }
+    Ok(())
+}
+
 /// A frame from client to server. Every variant may carry a client-chosen `id` that the
 /// server echoes in each reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -128,10 +140,11 @@ impl ClientFrame {
             id: &wire.id,
         };
         let event = match wire.event {
-            Some(e) if e.len() > MAX_EVENT_LEN => {
-                return Err(f.invalid("event", format!("longer than {MAX_EVENT_LEN} bytes")));
-            }
-            e => e,
+            Some(e) => match validate_event(&e) {
+                Ok(()) => Some(e),
+                Err(why) => return Err(f.invalid("event", why.to_owned())),
+            },
+            None => None,
         };
         let channel = wire.channel.as_deref();
         Ok(match frame {
@@ -244,6 +257,10 @@ mod tests {
             kind(r#"{"type":"dance"}"#),
             DecodeErrorKind::UnknownType("dance".into())
         );
+        assert!(matches!(
+            kind(r#"{"type":"publish","channel":"c","payload":1,"event":"a\u0000b"}"#),
+            DecodeErrorKind::InvalidField { field: "event", .. }
+        ));
         assert_eq!(
             kind(r#"{"type":"publish","channel":"c"}"#),
             DecodeErrorKind::MissingField {

@@ -38,7 +38,7 @@ mod types;
 mod wire;
 
 pub use channel::{ChannelName, MAX_NAME_LEN, NameError, UserId};
-pub use client::{ClientFrame, MAX_EVENT_LEN};
+pub use client::{ClientFrame, MAX_EVENT_LEN, validate_event};
 pub use codes::{CloseCode, ErrorCode};
 pub use encoded::EncodedFrame;
 pub use server::ServerFrame;

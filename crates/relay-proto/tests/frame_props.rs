@@ -54,6 +54,11 @@ fn event() -> impl Strategy<Value = Option<String>> {
     proptest::option::of(".{0,20}")
 }
 
+/// Events a client may send: no control characters.
+fn client_event() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of("[^\\p{Cc}]{0,20}")
+}
+
 fn seq() -> impl Strategy<Value = Seq> {
     any::<u64>().prop_map(Seq)
 }
@@ -63,16 +68,23 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (frame_id(), channel(), proptest::option::of(seq()))
             .prop_map(|(id, channel, since)| ClientFrame::Subscribe { id, channel, since }),
         (frame_id(), channel()).prop_map(|(id, channel)| ClientFrame::Unsubscribe { id, channel }),
-        (frame_id(), channel(), payload(), event(), any::<bool>()).prop_map(
-            |(id, channel, payload, event, ephemeral)| ClientFrame::Publish {
-                id,
-                channel,
-                payload,
-                event,
-                ephemeral
-            }
-        ),
-        (frame_id(), channel(), user(), payload(), event()).prop_map(
+        (
+            frame_id(),
+            channel(),
+            payload(),
+            client_event(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(id, channel, payload, event, ephemeral)| ClientFrame::Publish {
+                    id,
+                    channel,
+                    payload,
+                    event,
+                    ephemeral
+                }
+            ),
+        (frame_id(), channel(), user(), payload(), client_event()).prop_map(
             |(id, channel, to, payload, event)| ClientFrame::Signal {
                 id,
                 channel,

@@ -53,6 +53,11 @@ impl Claims {
     }
 }
 
+/// A time later than any token's expiry (about a century ahead).
+pub(crate) fn far_future() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -184,7 +189,10 @@ impl Authenticator {
             Some("service") => Role::Service,
             _ => Role::User,
         };
-        let expires = UNIX_EPOCH + Duration::from_secs(claims.exp);
+        // A far-future `exp` must not overflow the clock type.
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .unwrap_or_else(far_future);
         Ok((
             Identity {
                 user,
@@ -264,6 +272,16 @@ mod tests {
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(matches!(auth.verify(none), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_huge_exp_does_not_panic() {
+        let auth = hs256("0123456789abcdef0123");
+        let claims = Claims {
+            exp: u64::MAX,
+            ..Claims::new("alice", Duration::ZERO)
+        };
+        assert!(auth.verify_claims(&auth.mint(&claims).unwrap()).is_ok());
     }
 
     #[test]

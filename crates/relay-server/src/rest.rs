@@ -7,7 +7,7 @@ use http::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use relay_core::{Action, Identity, Publish, SubscribeRule};
 use relay_proto::{
-    ChannelName, ErrorCode, MAX_EVENT_LEN, MessageId, Payload, Seq, Timestamp, UserId,
+    ChannelName, ErrorCode, MessageId, Payload, Seq, Timestamp, UserId, validate_event,
 };
 use relay_store::{ChannelRecord, HistoryQuery, NewChannel, StoredMessage};
 use serde::{Deserialize, Serialize};
@@ -108,10 +108,10 @@ fn user_id(id: &str) -> Result<UserId, ApiError> {
 }
 
 fn check_event(event: &Option<String>) -> Result<(), ApiError> {
-    match event {
-        Some(e) if e.len() > MAX_EVENT_LEN => Err(ApiError::new(
+    match event.as_deref().map(validate_event) {
+        Some(Err(why)) => Err(ApiError::new(
             ErrorCode::BadRequest,
-            format!("`event` is longer than {MAX_EVENT_LEN} bytes"),
+            format!("`event` {why}"),
         )),
         _ => Ok(()),
     }

@@ -26,6 +26,8 @@ const READ_BUFFER: usize = 512;
 /// A writer's batch buffer is given back after a burst larger than this, so that idle
 /// connections stay small.
 const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+/// How often a blocked write checks whether to give up on its client.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long a closing session waits for the peer's close reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -167,7 +169,10 @@ async fn session<R, W>(
     .await;
     let (identity, expires) = match auth {
         // The token stays usable for the same leeway its verification allowed.
-        Ok((identity, expires)) => (identity, expires + app.inner.auth.leeway()),
+        Ok((identity, expires)) => {
+            let expires = expires.checked_add(app.inner.auth.leeway());
+            (identity, expires.unwrap_or_else(crate::auth::far_future))
+        }
         Err(e) => {
             tracing::debug!(reason = %e, "websocket refused");
             app.inner.metrics.close(CloseCode::Unauthorized);
@@ -189,6 +194,7 @@ async fn session<R, W>(
         last_seen: AtomicU64::new(0),
         pong: parking_lot::Mutex::new(None),
         control: tokio::sync::Notify::new(),
+        closing: std::sync::atomic::AtomicBool::new(false),
     };
 
     let writer = session.write(write_half, expires);
@@ -218,12 +224,42 @@ struct Session<'a> {
     pong: parking_lot::Mutex<Option<Bytes>>,
     /// Wakes the writer for a pong.
     control: tokio::sync::Notify,
+    /// The writer has sent (or is sending) the close frame.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Session<'_> {
     fn touch(&self) {
         self.last_seen
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes `bytes`; false when the connection is to be dropped. The fast path is one
+    /// write that completes at once. A write that blocks (the client stopped reading and
+    /// its TCP window is shut) is abandoned when the outbox overflows meanwhile or after two
+    /// heartbeats, so a stalled client cannot pin its connection, subscriptions and
+    /// presence forever; its close frame could not be sent anyway.
+    async fn send<W: AsyncWrite + Unpin>(&self, out: &mut W, bytes: &[u8]) -> bool {
+        let write = out.write_all(bytes);
+        tokio::pin!(write);
+        if let Some(result) = futures_util::FutureExt::now_or_never(&mut write) {
+            return result.is_ok();
+        }
+        let give_up = tokio::time::Instant::now() + self.app.inner.config.heartbeat() * 2;
+        loop {
+            tokio::select! {
+                result = &mut write => return result.is_ok(),
+                () = tokio::time::sleep(STALL_CHECK) => {
+                    let overflowed = self.conn.outbox().closed().is_some_and(|r| r.code == CloseCode::SlowConsumer);
+                    if overflowed || tokio::time::Instant::now() >= give_up {
+                        let code = if overflowed { CloseCode::SlowConsumer } else { CloseCode::Idle };
+                        tracing::debug!(connection = self.conn.id(), ?code, "dropping a connection whose client stopped reading");
+                        self.app.inner.metrics.close(code);
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     /// Reads client frames until the peer closes; returns the close code to answer with.
@@ -234,6 +270,13 @@ impl Session<'_> {
         let metrics = &self.app.inner.metrics;
         while let Some(message) = stream.next().await {
             self.touch();
+            if self.closing.load(Ordering::Relaxed) {
+                // Our close frame is out: nothing more is handled, only the reply awaited.
+                if matches!(message, Ok(Message::Close(_)) | Err(_)) {
+                    return (CloseCode::Normal, "bye");
+                }
+                continue;
+            }
             match message {
                 Ok(Message::Text(text)) => {
                     metrics.frames_in.inc();
@@ -319,7 +362,7 @@ impl Session<'_> {
                         for frame in batch.drain(..) {
                             wire::text(&mut buffer, frame.as_bytes());
                         }
-                        if out.write_all(&buffer).await.is_err() {
+                        if !self.send(&mut out, &buffer).await {
                             return;
                         }
                         metrics.frames_out.inc_by(count);
@@ -329,10 +372,13 @@ impl Session<'_> {
                         }
                     }
                     Batch::Closed(reason) => {
+                        // From here on the reader only waits for the peer's close.
+                        self.closing.store(true, Ordering::Relaxed);
                         metrics.close(reason.code);
                         wire::close(&mut buffer, reason.code.code(), reason.reason);
-                        let _ = out.write_all(&buffer).await;
-                        let _ = out.flush().await;
+                        if self.send(&mut out, &buffer).await {
+                            let _ = out.flush().await;
+                        }
                         return;
                     }
                 },
@@ -340,7 +386,7 @@ impl Session<'_> {
                     let payload = self.pong.lock().take();
                     if let Some(payload) = payload {
                         wire::pong(&mut buffer, &payload);
-                        if out.write_all(&buffer).await.is_err() {
+                        if !self.send(&mut out, &buffer).await {
                             return;
                         }
                     }
@@ -358,7 +404,7 @@ impl Session<'_> {
                             outbox.close(CloseCode::Idle, "no frame or pong within two heartbeats");
                         } else {
                             wire::ping(&mut buffer);
-                            if out.write_all(&buffer).await.is_err() {
+                            if !self.send(&mut out, &buffer).await {
                                 return;
                             }
                         }

@@ -68,6 +68,15 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 }
 
 fn map_err(e: sqlx::Error) -> StoreError {
+    // SQLSTATE classes 22 (data exception) and 23 (integrity violation): this data, not the
+    // database, is the problem.
+    if let sqlx::Error::Database(db) = &e
+        && db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+    {
+        return StoreError::Invalid(db.message().to_owned());
+    }
     match e {
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
@@ -121,6 +130,26 @@ async fn committer(pool: PgPool, mut queue: mpsc::Receiver<Append>, max_batch: u
             Ok(seqs) => {
                 for (append, seq) in batch.drain(..).zip(seqs) {
                     let _ = append.reply.send(Ok(seq));
+                }
+            }
+            Err(StoreError::Invalid(_)) if batch.len() > 1 => {
+                // One message the database refuses must not fail its neighbours: commit
+                // them one by one so that only the bad one gets the error.
+                for append in batch.drain(..) {
+                    let result =
+                        commit(&pool, std::slice::from_ref(&append))
+                            .await
+                            .and_then(|seqs| {
+                                seqs.first().copied().ok_or_else(|| {
+                                    StoreError::Corrupt("no seq for a commit".into())
+                                })
+                            });
+                    let _ = append.reply.send(result);
+                }
+            }
+            Err(StoreError::Invalid(reason)) => {
+                for append in batch.drain(..) {
+                    let _ = append.reply.send(Err(StoreError::Invalid(reason.clone())));
                 }
             }
             Err(e) => {

@@ -1,8 +1,13 @@
 //! `subscribe {since}`, out-of-order deliveries and gaps filled from the store.
 
-use relay_core::HubConfig;
-use relay_proto::{Payload, Seq, ServerFrame};
-use relay_store::{NewMessage, Store};
+use std::sync::Arc;
+
+use relay_core::{Hub, HubConfig};
+use relay_proto::{ChannelName, Payload, Seq, ServerFrame, UserId};
+use relay_store::{
+    ChannelRecord, Created, HistoryQuery, MemoryStore, NewChannel, NewMessage, Store, StoreError,
+    StoreResult, StoredMessage,
+};
 use serde_json::json;
 
 use crate::support::*;
@@ -219,4 +224,131 @@ async fn a_replay_larger_than_the_outbox_does_not_cut_the_recovering_connection(
     assert_eq!(message_seqs(&bob.frames()), (1..=50).collect::<Vec<_>>());
     alice.publish("chat:1", json!("live")).await;
     assert_eq!(message_seqs(&bob.frames()), vec![51]);
+}
+
+/// A memory store whose appends commit, then can fail to report it or wait on a gate: the
+/// two ways a commit's delivery could go missing.
+struct AfterCommit {
+    inner: MemoryStore,
+    fail: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Semaphore,
+    gated: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for AfterCommit {
+    async fn append(&self, m: NewMessage) -> StoreResult<StoredMessage> {
+        let stored = self.inner.append(m).await?;
+        if self.gated.load(std::sync::atomic::Ordering::SeqCst) {
+            let _permit = self.gate.acquire().await;
+        }
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the ack was lost".into()));
+        }
+        Ok(stored)
+    }
+    async fn create_channel(&self, new: NewChannel) -> StoreResult<Created> {
+        self.inner.create_channel(new).await
+    }
+    async fn get_channel(&self, name: &ChannelName) -> StoreResult<Option<ChannelRecord>> {
+        self.inner.get_channel(name).await
+    }
+    async fn query_channels(&self, names: &[ChannelName]) -> StoreResult<Vec<ChannelRecord>> {
+        self.inner.query_channels(names).await
+    }
+    async fn channels_of_member(
+        &self,
+        u: &UserId,
+        limit: usize,
+        offset: usize,
+    ) -> StoreResult<Vec<ChannelRecord>> {
+        self.inner.channels_of_member(u, limit, offset).await
+    }
+    async fn add_member(&self, c: &ChannelName, u: &UserId) -> StoreResult<bool> {
+        self.inner.add_member(c, u).await
+    }
+    async fn remove_member(&self, c: &ChannelName, u: &UserId) -> StoreResult<bool> {
+        self.inner.remove_member(c, u).await
+    }
+    async fn members(&self, c: &ChannelName) -> StoreResult<Vec<UserId>> {
+        self.inner.members(c).await
+    }
+    async fn is_member(&self, c: &ChannelName, u: &UserId) -> StoreResult<bool> {
+        self.inner.is_member(c, u).await
+    }
+    async fn history(&self, c: &ChannelName, q: HistoryQuery) -> StoreResult<Vec<StoredMessage>> {
+        self.inner.history(c, q).await
+    }
+    async fn count(&self, c: &ChannelName) -> StoreResult<u64> {
+        self.inner.count(c).await
+    }
+    async fn latest_seq(&self, c: &ChannelName) -> StoreResult<Seq> {
+        self.inner.latest_seq(c).await
+    }
+    async fn trim(&self, c: &ChannelName, keep: u64) -> StoreResult<u64> {
+        self.inner.trim(c, keep).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+impl Default for AfterCommit {
+    fn default() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            fail: Default::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            gated: Default::default(),
+        }
+    }
+}
+
+fn hub_over(store: Arc<AfterCommit>) -> Hub {
+    Hub::new(
+        store,
+        HubConfig {
+            repair_delay: std::time::Duration::ZERO,
+            ..HubConfig::default()
+        },
+    )
+}
+
+fn client(hub: &Hub, user: &str) -> Client {
+    Client {
+        conn: hub.connect(relay_core::Identity::user(self::user(user))),
+    }
+}
+
+#[tokio::test]
+async fn a_commit_whose_ack_was_lost_still_reaches_live_subscribers() {
+    let store = Arc::new(AfterCommit::default());
+    let hub = hub_over(store.clone());
+    let (alice, bob) = (client(&hub, "alice"), client(&hub, "bob"));
+    bob.subscribe("chat:1").await;
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let frames = alice.publish("chat:1", json!("maybe")).await;
+    assert_eq!(
+        error_code(&frames),
+        Some(relay_proto::ErrorCode::Unavailable)
+    );
+    // Stored after all: bob gets it without waiting for another publish.
+    assert_eq!(message_seqs(&bob.next_batch().await), vec![1]);
+}
+
+#[tokio::test]
+async fn a_publish_abandoned_after_its_commit_is_still_delivered() {
+    let store = Arc::new(AfterCommit::default());
+    let hub = hub_over(store.clone());
+    let (alice, bob) = (client(&hub, "alice"), client(&hub, "bob"));
+    bob.subscribe("chat:1").await;
+    store.gated.store(true, std::sync::atomic::Ordering::SeqCst);
+    {
+        let publish = alice.send(json!({"type": "publish", "channel": "chat:1", "payload": 1}));
+        // The commit happens, the reply waits on the gate; then the caller goes away.
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(50), publish).await;
+        assert!(abandoned.is_err(), "still waiting on the gate");
+    }
+    store.gate.add_permits(1);
+    assert_eq!(message_seqs(&bob.next_batch().await), vec![1]);
 }

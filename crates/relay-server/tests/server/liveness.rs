@@ -113,3 +113,50 @@ async fn connections_older_than_the_maximum_age_are_closed_with_4002() {
         .unwrap();
     assert_eq!(u16::from(close.code), 4002);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_leaves_no_trace() {
+    use relay_core::Publish;
+    use relay_proto::{ChannelName, Payload};
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(|config| config.outbox_capacity = 16).await;
+    // A raw client: handshake, one subscribe, then it never reads again.
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.token("stalled")
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let subscribe = br#"{"type":"subscribe","channel":"feed:1"}"#;
+    let mut frame = vec![0x81, 0x80 | subscribe.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(subscribe);
+    socket.write_all(&frame).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.hub.stats().subscriptions == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Far more than the socket buffers hold, so the server's writes block.
+    let channel = ChannelName::parse("feed:1").unwrap();
+    let body = "z".repeat(32 * 1024);
+    for n in 0..400 {
+        let payload = Payload::from_value(&serde_json::json!({"n": n, "body": body})).unwrap();
+        server
+            .hub
+            .publish(Publish::new(channel.clone(), payload))
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.hub.stats() != relay_core::HubStats::default() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still held: {:?}",
+            server.hub.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(socket);
+}
