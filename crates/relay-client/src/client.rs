@@ -116,9 +116,11 @@ impl ClientBuilder {
         self
     }
 
-    /// Events buffered per subscription before the client stops reading the socket
-    /// (default 1024). The server closes a reader that stays behind with 4008, and the
-    /// client then recovers with `since`, so a slow application loses nothing.
+    /// Events buffered per subscription (default 1024). When an application falls further
+    /// behind, that subscription's messages are dropped without moving its cursor, and once
+    /// the application has read half of the buffer the client subscribes again with `since`:
+    /// the server replays what was dropped. A slow subscription loses nothing and never holds
+    /// up the connection or other subscriptions.
     pub fn subscription_buffer(mut self, events: usize) -> Self {
         self.subscription_buffer = events.max(1);
         self

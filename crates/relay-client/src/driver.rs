@@ -1,7 +1,7 @@
 //! The connection driver: one background task that owns the WebSocket. It connects, restores
 //! every live subscription with `since` = the last seq its application saw, routes frames to
-//! subscriptions and pending requests, filters duplicates, watches the heartbeat and
-//! reconnects with backoff.
+//! subscriptions (see `subs`) and pending requests, watches the heartbeat and reconnects with
+//! backoff. It never waits on the application.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,7 +19,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::backoff::Backoff;
 use crate::client::{ConnectionEvent, Settings};
 use crate::error::ClientError;
+use crate::subs::Subs;
 use crate::subscription::{Event, Message};
+
+/// How often subscriptions that fell behind are checked for a resubscribe.
+const MAINTENANCE: Duration = Duration::from_millis(50);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = SplitSink<Ws, WsMessage>;
@@ -64,13 +68,6 @@ enum Pending {
     Fence {
         signal: u64,
     },
-}
-
-struct Sub {
-    events: mpsc::Sender<Event>,
-    /// The last seq handed to the application (or the start point); resubscribes send it as
-    /// `since`, and anything at or below it is a duplicate.
-    last_seq: Option<Seq>,
 }
 
 /// How a session ended.
@@ -155,7 +152,7 @@ pub(crate) struct Driver {
     /// Commands that arrived while disconnected, replayed on the next connection.
     backlog: VecDeque<Command>,
     events: broadcast::Sender<ConnectionEvent>,
-    subs: HashMap<ChannelName, Sub>,
+    subs: Subs,
     pending: HashMap<u64, Pending>,
     ids: Arc<std::sync::atomic::AtomicU64>,
     token: String,
@@ -175,16 +172,12 @@ impl Driver {
             commands,
             backlog: VecDeque::new(),
             events,
-            subs: HashMap::new(),
+            subs: Subs::default(),
             pending: HashMap::new(),
             ids,
             token,
             token_refused: false,
         }
-    }
-
-    fn next_id(&self) -> u64 {
-        self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs sessions until the client is closed, reconnecting in between.
@@ -261,13 +254,11 @@ impl Driver {
     async fn session(&mut self, ws: Ws, heartbeat: Duration) -> End {
         let (mut sink, mut stream) = ws.split();
         // Restore every subscription where the application left off.
-        let restore: Vec<(ChannelName, Option<Seq>)> = self
+        let ids = self.ids.clone();
+        let restore = self
             .subs
-            .iter()
-            .map(|(c, s)| (c.clone(), s.last_seq))
-            .collect();
-        for (channel, since) in restore {
-            let id = self.next_id();
+            .restore_all(|| ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        for (id, channel, since) in restore {
             self.pending.insert(
                 id,
                 Pending::Subscribe {
@@ -276,12 +267,16 @@ impl Driver {
                     reply: None,
                 },
             );
-            let frame = ClientFrame::Subscribe {
-                id: Some(id.into()),
-                channel,
-                since,
-            };
-            if let Err(end) = send(&mut sink, &frame).await {
+            if let Err(end) = send(
+                &mut sink,
+                &ClientFrame::Subscribe {
+                    id: Some(id.into()),
+                    channel,
+                    since,
+                },
+            )
+            .await
+            {
                 return end;
             }
         }
@@ -294,13 +289,18 @@ impl Driver {
         }
         let idle = heartbeat * 2;
         let mut deadline = tokio::time::Instant::now() + idle;
+        let mut maintenance = tokio::time::interval(MAINTENANCE);
         loop {
             tokio::select! {
                 message = stream.next() => {
                     deadline = tokio::time::Instant::now() + idle;
                     match message {
                         Some(Ok(WsMessage::Text(text))) => match ServerFrame::decode(text.as_bytes()) {
-                            Ok(frame) => self.on_frame(frame).await,
+                            Ok(frame) => {
+                                if let Err(end) = self.on_frame(&mut sink, frame).await {
+                                    return end;
+                                }
+                            }
                             Err(e) => tracing::warn!(error = %e, "undecodable frame from the server"),
                         },
                         Some(Ok(WsMessage::Close(frame))) => {
@@ -321,11 +321,56 @@ impl Driver {
                         Err(end) => return end,
                     }
                 }
+                _ = maintenance.tick(), if self.subs.needs_maintenance() => {
+                    if let Err(end) = self.resubscribe_due(&mut sink).await {
+                        return end;
+                    }
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     return End::Lost { code: None, reason: "no frame within two heartbeats".into() };
                 }
             }
         }
+    }
+
+    /// Subscribes again what fell behind (once its application caught up) or was refused for
+    /// a passing reason.
+    async fn resubscribe_due(&mut self, sink: &mut Sink) -> Result<(), End> {
+        let ids = self.ids.clone();
+        for (id, again) in self
+            .subs
+            .due(|| ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        {
+            let channel = again.channel;
+            if again.unsubscribe_first {
+                send(
+                    sink,
+                    &ClientFrame::Unsubscribe {
+                        id: None,
+                        channel: channel.clone(),
+                    },
+                )
+                .await?;
+            }
+            self.pending.insert(
+                id,
+                Pending::Subscribe {
+                    channel: channel.clone(),
+                    since: again.since,
+                    reply: None,
+                },
+            );
+            send(
+                sink,
+                &ClientFrame::Subscribe {
+                    id: Some(id.into()),
+                    channel,
+                    since: again.since,
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn close(&mut self, sink: &mut Sink) -> End {
@@ -373,17 +418,11 @@ impl Driver {
                 if reply.is_closed() {
                     return Ok(true);
                 }
-                if self.subs.contains_key(&channel) {
+                if self.subs.contains(&channel) {
                     let _ = reply.send(Err(ClientError::AlreadySubscribed(channel.to_string())));
                     return Ok(true);
                 }
-                self.subs.insert(
-                    channel.clone(),
-                    Sub {
-                        events,
-                        last_seq: since,
-                    },
-                );
+                self.subs.insert(channel.clone(), events, since, id);
                 self.pending.insert(
                     id,
                     Pending::Subscribe {
@@ -403,7 +442,7 @@ impl Driver {
                 .await?;
             }
             Command::Unsubscribe { channel } => {
-                if self.subs.remove(&channel).is_some() {
+                if self.subs.remove(&channel) {
                     send(sink, &ClientFrame::Unsubscribe { id: None, channel }).await?;
                 }
             }
@@ -412,39 +451,34 @@ impl Driver {
         Ok(true)
     }
 
-    async fn on_frame(&mut self, frame: ServerFrame) {
+    async fn on_frame(&mut self, sink: &mut Sink, frame: ServerFrame) -> Result<(), End> {
         match frame {
             ServerFrame::Subscribed {
                 id, seq, recovered, ..
             } => {
+                let Some(id) = numeric(&id) else {
+                    return Ok(());
+                };
                 let Some(Pending::Subscribe {
                     channel,
                     since,
                     reply,
-                }) = numeric(&id).and_then(|id| self.pending.remove(&id))
+                }) = self.pending.remove(&id)
                 else {
-                    return;
+                    return Ok(());
                 };
-                let notice = match (since, recovered) {
-                    (Some(since), Some(true)) => {
-                        reply.is_none().then_some(Event::Recovered { since })
+                let notify = reply.is_none();
+                let current = self
+                    .subs
+                    .on_subscribed(&channel, id, since, recovered, seq, notify);
+                if let Some(reply) = reply
+                    && (!current || reply.send(Ok(seq)).is_err())
+                {
+                    // Nobody waits for this subscription any more (the caller timed out):
+                    // do not leave it subscribed.
+                    if current && self.subs.remove(&channel) {
+                        send(sink, &ClientFrame::Unsubscribe { id: None, channel }).await?;
                     }
-                    (Some(since), _) => Some(Event::Gap {
-                        since,
-                        resumed_at: seq,
-                    }),
-                    (None, _) => None,
-                };
-                if let Some(sub) = self.subs.get_mut(&channel) {
-                    if !matches!(recovered, Some(true)) {
-                        sub.last_seq = Some(seq);
-                    }
-                    if let Some(notice) = notice {
-                        let _ = sub.events.send(notice).await;
-                    }
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(seq));
                 }
             }
             ServerFrame::Message {
@@ -456,16 +490,7 @@ impl Driver {
                 payload,
                 ts,
             } => {
-                let Some(sub) = self.subs.get_mut(&channel) else {
-                    return;
-                };
-                if let Some(seq) = seq {
-                    if sub.last_seq.is_some_and(|last| seq <= last) {
-                        return; // Already delivered before a reconnect.
-                    }
-                    sub.last_seq = Some(seq);
-                }
-                let message = Message {
+                self.subs.on_message(Message {
                     channel,
                     id,
                     seq,
@@ -473,15 +498,11 @@ impl Driver {
                     event,
                     payload,
                     ts,
-                };
-                // Awaiting here is the back-pressure: a subscription that is not consumed
-                // stops the reading, and the server eventually closes with 4008; the
-                // reconnect then recovers with `since`.
-                let _ = sub.events.send(Event::Message(message)).await;
+                });
             }
-            ServerFrame::Join { channel, user } => self.deliver(&channel, Event::Join(user)).await,
+            ServerFrame::Join { channel, user } => self.subs.on_event(&channel, Event::Join(user)),
             ServerFrame::Leave { channel, user } => {
-                self.deliver(&channel, Event::Leave(user)).await
+                self.subs.on_event(&channel, Event::Leave(user))
             }
             ServerFrame::Signal {
                 channel,
@@ -489,15 +510,14 @@ impl Driver {
                 payload,
                 event,
             } => {
-                self.deliver(
+                self.subs.on_event(
                     &channel,
                     Event::Signal {
                         from,
                         event,
                         payload,
                     },
-                )
-                .await;
+                );
             }
             ServerFrame::Error {
                 id, code, message, ..
@@ -506,19 +526,32 @@ impl Driver {
                     code,
                     message: message.clone(),
                 };
-                match numeric(&id).and_then(|id| self.pending.remove(&id)) {
+                let pending_id = numeric(&id);
+                match pending_id.and_then(|id| self.pending.remove(&id)) {
                     Some(Pending::Reply(reply)) => {
                         let _ = reply.send(Err(error()));
                     }
                     Some(Pending::Signal(reply)) => {
                         let _ = reply.send(Err(error()));
                     }
-                    Some(Pending::Subscribe { channel, reply, .. }) => {
-                        // Refused (perhaps no longer a member): the subscription ends.
-                        tracing::warn!(%channel, %code, %message, "subscribe refused");
-                        self.subs.remove(&channel);
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Err(error()));
+                    Some(Pending::Subscribe {
+                        channel,
+                        reply: Some(reply),
+                        ..
+                    }) => {
+                        if let Some(id) = pending_id {
+                            self.subs.remove_if_awaiting(&channel, id);
+                        }
+                        let _ = reply.send(Err(error()));
+                    }
+                    Some(Pending::Subscribe {
+                        channel,
+                        reply: None,
+                        ..
+                    }) => {
+                        tracing::warn!(%channel, %code, %message, "resubscribe refused");
+                        if let Some(id) = pending_id {
+                            self.subs.on_refused(&channel, id, code, message.clone());
                         }
                     }
                     Some(Pending::Fence { .. }) | None => {
@@ -554,17 +587,12 @@ impl Driver {
             }
             ServerFrame::Welcome { .. } => {}
         }
-    }
-
-    async fn deliver(&mut self, channel: &ChannelName, event: Event) {
-        if let Some(sub) = self.subs.get(channel) {
-            let _ = sub.events.send(event).await;
-        }
+        Ok(())
     }
 
     /// The connection is gone: nobody will answer what is pending.
     fn fail_pending(&mut self) {
-        for (_, pending) in self.pending.drain() {
+        for (id, pending) in self.pending.drain() {
             match pending {
                 Pending::Reply(reply) => {
                     let _ = reply.send(Err(ClientError::Disconnected));
@@ -577,7 +605,7 @@ impl Driver {
                     reply: Some(reply),
                     ..
                 } => {
-                    self.subs.remove(&channel);
+                    self.subs.remove_if_awaiting(&channel, id);
                     let _ = reply.send(Err(ClientError::Disconnected));
                 }
                 Pending::Subscribe { reply: None, .. } | Pending::Fence { .. } => {}

@@ -49,6 +49,7 @@ mod client;
 mod driver;
 mod error;
 mod rest;
+mod subs;
 mod subscription;
 
 pub use client::{Ack, Client, ClientBuilder, ConnectionEvent, TokenProvider};

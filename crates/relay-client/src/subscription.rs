@@ -55,11 +55,19 @@ pub enum Event {
         /// The opaque payload.
         payload: Payload,
     },
-    /// After a reconnect, the server replayed everything missed since `since`: nothing was
-    /// lost. Informational.
+    /// After a reconnect (or after the application fell behind and caught up), the server
+    /// replayed everything missed since `since`: nothing was lost. Informational.
     Recovered {
         /// The last seq seen before the reconnect.
         since: Seq,
+    },
+    /// The server refused to restore this subscription (the user lost the right to it, say);
+    /// the stream ends after this event.
+    Refused {
+        /// The protocol error code.
+        code: relay_proto::ErrorCode,
+        /// The server's explanation.
+        message: String,
     },
     /// After a reconnect, the server could not replay everything after `since` (history
     /// trimmed or too far behind): messages `since + 1 ..= resumed_at` are missing here. Reload
