@@ -369,17 +369,7 @@ impl Hub {
             return Ok(published);
         }
         let max_history = policy.max_history;
-        // Commit and local delivery run in their own task: if the caller goes away (its
-        // connection closed) after the commit, the message is still delivered now rather
-        // than at the channel's next publish.
-        let hub = self.clone();
-        let commit = async move { hub.commit_and_deliver(message, origin).await };
-        let stored = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => runtime.spawn(commit).await.map_err(|e| {
-                HubError::Unavailable(relay_store::StoreError::Unavailable(Box::new(e)))
-            })??,
-            Err(_) => commit.await?,
-        };
+        let stored = self.commit_and_deliver(message, origin).await?;
         if let Some(keep) = max_history
             && let Err(e) = self.inner.store.trim(&stored.channel, keep).await
         {
@@ -398,23 +388,25 @@ impl Hub {
         message: NewMessage,
         origin: Option<ConnId>,
     ) -> Result<StoredMessage, relay_store::StoreError> {
-        let channel = message.channel.clone();
-        match self.inner.store.append(message).await {
-            Ok(stored) => {
-                self.deliver_from(&stored, origin);
-                Ok(stored)
-            }
-            Err(e) => {
-                // A failed commit may still have committed (the connection broke on the
-                // way back): check the channel's tail so no subscriber waits for a
-                // message that nobody will deliver.
-                self.check_tail(&channel);
-                Err(e)
-            }
-        }
+        // Until the delivery below has happened, this guard stands for it: if the append
+        // fails (it may still have committed: the connection broke on the way back) or the
+        // caller goes away mid-append (its connection closed), dropping the guard checks the
+        // channel's tail from the store, so no subscriber waits for a message nobody
+        // delivers. Cheaper than a task per publish, which would also break the batching of
+        // a publisher's frames.
+        let mut guard = TailGuard {
+            hub: self,
+            channel: message.channel.clone(),
+            armed: true,
+        };
+        let stored = self.inner.store.append(message).await?;
+        self.deliver_from(&stored, origin);
+        guard.armed = false;
+        Ok(stored)
     }
 
     /// Schedules a repair that also brings live subscribers up to the store's latest seq.
+    /// Cheap when the channel has no local subscribers (nothing to do).
     fn check_tail(&self, channel: &ChannelName) {
         if let Some(mut state) = self.inner.channels.get_mut(channel) {
             state.tail_check = true;
@@ -685,6 +677,21 @@ impl Hub {
             state.repair_scheduled = true;
             drop(state);
             self.schedule_repair(channel.clone());
+        }
+    }
+}
+
+/// Checks a channel's tail when dropped armed; see `Hub::commit_and_deliver`.
+struct TailGuard<'a> {
+    hub: &'a Hub,
+    channel: ChannelName,
+    armed: bool,
+}
+
+impl Drop for TailGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.check_tail(&self.channel);
         }
     }
 }
