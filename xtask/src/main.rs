@@ -115,15 +115,27 @@ fn bench(args: &[String]) -> Result<(), String> {
             tools.fanout(Target::Baseline, &flags).map(|_| ())
         }
         "compare" => {
+            // The machine is shared: alternate the two relays `--repeat` times and compare
+            // medians, so that one noisy run does not decide.
+            let repeat: usize = flag_value(&flags, "--repeat")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(1)
+                .max(1);
+            let flags = without_flag(&flags, "--repeat");
             let tools = Tools::build()?;
-            let ours = tools.fanout(Target::Relay, &flags)?;
-            let reference = tools.fanout(Target::Baseline, &flags)?;
-            match (ours, reference) {
-                (Some(ours), Some(reference)) if reference > 0.0 => eprintln!(
-                    "relay reaches {:.0}% of the baseline relay ({ours:.0} vs {reference:.0} deliveries/s)",
+            let (mut ours, mut reference) = (Vec::new(), Vec::new());
+            for _ in 0..repeat {
+                ours.push(tools.fanout(Target::Relay, &flags)?.unwrap_or(0.0));
+                reference.push(tools.fanout(Target::Baseline, &flags)?.unwrap_or(0.0));
+            }
+            let (ours, reference) = (median(&mut ours), median(&mut reference));
+            if reference > 0.0 {
+                println!(
+                    "relay reaches {:.0}% of the baseline relay (median of {repeat}: {ours:.0} vs {reference:.0} deliveries/s)",
                     ours / reference * 100.0
-                ),
-                _ => eprintln!("no ratio: a run had no passing step"),
+                );
+            } else {
+                println!("no ratio: the baseline had no passing step");
             }
             Ok(())
         }
@@ -147,6 +159,11 @@ fn bench(args: &[String]) -> Result<(), String> {
             "unknown scenario {other:?}; known: fanout baseline compare idle persist micro"
         )),
     }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn flag_value(flags: &[String], name: &str) -> Option<String> {

@@ -5,8 +5,6 @@
 //! 4008 (slow consumer) instead of blocking the publisher or growing without bound, so one
 //! stalled reader never slows anyone else.
 
-use std::collections::VecDeque;
-
 use parking_lot::Mutex;
 use relay_proto::{CloseCode, EncodedFrame};
 use tokio::sync::Notify;
@@ -50,7 +48,7 @@ pub struct Outbox {
 }
 
 struct State {
-    queue: VecDeque<EncodedFrame>,
+    queue: Vec<EncodedFrame>,
     closed: Option<CloseReason>,
     /// Replayed history frames queued since the last drain: they may exceed the capacity,
     /// which bounds only live traffic (a recovery replay larger than the queue must not cut
@@ -71,7 +69,7 @@ impl Outbox {
     pub fn with_limits(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State {
-                queue: VecDeque::new(),
+                queue: Vec::new(),
                 closed: None,
                 replayed: 0,
                 bytes: 0,
@@ -100,7 +98,7 @@ impl Outbox {
         let too_many = state.queue.len() >= self.capacity + state.replayed;
         let too_big = state.bytes > 0 && state.bytes.saturating_add(frame.len()) > self.max_bytes;
         if too_many || too_big {
-            state.queue = VecDeque::new();
+            state.queue = Vec::new();
             state.replayed = 0;
             state.bytes = 0;
             state.closed = Some(CloseReason {
@@ -113,7 +111,7 @@ impl Outbox {
         }
         let was_empty = state.queue.is_empty();
         state.bytes += frame.len();
-        state.queue.push_back(frame);
+        state.queue.push(frame);
         drop(state);
         if was_empty {
             self.ready.notify_one();
@@ -129,7 +127,7 @@ impl Outbox {
             return;
         }
         if state.replayed >= self.max_replayed {
-            state.queue = VecDeque::new();
+            state.queue = Vec::new();
             state.replayed = 0;
             state.bytes = 0;
             state.closed = Some(CloseReason {
@@ -141,7 +139,7 @@ impl Outbox {
             return;
         }
         let was_empty = state.queue.is_empty();
-        state.queue.push_back(frame);
+        state.queue.push(frame);
         state.replayed += 1;
         drop(state);
         if was_empty {
@@ -180,13 +178,15 @@ impl Outbox {
     pub fn try_drain(&self, out: &mut Vec<EncodedFrame>) -> Option<Batch> {
         let mut state = self.state.lock();
         if !state.queue.is_empty() {
-            out.extend(state.queue.drain(..));
+            // Hand the whole queue over by swapping vectors: no per-frame move, and the
+            // writer's empty vector (with its capacity) becomes the next queue.
+            if out.is_empty() {
+                std::mem::swap(&mut state.queue, out);
+            } else {
+                out.append(&mut state.queue);
+            }
             state.replayed = 0;
             state.bytes = 0;
-            // Give back the memory of a burst so idle connections stay small.
-            if state.queue.capacity() > 64 {
-                state.queue.shrink_to(16);
-            }
             return Some(Batch::Frames);
         }
         state.closed.clone().map(Batch::Closed)

@@ -23,9 +23,12 @@ use crate::wire;
 /// Read buffer of a connection. Small on purpose: tungstenite's 128 KiB default would cost
 /// over a gigabyte at 10k idle connections; frames larger than this still arrive, in pieces.
 const READ_BUFFER: usize = 512;
-/// A writer's batch buffer is given back after a burst larger than this, so that idle
-/// connections stay small.
+/// A writer keeps its write buffer (bytes) and its batch vector (frames; it goes back to the
+/// outbox as its next queue) between batches up to these sizes, and gives back the memory of
+/// larger bursts, so that busy connections do not reallocate per batch and idle ones stay
+/// small.
 const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+const KEEP_BATCH: usize = 256;
 /// How often a blocked write checks whether to give up on its client.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long a closing session waits for the peer's close reply.
@@ -368,6 +371,8 @@ impl Session<'_> {
                         metrics.frames_out.inc_by(count);
                         if buffer.capacity() > KEEP_WRITE_BUFFER {
                             buffer = Vec::new();
+                        }
+                        if batch.capacity() > KEEP_BATCH {
                             batch = Vec::new();
                         }
                     }
