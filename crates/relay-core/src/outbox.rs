@@ -98,25 +98,35 @@ impl Outbox {
         let too_many = state.queue.len() >= self.capacity + state.replayed;
         let too_big = state.bytes > 0 && state.bytes.saturating_add(frame.len()) > self.max_bytes;
         if too_many || too_big {
-            state.queue = Vec::new();
-            state.replayed = 0;
-            state.bytes = 0;
-            state.closed = Some(CloseReason {
-                code: CloseCode::SlowConsumer,
-                reason: "slow consumer: outbound queue overflowed",
-            });
-            drop(state);
-            self.ready.notify_one();
+            self.overflow(state, "slow consumer: outbound queue overflowed");
             return Err(PushError::Overflow);
         }
-        let was_empty = state.queue.is_empty();
         state.bytes += frame.len();
+        self.enqueue(state, frame);
+        Ok(())
+    }
+
+    /// Queues a frame and wakes the writer if it was idle.
+    fn enqueue(&self, mut state: parking_lot::MutexGuard<'_, State>, frame: EncodedFrame) {
+        let was_empty = state.queue.is_empty();
         state.queue.push(frame);
         drop(state);
         if was_empty {
             self.ready.notify_one();
         }
-        Ok(())
+    }
+
+    /// Drops what is queued and closes with 4008; the writer wakes to send the close.
+    fn overflow(&self, mut state: parking_lot::MutexGuard<'_, State>, reason: &'static str) {
+        state.queue = Vec::new();
+        state.replayed = 0;
+        state.bytes = 0;
+        state.closed = Some(CloseReason {
+            code: CloseCode::SlowConsumer,
+            reason,
+        });
+        drop(state);
+        self.ready.notify_one();
     }
 
     /// Enqueues a replayed history frame (recovery) without counting it against the
@@ -127,24 +137,11 @@ impl Outbox {
             return;
         }
         if state.replayed >= self.max_replayed {
-            state.queue = Vec::new();
-            state.replayed = 0;
-            state.bytes = 0;
-            state.closed = Some(CloseReason {
-                code: CloseCode::SlowConsumer,
-                reason: "slow consumer: too much history queued",
-            });
-            drop(state);
-            self.ready.notify_one();
+            self.overflow(state, "slow consumer: too much history queued");
             return;
         }
-        let was_empty = state.queue.is_empty();
-        state.queue.push(frame);
         state.replayed += 1;
-        drop(state);
-        if was_empty {
-            self.ready.notify_one();
-        }
+        self.enqueue(state, frame);
     }
 
     /// Closes the outbox; frames already queued are still handed out before the close. The
