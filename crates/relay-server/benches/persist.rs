@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use relay_core::{Hub, HubConfig, Identity, Publish};
 use relay_proto::{ChannelName, ClientFrame, Payload, Seq, ServerFrame, UserId};
+use relay_store::conformance::AppendHook;
 use relay_store::testing::TestDatabase;
-use relay_store::{
-    ChannelRecord, Created, HistoryQuery, NewChannel, NewMessage, PgStore, Store, StoreError,
-    StoreResult, StoredMessage,
-};
+use relay_store::{NewMessage, PgStore, Store, StoreError, StoreResult, StoredMessage};
 
 /// The baseline: each append is its own transaction (bump the counter, insert, commit), the
 /// way a hand-written relay would persist. Everything else delegates to `PgStore`.
@@ -27,7 +25,13 @@ struct OneInsertPerMessage {
 }
 
 #[async_trait]
-impl Store for OneInsertPerMessage {
+impl AppendHook for OneInsertPerMessage {
+    type Inner = PgStore;
+
+    fn inner(&self) -> &PgStore {
+        &self.inner
+    }
+
     async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage> {
         let err = |e: sqlx::Error| StoreError::Unavailable(Box::new(e));
         let mut tx = self.inner.pool().begin().await.map_err(err)?;
@@ -55,54 +59,6 @@ impl Store for OneInsertPerMessage {
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
         Ok(message.with_seq(Seq(seq as u64)))
-    }
-    async fn create_channel(&self, new: NewChannel) -> StoreResult<Created> {
-        self.inner.create_channel(new).await
-    }
-    async fn get_channel(&self, name: &ChannelName) -> StoreResult<Option<ChannelRecord>> {
-        self.inner.get_channel(name).await
-    }
-    async fn query_channels(&self, names: &[ChannelName]) -> StoreResult<Vec<ChannelRecord>> {
-        self.inner.query_channels(names).await
-    }
-    async fn channels_of_member(
-        &self,
-        user: &UserId,
-        limit: usize,
-        offset: usize,
-    ) -> StoreResult<Vec<ChannelRecord>> {
-        self.inner.channels_of_member(user, limit, offset).await
-    }
-    async fn add_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
-        self.inner.add_member(channel, user).await
-    }
-    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
-        self.inner.remove_member(channel, user).await
-    }
-    async fn members(&self, channel: &ChannelName) -> StoreResult<Vec<UserId>> {
-        self.inner.members(channel).await
-    }
-    async fn is_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
-        self.inner.is_member(channel, user).await
-    }
-    async fn history(
-        &self,
-        channel: &ChannelName,
-        query: HistoryQuery,
-    ) -> StoreResult<Vec<StoredMessage>> {
-        self.inner.history(channel, query).await
-    }
-    async fn count(&self, channel: &ChannelName) -> StoreResult<u64> {
-        self.inner.count(channel).await
-    }
-    async fn latest_seq(&self, channel: &ChannelName) -> StoreResult<Seq> {
-        self.inner.latest_seq(channel).await
-    }
-    async fn trim(&self, channel: &ChannelName, keep: u64) -> StoreResult<u64> {
-        self.inner.trim(channel, keep).await
-    }
-    async fn ping(&self) -> StoreResult<()> {
-        self.inner.ping().await
     }
 }
 

@@ -460,3 +460,81 @@ pub async fn payload_and_fields_are_kept_exactly(store: Arc<dyn Store>) {
 pub async fn ping_succeeds(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
 }
+
+/// For tests and benchmarks that need to intercept commits: a type implementing this gets a
+/// [`Store`] implementation that delegates every operation to [`inner`](Self::inner) except
+/// `append`, which it answers itself.
+#[async_trait::async_trait]
+pub trait AppendHook: Send + Sync + 'static {
+    /// The store everything else goes to.
+    type Inner: Store;
+    /// The inner store.
+    fn inner(&self) -> &Self::Inner;
+    /// The intercepted append.
+    async fn append(&self, message: NewMessage) -> crate::StoreResult<crate::StoredMessage>;
+}
+
+#[async_trait::async_trait]
+impl<T: AppendHook> Store for T {
+    async fn create_channel(&self, new: NewChannel) -> crate::StoreResult<Created> {
+        self.inner().create_channel(new).await
+    }
+    async fn get_channel(
+        &self,
+        name: &ChannelName,
+    ) -> crate::StoreResult<Option<crate::ChannelRecord>> {
+        self.inner().get_channel(name).await
+    }
+    async fn query_channels(
+        &self,
+        names: &[ChannelName],
+    ) -> crate::StoreResult<Vec<crate::ChannelRecord>> {
+        self.inner().query_channels(names).await
+    }
+    async fn channels_of_member(
+        &self,
+        user: &UserId,
+        limit: usize,
+        offset: usize,
+    ) -> crate::StoreResult<Vec<crate::ChannelRecord>> {
+        self.inner().channels_of_member(user, limit, offset).await
+    }
+    async fn add_member(&self, channel: &ChannelName, user: &UserId) -> crate::StoreResult<bool> {
+        self.inner().add_member(channel, user).await
+    }
+    async fn remove_member(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+    ) -> crate::StoreResult<bool> {
+        self.inner().remove_member(channel, user).await
+    }
+    async fn members(&self, channel: &ChannelName) -> crate::StoreResult<Vec<UserId>> {
+        self.inner().members(channel).await
+    }
+    async fn is_member(&self, channel: &ChannelName, user: &UserId) -> crate::StoreResult<bool> {
+        self.inner().is_member(channel, user).await
+    }
+    async fn append(&self, message: NewMessage) -> crate::StoreResult<crate::StoredMessage> {
+        AppendHook::append(self, message).await
+    }
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> crate::StoreResult<Vec<crate::StoredMessage>> {
+        self.inner().history(channel, query).await
+    }
+    async fn count(&self, channel: &ChannelName) -> crate::StoreResult<u64> {
+        self.inner().count(channel).await
+    }
+    async fn latest_seq(&self, channel: &ChannelName) -> crate::StoreResult<Seq> {
+        self.inner().latest_seq(channel).await
+    }
+    async fn trim(&self, channel: &ChannelName, keep: u64) -> crate::StoreResult<u64> {
+        self.inner().trim(channel, keep).await
+    }
+    async fn ping(&self) -> crate::StoreResult<()> {
+        self.inner().ping().await
+    }
+}

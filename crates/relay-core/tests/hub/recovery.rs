@@ -3,11 +3,9 @@
 use std::sync::Arc;
 
 use relay_core::{Hub, HubConfig};
-use relay_proto::{ChannelName, Payload, Seq, ServerFrame, UserId};
-use relay_store::{
-    ChannelRecord, Created, HistoryQuery, MemoryStore, NewChannel, NewMessage, Store, StoreError,
-    StoreResult, StoredMessage,
-};
+use relay_proto::{Payload, Seq, ServerFrame};
+use relay_store::conformance::AppendHook;
+use relay_store::{MemoryStore, NewMessage, Store, StoreError, StoreResult, StoredMessage};
 use serde_json::json;
 
 use crate::support::*;
@@ -236,7 +234,13 @@ struct AfterCommit {
 }
 
 #[async_trait::async_trait]
-impl Store for AfterCommit {
+impl AppendHook for AfterCommit {
+    type Inner = MemoryStore;
+
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
     async fn append(&self, m: NewMessage) -> StoreResult<StoredMessage> {
         let stored = self.inner.append(m).await?;
         if self.gated.load(std::sync::atomic::Ordering::SeqCst) {
@@ -246,50 +250,6 @@ impl Store for AfterCommit {
             return Err(StoreError::Unavailable("the ack was lost".into()));
         }
         Ok(stored)
-    }
-    async fn create_channel(&self, new: NewChannel) -> StoreResult<Created> {
-        self.inner.create_channel(new).await
-    }
-    async fn get_channel(&self, name: &ChannelName) -> StoreResult<Option<ChannelRecord>> {
-        self.inner.get_channel(name).await
-    }
-    async fn query_channels(&self, names: &[ChannelName]) -> StoreResult<Vec<ChannelRecord>> {
-        self.inner.query_channels(names).await
-    }
-    async fn channels_of_member(
-        &self,
-        u: &UserId,
-        limit: usize,
-        offset: usize,
-    ) -> StoreResult<Vec<ChannelRecord>> {
-        self.inner.channels_of_member(u, limit, offset).await
-    }
-    async fn add_member(&self, c: &ChannelName, u: &UserId) -> StoreResult<bool> {
-        self.inner.add_member(c, u).await
-    }
-    async fn remove_member(&self, c: &ChannelName, u: &UserId) -> StoreResult<bool> {
-        self.inner.remove_member(c, u).await
-    }
-    async fn members(&self, c: &ChannelName) -> StoreResult<Vec<UserId>> {
-        self.inner.members(c).await
-    }
-    async fn is_member(&self, c: &ChannelName, u: &UserId) -> StoreResult<bool> {
-        self.inner.is_member(c, u).await
-    }
-    async fn history(&self, c: &ChannelName, q: HistoryQuery) -> StoreResult<Vec<StoredMessage>> {
-        self.inner.history(c, q).await
-    }
-    async fn count(&self, c: &ChannelName) -> StoreResult<u64> {
-        self.inner.count(c).await
-    }
-    async fn latest_seq(&self, c: &ChannelName) -> StoreResult<Seq> {
-        self.inner.latest_seq(c).await
-    }
-    async fn trim(&self, c: &ChannelName, keep: u64) -> StoreResult<u64> {
-        self.inner.trim(c, keep).await
-    }
-    async fn ping(&self) -> StoreResult<()> {
-        Ok(())
     }
 }
 
