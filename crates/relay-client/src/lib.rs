@@ -55,5 +55,5 @@ mod subscription;
 pub use client::{Ack, Client, ClientBuilder, ConnectionEvent, TokenProvider};
 pub use error::{BoxError, ClientError};
 pub use relay_proto as proto;
-pub use rest::{ChannelInfo, HistoryPage, RestClient};
+pub use rest::{ChannelInfo, HistoryPage, MemberInfo, RestClient};
 pub use subscription::{Event, Message, Subscription};

@@ -1,6 +1,6 @@
 //! [`RestClient`]: history, channels and members over HTTP (`reqwest`).
 
-use relay_proto::{ChannelName, ErrorCode, MessageId, Payload, Seq, Timestamp, UserId};
+use relay_proto::{ChannelName, ErrorCode, MemberRole, MessageId, Payload, Seq, Timestamp, UserId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,15 @@ pub struct ChannelInfo {
     pub created_by: Option<UserId>,
     /// Creation time.
     pub created_at: Timestamp,
+}
+
+/// A member of a channel record and its role.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MemberInfo {
+    /// The user.
+    pub user: UserId,
+    /// Its role: the creator is `owner`; owners grant `admin`.
+    pub role: MemberRole,
 }
 
 /// Which page of history to read; ascending by seq either way.
@@ -272,26 +281,47 @@ impl RestClient {
         Ok(self.send::<Channels>(request).await?.channels)
     }
 
-    /// Members of a channel.
-    pub async fn members(&self, channel: &str) -> Result<Vec<UserId>, ClientError> {
+    /// Members of a channel with their roles, by user id.
+    pub async fn members(&self, channel: &str) -> Result<Vec<MemberInfo>, ClientError> {
         #[derive(Deserialize)]
         struct Members {
-            members: Vec<UserId>,
+            members: Vec<MemberInfo>,
         }
         let url = self.url(&format!("/api/channels/{}/members", path_segment(channel)));
         Ok(self.send::<Members>(self.http.get(url)).await?.members)
     }
 
-    /// Adds a member.
-    pub async fn add_member(&self, channel: &str, user: &str) -> Result<(), ClientError> {
+    /// Adds a member (as a plain member; an existing member keeps its role).
+    pub async fn add_member(&self, channel: &str, user: &str) -> Result<MemberInfo, ClientError> {
+        self.put_member(channel, user, None).await
+    }
+
+    /// Adds a member with `role`, or changes an existing member's role (owners only).
+    pub async fn set_role(
+        &self,
+        channel: &str,
+        user: &str,
+        role: MemberRole,
+    ) -> Result<MemberInfo, ClientError> {
+        self.put_member(channel, user, Some(role)).await
+    }
+
+    async fn put_member(
+        &self,
+        channel: &str,
+        user: &str,
+        role: Option<MemberRole>,
+    ) -> Result<MemberInfo, ClientError> {
         let url = self.url(&format!(
             "/api/channels/{}/members/{}",
             path_segment(channel),
             path_segment(user)
         ));
-        self.send::<serde_json::Value>(self.http.put(url))
-            .await
-            .map(|_| ())
+        let mut request = self.http.put(url);
+        if let Some(role) = role {
+            request = request.json(&serde_json::json!({ "role": role }));
+        }
+        self.send::<MemberInfo>(request).await
     }
 
     /// Removes a member.

@@ -5,16 +5,19 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use relay_proto::{
-    ChannelName, ClientFrame, DecodeError, ErrorCode, FrameId, Payload, Seq, ServerFrame, UserId,
+    ChannelName, ClientFrame, DecodeError, EncodedFrame, ErrorCode, FrameId, Payload, Seq,
+    ServerFrame, UserId,
 };
 use relay_store::HistoryQuery;
 
 use crate::error::HubError;
-use crate::hub::{Action, Hub, Publish};
+use crate::hub::{Action, Hub};
 use crate::identity::Identity;
 use crate::outbox::Outbox;
 use crate::policy::Persistence;
-use crate::registry::ConnId;
+use crate::publish::Publish;
+use crate::subscriber::ConnId;
+use crate::subscribers::Start;
 
 /// A client session. Frames go in through [`handle`](Self::handle) (one at a time, in
 /// order); everything the client should receive comes out of [`outbox`](Self::outbox).
@@ -23,18 +26,58 @@ pub struct Connection {
     hub: Hub,
     id: ConnId,
     identity: Arc<Identity>,
+    peer: Arc<Peer>,
     outbox: Arc<Outbox>,
-    subscriptions: Mutex<HashSet<ChannelName>>,
+}
+
+/// The hub's handle on a connection: its outbox, and the channels it is subscribed to (which
+/// the hub edits when it ends a subscription itself, on a member's removal).
+pub(crate) struct Peer {
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) subscriptions: Mutex<HashSet<ChannelName>>,
+}
+
+impl Peer {
+    pub(crate) fn new(outbox: Outbox) -> Self {
+        Self {
+            outbox: Arc::new(outbox),
+            subscriptions: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+/// Where a new subscription starts, as read from the store.
+struct Recovery {
+    /// The channel's latest seq (the `subscribed` reply's `seq`).
+    latest: Seq,
+    /// Whether `since` could be honoured; `None` without `since`.
+    recovered: Option<bool>,
+    /// The last seq the subscriber counts as handed (before the replay).
+    cursor: Seq,
+    /// The messages to replay, consecutive from `cursor + 1`.
+    replay: Vec<(Seq, EncodedFrame)>,
+}
+
+impl Recovery {
+    /// Nothing to replay: the subscription starts live at `latest`.
+    fn live(latest: Seq, recovered: Option<bool>) -> Self {
+        Self {
+            latest,
+            recovered,
+            cursor: latest,
+            replay: Vec::new(),
+        }
+    }
 }
 
 impl Connection {
-    pub(crate) fn new(hub: Hub, id: ConnId, identity: Identity, outbox: Arc<Outbox>) -> Self {
+    pub(crate) fn new(hub: Hub, id: ConnId, identity: Identity, peer: Arc<Peer>) -> Self {
         Self {
             hub,
             id,
             identity: Arc::new(identity),
-            outbox,
-            subscriptions: Mutex::new(HashSet::new()),
+            outbox: peer.outbox.clone(),
+            peer,
         }
     }
 
@@ -69,7 +112,7 @@ impl Connection {
 
     /// Channels this connection is subscribed to.
     pub fn subscriptions(&self) -> Vec<ChannelName> {
-        self.subscriptions.lock().iter().cloned().collect()
+        self.peer.subscriptions.lock().iter().cloned().collect()
     }
 
     /// Decodes one text frame and handles it; a frame that does not decode gets an `error`
@@ -152,11 +195,8 @@ impl Connection {
         channel: ChannelName,
         since: Option<Seq>,
     ) -> Result<(), HubError> {
-        self.hub
-            .authorize(&self.identity, &channel, Action::Subscribe)
-            .await?;
         {
-            let mut subscriptions = self.subscriptions.lock();
+            let mut subscriptions = self.peer.subscriptions.lock();
             let limit = self.hub.config().max_subscriptions;
             if subscriptions.contains(&channel) {
                 return Err(HubError::BadRequest(format!(
@@ -170,73 +210,77 @@ impl Connection {
             }
             subscriptions.insert(channel.clone());
         }
+        // Joining before the rights are read: a membership removal that commits after that
+        // read finds the joining subscriber and ends it, so no subscription outlives access.
         self.hub
             .add_subscriber(&channel, self.id, &self.identity.user, self.outbox.clone());
-        match self.recover(&channel, since).await {
-            Ok((latest, recovered, cursor, history)) => {
-                let started = self
-                    .hub
-                    .start(&channel, self.id, cursor, history, |presence| {
-                        ServerFrame::Subscribed {
-                            id,
-                            channel: channel.clone(),
-                            seq: latest,
-                            recovered,
-                            presence,
-                        }
-                    });
-                if !started {
-                    self.subscriptions.lock().remove(&channel);
-                }
-                Ok(())
-            }
+        let recovery = match self.authorize_and_recover(&channel, since).await {
+            Ok(recovery) => recovery,
             Err(e) => {
                 self.hub.remove_subscriber(&channel, self.id);
-                self.subscriptions.lock().remove(&channel);
-                Err(e)
+                self.peer.subscriptions.lock().remove(&channel);
+                return Err(e);
+            }
+        };
+        let Recovery {
+            latest,
+            recovered,
+            cursor,
+            replay,
+        } = recovery;
+        let reply = |presence| ServerFrame::Subscribed {
+            id: id.clone(),
+            channel: channel.clone(),
+            seq: latest,
+            recovered,
+            presence,
+        };
+        match self.hub.start(&channel, self.id, cursor, replay, reply) {
+            Start::Started => Ok(()),
+            Start::Gone => {
+                self.peer.subscriptions.lock().remove(&channel);
+                // Evicted while joining (a closed connection drops this error unseen).
+                Err(HubError::forbidden(&channel, "access was revoked"))
             }
         }
     }
 
+    async fn authorize_and_recover(
+        &self,
+        channel: &ChannelName,
+        since: Option<Seq>,
+    ) -> Result<Recovery, HubError> {
+        self.hub
+            .authorize(&self.identity, channel, Action::Subscribe)
+            .await?;
+        self.recover(channel, since).await
+    }
+
     /// Reads what a new subscription starts from: the channel's latest seq, whether `since`
     /// can be honoured, the cursor, and the messages to replay.
-    #[allow(clippy::type_complexity)]
     async fn recover(
         &self,
         channel: &ChannelName,
         since: Option<Seq>,
-    ) -> Result<
-        (
-            Seq,
-            Option<bool>,
-            Seq,
-            Vec<(Seq, relay_proto::EncodedFrame)>,
-        ),
-        HubError,
-    > {
+    ) -> Result<Recovery, HubError> {
         if self.hub.policy(channel).persistence == Persistence::EphemeralOnly {
-            return Ok((
-                Seq::ZERO,
-                since.map(|s| s == Seq::ZERO),
-                Seq::ZERO,
-                Vec::new(),
-            ));
+            return Ok(Recovery::live(Seq::ZERO, since.map(|s| s == Seq::ZERO)));
         }
         let store = self.hub.store();
         let latest = store.latest_seq(channel).await?;
         let Some(since) = since else {
-            return Ok((latest, None, latest, Vec::new()));
+            return Ok(Recovery::live(latest, None));
         };
         if since > latest {
-            return Ok((latest, Some(false), latest, Vec::new()));
+            return Ok(Recovery::live(latest, Some(false)));
         }
         if since == latest {
-            return Ok((latest, Some(true), latest, Vec::new()));
+            return Ok(Recovery::live(latest, Some(true)));
         }
         let limit = self.hub.config().max_recovery;
         let missed = (latest.0 - since.0) as usize;
         if missed > limit {
-            return Ok((latest, Some(false), latest, Vec::new()));
+            return Ok(Recovery::live(latest, Some(false)));
         }
         let history = store
             .history(channel, HistoryQuery::after(since, limit))
@@ -244,17 +288,21 @@ impl Connection {
         let complete = history.first().is_some_and(|m| m.seq == since.next())
             && history.last().is_some_and(|m| m.seq >= latest);
         if !complete {
-            return Ok((latest, Some(false), latest, Vec::new()));
+            return Ok(Recovery::live(latest, Some(false)));
         }
-        let frames = history
-            .iter()
-            .map(|m| (m.seq, m.to_frame().encode()))
-            .collect();
-        Ok((latest, Some(true), since, frames))
+        Ok(Recovery {
+            latest,
+            recovered: Some(true),
+            cursor: since,
+            replay: history
+                .iter()
+                .map(|m| (m.seq, m.to_frame().encode()))
+                .collect(),
+        })
     }
 
     fn unsubscribe(&self, id: Option<FrameId>, channel: ChannelName) -> Result<(), HubError> {
-        if !self.subscriptions.lock().remove(&channel) {
+        if !self.peer.subscriptions.lock().remove(&channel) {
             return Err(HubError::BadRequest(format!("not subscribed to {channel}")));
         }
         self.hub.remove_subscriber(&channel, self.id);
@@ -328,13 +376,7 @@ impl Connection {
     }
 
     async fn presence(&self, id: Option<FrameId>, channel: ChannelName) -> Result<(), HubError> {
-        self.hub
-            .authorize(&self.identity, &channel, Action::Subscribe)
-            .await?;
-        if !self.hub.policy(&channel).presence {
-            return Err(HubError::forbidden(&channel, "presence is disabled"));
-        }
-        let users = self.hub.presence(&channel);
+        let users = self.hub.presence(&self.identity, &channel).await?;
         self.send(&ServerFrame::Presence { id, channel, users });
         Ok(())
     }
@@ -342,7 +384,8 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for channel in self.subscriptions.get_mut().drain() {
+        let channels = std::mem::take(&mut *self.peer.subscriptions.lock());
+        for channel in channels {
             self.hub.remove_subscriber(&channel, self.id);
         }
         self.hub.forget_connection(self.id);

@@ -15,6 +15,10 @@ pub enum HubError {
     /// A channel record, member or target user does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request contradicts the current state (a name taken with other members, the last
+    /// owner's removal).
+    #[error("{0}")]
+    Conflict(String),
     /// A payload over the namespace's limit.
     #[error("payload is {size} bytes; namespace {namespace:?} allows at most {limit}")]
     TooLarge {
@@ -40,6 +44,7 @@ impl HubError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Conflict(_) => ErrorCode::Conflict,
             Self::TooLarge { .. } => ErrorCode::TooLarge,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,

@@ -38,18 +38,24 @@
 //! # }
 //! ```
 
+mod channels;
 mod connection;
 mod error;
 mod hub;
 mod identity;
 mod outbox;
 mod policy;
-mod registry;
+mod publish;
+mod repair;
+mod subscriber;
+mod subscribers;
 
+pub use channels::{CreateChannel, MAX_LISTED_NAMES, MAX_PAGE, MemberUpdate};
 pub use connection::Connection;
 pub use error::HubError;
-pub use hub::{Action, Hub, HubConfig, HubCounters, HubStats, Publish, Published};
+pub use hub::{Action, Hub, HubConfig, HubCounters, HubStats};
 pub use identity::{Identity, Role};
 pub use outbox::{Batch, CloseReason, Outbox, PushError};
-pub use policy::{NamespacePolicy, Persistence, Policies, PublishRule, SubscribeRule};
-pub use registry::ConnId;
+pub use policy::{CreateRule, NamespacePolicy, Persistence, Policies, PublishRule, SubscribeRule};
+pub use publish::{Publish, Published};
+pub use subscriber::ConnId;

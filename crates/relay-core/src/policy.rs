@@ -26,6 +26,19 @@ pub enum PublishRule {
     None,
 }
 
+/// Who may create channel records (`POST /api/channels`, [`Hub::create_channel`]).
+///
+/// [`Hub::create_channel`]: crate::Hub::create_channel
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateRule {
+    /// Any user with the right to the name: in a `members` namespace whoever the name's user
+    /// limit admits (the first creator owns the name), elsewhere whoever has the subscribe
+    /// right. A group chat where users start conversations.
+    Any,
+    /// Only service tokens (backends provision the records).
+    Service,
+}
+
 /// Which kinds of message a namespace carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Persistence {
@@ -45,6 +58,8 @@ pub struct NamespacePolicy {
     pub subscribe: SubscribeRule,
     /// Client publish right.
     pub publish: PublishRule,
+    /// Who may create records; `None` takes the default of [`Self::create_rule`].
+    pub create: Option<CreateRule>,
     /// Whether `subscribed` carries the online users and `presence` is answered.
     pub presence: bool,
     /// Whether `join`/`leave` frames are sent.
@@ -64,6 +79,7 @@ impl Default for NamespacePolicy {
         Self {
             subscribe: SubscribeRule::Any,
             publish: PublishRule::Subscribers,
+            create: None,
             presence: false,
             join_leave: false,
             persistence: Persistence::Mixed,
@@ -71,6 +87,24 @@ impl Default for NamespacePolicy {
             max_payload_bytes: 64 * 1024,
             max_history: None,
         }
+    }
+}
+
+impl NamespacePolicy {
+    /// Who may create records: the configured rule, else [`CreateRule::Service`] where
+    /// access depends on membership (so that no user can squat a name and own it) and
+    /// [`CreateRule::Any`] elsewhere.
+    pub fn create_rule(&self) -> CreateRule {
+        self.create.unwrap_or(match self.subscribe {
+            SubscribeRule::Members => CreateRule::Service,
+            SubscribeRule::Any | SubscribeRule::Claim => CreateRule::Any,
+        })
+    }
+
+    /// Whether access to the namespace's channels depends on stored membership, so that
+    /// removing a member ends its subscriptions.
+    pub fn membership_grants_access(&self) -> bool {
+        self.subscribe == SubscribeRule::Members
     }
 }
 

@@ -14,6 +14,9 @@ pub enum ErrorCode {
     Forbidden,
     /// The thing asked for does not exist.
     NotFound,
+    /// The request contradicts the current state (a channel name taken with other members,
+    /// removing a channel's last owner).
+    Conflict,
     /// A frame or payload over its size limit.
     TooLarge,
     /// Too many requests.
@@ -32,6 +35,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
@@ -46,6 +50,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::Conflict => 409,
             Self::TooLarge => 413,
             Self::RateLimited => 429,
             Self::Unavailable => 503,

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use relay_core::{HubConfig, NamespacePolicy, Persistence, Policies, PublishRule, SubscribeRule};
+use relay_core::{
+    CreateRule, HubConfig, NamespacePolicy, Persistence, Policies, PublishRule, SubscribeRule,
+};
 use serde::Deserialize;
 
 /// Why the configuration could not be used.
@@ -150,6 +152,9 @@ pub struct PolicyConfig {
     pub subscribe: Option<SubscribeRuleConfig>,
     /// `subscribers`, `members` or `none`.
     pub publish: Option<PublishRuleConfig>,
+    /// Who may create channel records: `any` or `service` (default: `service` where
+    /// `subscribe = "members"`, `any` elsewhere).
+    pub create: Option<CreateRuleConfig>,
     /// Presence lists in `subscribed` and `presence` replies.
     pub presence: Option<bool>,
     /// `join`/`leave` frames.
@@ -184,6 +189,15 @@ pub enum PublishRuleConfig {
     None,
 }
 
+/// `create` rule names.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum CreateRuleConfig {
+    Any,
+    Service,
+}
+
 /// `persistence` names.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -207,6 +221,13 @@ impl PolicyConfig {
                 PublishRuleConfig::Members => PublishRule::Members,
                 PublishRuleConfig::None => PublishRule::None,
             }),
+            create: self
+                .create
+                .map(|r| match r {
+                    CreateRuleConfig::Any => CreateRule::Any,
+                    CreateRuleConfig::Service => CreateRule::Service,
+                })
+                .or(base.create),
             presence: self.presence.unwrap_or(base.presence),
             join_leave: self.join_leave.unwrap_or(base.join_leave),
             persistence: self.persistence.map_or(base.persistence, |p| match p {
@@ -361,6 +382,28 @@ mod tests {
         assert_eq!(chat.max_payload_bytes, 1000, "inherits the default policy");
         assert_eq!(hub.policies.get("list").publish, PublishRule::None);
         assert_eq!(hub.policies.get("other").subscribe, SubscribeRule::Any);
+    }
+
+    #[test]
+    fn create_rule_defaults_to_service_where_membership_grants_access() {
+        let config = Config::from_toml(
+            r#"
+            [namespaces.team]
+            subscribe = "members"
+            [namespaces.group]
+            subscribe = "members"
+            create = "any"
+            [namespaces.feed]
+            create = "service"
+            "#,
+        )
+        .unwrap();
+        let hub = config.hub_config();
+        assert_eq!(hub.policies.get("team").create_rule(), CreateRule::Service);
+        assert_eq!(hub.policies.get("group").create_rule(), CreateRule::Any);
+        assert_eq!(hub.policies.get("feed").create_rule(), CreateRule::Service);
+        assert_eq!(hub.policies.get("thread").create_rule(), CreateRule::Any);
+        assert!(Config::from_toml("[namespaces.x]\ncreate = \"anyone\"").is_err());
     }
 
     #[test]

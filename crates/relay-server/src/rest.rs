@@ -1,22 +1,21 @@
-//! The REST API under `/api` (PROTOCOL.md, "REST"). Every endpoint needs a token and follows
-//! the same authorization as the WebSocket: reading needs the subscribe right, posting a
-//! message the publish right.
+//! The REST API under `/api` (docs/protocol.md, "REST API"). Every endpoint needs a token.
+//! This module only translates: it parses paths and bodies, calls the hub's channel API
+//! (which holds every rule: rights, roles, limits) and maps its answers onto HTTP.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
-use relay_core::{Action, Identity, Publish, SubscribeRule};
+use relay_core::{CreateChannel, Identity, MAX_LISTED_NAMES, Publish};
 use relay_proto::{
-    ChannelName, ErrorCode, MessageId, Payload, Seq, Timestamp, UserId, validate_event,
+    ChannelName, ErrorCode, MemberRole, MessageId, Payload, Seq, Timestamp, UserId, validate_event,
 };
-use relay_store::{ChannelRecord, HistoryQuery, NewChannel, StoredMessage};
+use relay_store::{ChannelRecord, HistoryQuery, Member, StoredMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{ApiError, App, Body, json, query_param};
 
-/// Default and largest history page.
+/// Default history page (the largest is the hub's `MAX_PAGE`).
 const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 200;
 
 type ApiResult = Result<Response<Body>, ApiError>;
 
@@ -67,7 +66,9 @@ where
         (&Method::GET, ["api", "channels", name]) => api.get_channel(channel(name)?).await,
         (&Method::GET, ["api", "channels", name, "members"]) => api.members(channel(name)?).await,
         (&Method::PUT, ["api", "channels", name, "members", user]) => {
-            api.add_member(channel(name)?, user_id(user)?).await
+            let (name, user) = (channel(name)?, user_id(user)?);
+            api.add_member(name, user, app.read_body(req.into_body()).await?)
+                .await
         }
         (&Method::DELETE, ["api", "channels", name, "members", user]) => {
             api.remove_member(channel(name)?, user_id(user)?).await
@@ -134,12 +135,6 @@ fn number<B, T: std::str::FromStr>(req: &Request<B>, name: &str) -> Result<Optio
 
 fn history_query<B>(req: &Request<B>) -> Result<HistoryQuery, ApiError> {
     let limit = number::<_, usize>(req, "limit")?.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("`limit` must be 1..={MAX_PAGE}"),
-        ));
-    }
     Ok(HistoryQuery {
         after: number(req, "after")?.map(Seq),
         before: number(req, "before")?.map(Seq),
@@ -195,12 +190,34 @@ impl<'a> From<&'a StoredMessage> for MessageView<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateChannel {
+struct CreateChannelBody {
     name: ChannelName,
     #[serde(default)]
     meta: Option<Payload>,
     #[serde(default)]
     members: Vec<UserId>,
+}
+
+#[derive(Serialize)]
+struct MemberView<'a> {
+    user: &'a UserId,
+    role: MemberRole,
+}
+
+impl<'a> From<&'a Member> for MemberView<'a> {
+    fn from(m: &'a Member) -> Self {
+        Self {
+            user: &m.user,
+            role: m.role,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutMember {
+    #[serde(default)]
+    role: Option<MemberRole>,
 }
 
 #[derive(Deserialize)]
@@ -231,9 +248,6 @@ struct ServicePublish {
     ephemeral: bool,
 }
 
-/// Largest `names` list of a query, and largest `channels` list of a service publish.
-const MAX_NAMES: usize = 1000;
-
 struct Api<'a> {
     app: &'a App,
     identity: &'a Identity,
@@ -244,54 +258,16 @@ impl Api<'_> {
         &self.app.inner.hub
     }
 
-    async fn can(&self, channel: &ChannelName, action: Action) -> Result<(), ApiError> {
-        Ok(self.hub().authorize(self.identity, channel, action).await?)
-    }
-
-    /// Creating needs the subscribe right, except in `members` namespaces, where creating is
-    /// what makes the caller a member (the user limit still applies).
-    async fn may_create(&self, name: &ChannelName) -> Result<(), ApiError> {
-        if self.hub().policy(name).subscribe == SubscribeRule::Members
-            && !self.identity.is_service()
-        {
-            if !name.admits(&self.identity.user) {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!("user is not listed in {name}"),
-                ));
-            }
-            return Ok(());
-        }
-        self.can(name, Action::Subscribe).await
-    }
-
     async fn create_channel(&self, body: Bytes) -> ApiResult {
-        let request: CreateChannel = parse_body(&body)?;
-        let name = request.name.clone();
-        self.may_create(&name).await?;
-        let meta_limit = self.hub().policy(&request.name).max_payload_bytes;
-        if request.meta.as_ref().is_some_and(|m| m.len() > meta_limit) {
-            return Err(ApiError::new(
-                ErrorCode::TooLarge,
-                format!("meta over {meta_limit} bytes"),
-            ));
-        }
-        let created_by = (!self.identity.is_service()).then(|| self.identity.user.clone());
-        let created = self
-            .hub()
-            .store()
-            .create_channel(NewChannel {
-                name: request.name,
-                meta: request.meta,
-                created_by,
-                members: request.members,
-            })
-            .await?;
-        if !created.is_new() {
-            // An existing record is shown only to who may read it: in a `members` namespace,
-            // creating does not make a non-member a member.
-            self.can(&name, Action::Subscribe).await?;
-        }
+        let request: CreateChannel = {
+            let body: CreateChannelBody = parse_body(&body)?;
+            CreateChannel {
+                name: body.name,
+                meta: body.meta,
+                members: body.members,
+            }
+        };
+        let created = self.hub().create_channel(self.identity, request).await?;
         let status = if created.is_new() {
             StatusCode::CREATED
         } else {
@@ -302,35 +278,9 @@ impl Api<'_> {
 
     async fn query_channels(&self, body: Bytes) -> ApiResult {
         let request: QueryChannels = parse_body(&body)?;
-        if request.names.len() > MAX_NAMES {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!("at most {MAX_NAMES} names"),
-            ));
-        }
-        let mut allowed = Vec::with_capacity(request.names.len());
-        for name in request.names {
-            if self.can(&name, Action::Subscribe).await.is_ok() {
-                allowed.push(name);
-            }
-        }
-        let records = self.hub().store().query_channels(&allowed).await?;
-        let views: Vec<ChannelView<'_>> = records.iter().map(ChannelView::from).collect();
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({ "channels": views }),
-        ))
-    }
-
-    async fn my_channels<B>(&self, req: &Request<B>) -> ApiResult {
-        let limit = number::<_, usize>(req, "limit")?
-            .unwrap_or(DEFAULT_PAGE)
-            .min(MAX_PAGE);
-        let offset = number::<_, usize>(req, "offset")?.unwrap_or(0);
         let records = self
             .hub()
-            .store()
-            .channels_of_member(&self.identity.user, limit, offset)
+            .query_channels(self.identity, request.names)
             .await?;
         let views: Vec<ChannelView<'_>> = records.iter().map(ChannelView::from).collect();
         Ok(json(
@@ -339,83 +289,66 @@ impl Api<'_> {
         ))
     }
 
+    async fn my_channels<B>(&self, req: &Request<B>) -> ApiResult {
+        let limit = number::<_, usize>(req, "limit")?.unwrap_or(DEFAULT_PAGE);
+        let offset = number::<_, usize>(req, "offset")?.unwrap_or(0);
+        let records = self.hub().channels_of(self.identity, limit, offset).await?;
+        let views: Vec<ChannelView<'_>> = records.iter().map(ChannelView::from).collect();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "channels": views }),
+        ))
+    }
+
     async fn get_channel(&self, name: ChannelName) -> ApiResult {
-        self.can(&name, Action::Subscribe).await?;
-        match self.hub().store().get_channel(&name).await? {
-            Some(record) => Ok(json(StatusCode::OK, &ChannelView::from(&record))),
-            None => Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("channel {name} does not exist"),
-            )),
-        }
+        let record = self.hub().channel(self.identity, &name).await?;
+        Ok(json(StatusCode::OK, &ChannelView::from(&record)))
     }
 
     async fn members(&self, name: ChannelName) -> ApiResult {
-        self.can(&name, Action::Subscribe).await?;
-        let members = self.hub().store().members(&name).await?;
+        let members = self.hub().members(self.identity, &name).await?;
+        let views: Vec<MemberView<'_>> = members.iter().map(MemberView::from).collect();
         Ok(json(
             StatusCode::OK,
-            &serde_json::json!({ "channel": name, "members": members }),
+            &serde_json::json!({ "channel": name, "members": views }),
         ))
     }
 
-    /// Membership changes need an existing member or a service token.
-    async fn may_manage_members(&self, name: &ChannelName) -> Result<(), ApiError> {
-        if self.identity.is_service()
-            || self
-                .hub()
-                .store()
-                .is_member(name, &self.identity.user)
-                .await?
-        {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            ErrorCode::Forbidden,
-            format!("only members of {name} may change its members"),
-        ))
-    }
-
-    async fn add_member(&self, name: ChannelName, user: UserId) -> ApiResult {
-        // Rights first, so that a stranger cannot probe which channels exist.
-        self.may_manage_members(&name).await?;
-        if self.hub().store().get_channel(&name).await?.is_none() {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("channel {name} does not exist"),
-            ));
-        }
-        let added = self.hub().store().add_member(&name, &user).await?;
-        let status = if added {
+    async fn add_member(&self, name: ChannelName, user: UserId, body: Bytes) -> ApiResult {
+        let request: PutMember = if body.is_empty() {
+            PutMember::default()
+        } else {
+            parse_body(&body)?
+        };
+        let update = self
+            .hub()
+            .add_member(self.identity, &name, &user, request.role)
+            .await?;
+        let status = if update.is_new() {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         };
+        let member = update.member();
         Ok(json(
             status,
-            &serde_json::json!({ "channel": name, "user": user }),
+            &serde_json::json!({ "channel": name, "user": member.user, "role": member.role }),
         ))
     }
 
     async fn remove_member(&self, name: ChannelName, user: UserId) -> ApiResult {
-        if user != self.identity.user {
-            self.may_manage_members(&name).await?;
-        }
-        if !self.hub().store().remove_member(&name, &user).await? {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("{user} is not a member of {name}"),
-            ));
-        }
+        let role = self
+            .hub()
+            .remove_member(self.identity, &name, &user)
+            .await?;
         Ok(json(
             StatusCode::OK,
-            &serde_json::json!({ "channel": name, "user": user }),
+            &serde_json::json!({ "channel": name, "user": user, "role": role }),
         ))
     }
 
     async fn history(&self, name: ChannelName, query: HistoryQuery) -> ApiResult {
-        self.can(&name, Action::Subscribe).await?;
-        let messages = self.hub().store().history(&name, query).await?;
+        let messages = self.hub().history(self.identity, &name, query).await?;
         let views: Vec<MessageView<'_>> = messages.iter().map(MessageView::from).collect();
         Ok(json(
             StatusCode::OK,
@@ -424,8 +357,7 @@ impl Api<'_> {
     }
 
     async fn count(&self, name: ChannelName) -> ApiResult {
-        self.can(&name, Action::Subscribe).await?;
-        let count = self.hub().store().count(&name).await?;
+        let count = self.hub().count(self.identity, &name).await?;
         Ok(json(
             StatusCode::OK,
             &serde_json::json!({ "channel": name, "count": count }),
@@ -433,14 +365,7 @@ impl Api<'_> {
     }
 
     async fn presence(&self, name: ChannelName) -> ApiResult {
-        self.can(&name, Action::Subscribe).await?;
-        if !self.hub().policy(&name).presence {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!("presence is disabled on {name}"),
-            ));
-        }
-        let users = self.hub().presence(&name);
+        let users = self.hub().presence(self.identity, &name).await?;
         Ok(json(
             StatusCode::OK,
             &serde_json::json!({ "channel": name, "users": users }),
@@ -450,13 +375,11 @@ impl Api<'_> {
     async fn post_message(&self, name: ChannelName, body: Bytes) -> ApiResult {
         let request: PostMessage = parse_body(&body)?;
         check_event(&request.event)?;
-        self.can(&name, Action::Publish).await?;
         let publish = Publish {
-            from: Some(self.identity.user.clone()),
             event: request.event.clone(),
             ..Publish::new(name, request.payload.clone())
         };
-        let published = self.hub().publish(publish).await?;
+        let published = self.hub().publish_as(self.identity, publish).await?;
         let Some(seq) = published.seq else {
             // An ephemeral-only namespace: delivered live, nothing stored.
             return Ok(json(
@@ -477,12 +400,6 @@ impl Api<'_> {
     }
 
     async fn service_publish(&self, body: Bytes) -> ApiResult {
-        if !self.identity.is_service() {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "POST /api/publish needs a token with role \"service\"",
-            ));
-        }
         let request: ServicePublish = parse_body(&body)?;
         check_event(&request.event)?;
         let mut channels = request.channels;
@@ -493,10 +410,10 @@ impl Api<'_> {
                 "give `channel` or `channels`",
             ));
         }
-        if channels.len() > MAX_NAMES {
+        if channels.len() > MAX_LISTED_NAMES {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
-                format!("at most {MAX_NAMES} channels"),
+                format!("at most {MAX_LISTED_NAMES} channels"),
             ));
         }
         let mut published = Vec::with_capacity(channels.len());
@@ -506,7 +423,10 @@ impl Api<'_> {
                 ephemeral: request.ephemeral,
                 ..Publish::new(channel, request.payload.clone())
             };
-            let p = self.hub().publish(publish).await?;
+            let p = self
+                .hub()
+                .publish_for_service(self.identity, publish)
+                .await?;
             published.push(
                 serde_json::json!({ "channel": p.channel, "message_id": p.id, "seq": p.seq }),
             );

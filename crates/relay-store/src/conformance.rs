@@ -16,9 +16,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use relay_proto::{ChannelName, Payload, Seq, UserId};
+use relay_proto::{ChannelName, MemberRole, Payload, Seq, UserId};
 
-use crate::{Created, HistoryQuery, NewChannel, NewMessage, Store, StoreError};
+use crate::{
+    Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange, Store, StoreError,
+};
 
 /// Generates one `#[tokio::test]` per conformance case; see the [module docs](self).
 #[macro_export]
@@ -32,6 +34,9 @@ macro_rules! conformance_tests {
             channels_of_member_are_paged_by_name,
             membership_changes,
             adding_a_member_needs_a_channel,
+            roles_change_but_the_last_owner_stays,
+            owners_removing_each_other_concurrently_leave_one,
+            a_channel_without_owner_has_no_last_owner_rule,
             appends_get_consecutive_seqs_per_channel,
             concurrent_appends_to_one_channel_are_gap_free,
             concurrent_appends_to_many_channels_are_gap_free,
@@ -102,6 +107,13 @@ async fn append_n(store: &dyn Store, ch: &ChannelName, n: u64) {
     }
 }
 
+fn member(id: &str, role: MemberRole) -> Member {
+    Member {
+        user: user(id),
+        role,
+    }
+}
+
 fn seqs(messages: &[crate::StoredMessage]) -> Vec<u64> {
     messages.iter().map(|m| m.seq.0).collect()
 }
@@ -164,20 +176,35 @@ pub async fn query_returns_only_existing_channels(store: Arc<dyn Store>) {
     assert_eq!(found, ["t:c", "t:a"]);
 }
 
-/// The creator and the listed members of a new channel are members.
+/// The creator of a new channel is its owner, the listed members are plain members (the
+/// creator stays owner when it lists itself too).
 pub async fn creator_and_initial_members_are_members(store: Arc<dyn Store>) {
     let name = channel("group:1");
     store
         .create_channel(NewChannel {
             created_by: Some(user("alice")),
-            members: vec![user("bob")],
+            members: vec![user("bob"), user("alice")],
             ..NewChannel::named(name.clone())
         })
         .await
         .expect("create");
     assert_eq!(
         store.members(&name).await.expect("members"),
-        vec![user("alice"), user("bob")]
+        vec![
+            member("alice", MemberRole::Owner),
+            member("bob", MemberRole::Member)
+        ]
+    );
+    assert_eq!(
+        store.member_role(&name, &user("bob")).await.expect("role"),
+        Some(MemberRole::Member)
+    );
+    assert_eq!(
+        store
+            .member_role(&name, &user("carol"))
+            .await
+            .expect("role"),
+        None
     );
     assert!(
         store
@@ -230,43 +257,183 @@ pub async fn channels_of_member_are_paged_by_name(store: Arc<dyn Store>) {
     );
 }
 
-/// Adding is idempotent; removing reports whether there was something to remove.
+/// Adding is idempotent (a repeat changes no role); removing reports what was removed.
 pub async fn membership_changes(store: Arc<dyn Store>) {
     let name = channel("group:2");
     store
         .create_channel(NewChannel::named(name.clone()))
         .await
         .expect("create");
-    assert!(store.add_member(&name, &user("carol")).await.expect("add"));
+    let carol = user("carol");
+    assert!(
+        store
+            .add_member(&name, &carol, MemberRole::Admin)
+            .await
+            .expect("add")
+    );
     assert!(
         !store
-            .add_member(&name, &user("carol"))
+            .add_member(&name, &carol, MemberRole::Member)
             .await
             .expect("add again")
     );
     assert_eq!(
         store.members(&name).await.expect("members"),
-        vec![user("carol")]
+        vec![member("carol", MemberRole::Admin)]
     );
-    assert!(
+    assert_eq!(
+        store.remove_member(&name, &carol).await.expect("remove"),
+        Removal::Removed(MemberRole::Admin)
+    );
+    assert_eq!(
         store
-            .remove_member(&name, &user("carol"))
+            .remove_member(&name, &carol)
             .await
-            .expect("remove")
+            .expect("remove again"),
+        Removal::NotMember
     );
-    assert!(
-        !store
-            .remove_member(&name, &user("carol"))
+    assert_eq!(
+        store
+            .remove_member(&channel("ghost"), &carol)
             .await
-            .expect("remove again")
+            .expect("remove from no channel"),
+        Removal::NotMember
     );
     assert!(store.members(&name).await.expect("members").is_empty());
+}
+
+/// Roles change, but neither a demotion nor a removal takes a record's last owner away.
+pub async fn roles_change_but_the_last_owner_stays(store: Arc<dyn Store>) {
+    let name = channel("group:roles");
+    let (alice, bob) = (user("alice"), user("bob"));
+    store
+        .create_channel(NewChannel {
+            created_by: Some(alice.clone()),
+            members: vec![bob.clone()],
+            ..NewChannel::named(name.clone())
+        })
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .set_role(&name, &alice, MemberRole::Admin)
+            .await
+            .expect("demote"),
+        RoleChange::LastOwner
+    );
+    assert_eq!(
+        store.remove_member(&name, &alice).await.expect("remove"),
+        Removal::LastOwner
+    );
+    assert_eq!(
+        store
+            .set_role(&name, &bob, MemberRole::Owner)
+            .await
+            .expect("promote"),
+        RoleChange::Changed {
+            from: MemberRole::Member
+        }
+    );
+    assert_eq!(
+        store
+            .set_role(&name, &bob, MemberRole::Owner)
+            .await
+            .expect("again"),
+        RoleChange::Unchanged
+    );
+    assert_eq!(
+        store
+            .set_role(&name, &user("carol"), MemberRole::Admin)
+            .await
+            .expect("stranger"),
+        RoleChange::NotMember
+    );
+    // Two owners now: one may go, the other then is the last.
+    assert_eq!(
+        store.remove_member(&name, &alice).await.expect("remove"),
+        Removal::Removed(MemberRole::Owner)
+    );
+    assert_eq!(
+        store
+            .set_role(&name, &bob, MemberRole::Member)
+            .await
+            .expect("demote"),
+        RoleChange::LastOwner
+    );
+    assert_eq!(
+        store.members(&name).await.expect("members"),
+        vec![member("bob", MemberRole::Owner)]
+    );
+}
+
+/// Two owners removing each other at the same moment: exactly one succeeds.
+pub async fn owners_removing_each_other_concurrently_leave_one(store: Arc<dyn Store>) {
+    for round in 0..20 {
+        let name = channel(&format!("group:race{round}"));
+        let (alice, bob) = (user("alice"), user("bob"));
+        store
+            .create_channel(NewChannel {
+                created_by: Some(alice.clone()),
+                members: vec![bob.clone()],
+                ..NewChannel::named(name.clone())
+            })
+            .await
+            .expect("create");
+        store
+            .set_role(&name, &bob, MemberRole::Owner)
+            .await
+            .expect("promote");
+        let (a, b) = tokio::join!(
+            store.remove_member(&name, &alice),
+            store.remove_member(&name, &bob)
+        );
+        let outcomes = [a.expect("remove alice"), b.expect("remove bob")];
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == Removal::LastOwner)
+                .count(),
+            1,
+            "round {round}: {outcomes:?}"
+        );
+        let members = store.members(&name).await.expect("members");
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].role, MemberRole::Owner);
+    }
+}
+
+/// A record created without an owner (by a service) lets anyone be removed or demoted.
+pub async fn a_channel_without_owner_has_no_last_owner_rule(store: Arc<dyn Store>) {
+    let name = channel("group:service");
+    store
+        .create_channel(NewChannel {
+            members: vec![user("bob")],
+            ..NewChannel::named(name.clone())
+        })
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .set_role(&name, &user("bob"), MemberRole::Admin)
+            .await
+            .expect("promote"),
+        RoleChange::Changed {
+            from: MemberRole::Member
+        }
+    );
+    assert_eq!(
+        store
+            .remove_member(&name, &user("bob"))
+            .await
+            .expect("remove"),
+        Removal::Removed(MemberRole::Admin)
+    );
 }
 
 /// Members can only be added to a channel that has a record.
 pub async fn adding_a_member_needs_a_channel(store: Arc<dyn Store>) {
     let err = store
-        .add_member(&channel("ghost"), &user("a"))
+        .add_member(&channel("ghost"), &user("a"), MemberRole::Member)
         .await
         .expect_err("no channel");
     assert!(matches!(err, StoreError::ChannelNotFound(c) if c.as_str() == "ghost"));
@@ -499,21 +666,38 @@ impl<T: AppendHook> Store for T {
     ) -> crate::StoreResult<Vec<crate::ChannelRecord>> {
         self.inner().channels_of_member(user, limit, offset).await
     }
-    async fn add_member(&self, channel: &ChannelName, user: &UserId) -> crate::StoreResult<bool> {
-        self.inner().add_member(channel, user).await
+    async fn add_member(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        role: MemberRole,
+    ) -> crate::StoreResult<bool> {
+        self.inner().add_member(channel, user, role).await
+    }
+    async fn set_role(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        role: MemberRole,
+    ) -> crate::StoreResult<RoleChange> {
+        self.inner().set_role(channel, user, role).await
     }
     async fn remove_member(
         &self,
         channel: &ChannelName,
         user: &UserId,
-    ) -> crate::StoreResult<bool> {
+    ) -> crate::StoreResult<Removal> {
         self.inner().remove_member(channel, user).await
     }
-    async fn members(&self, channel: &ChannelName) -> crate::StoreResult<Vec<UserId>> {
+    async fn members(&self, channel: &ChannelName) -> crate::StoreResult<Vec<Member>> {
         self.inner().members(channel).await
     }
-    async fn is_member(&self, channel: &ChannelName, user: &UserId) -> crate::StoreResult<bool> {
-        self.inner().is_member(channel, user).await
+    async fn member_role(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+    ) -> crate::StoreResult<Option<MemberRole>> {
+        self.inner().member_role(channel, user).await
     }
     async fn append(&self, message: NewMessage) -> crate::StoreResult<crate::StoredMessage> {
         AppendHook::append(self, message).await

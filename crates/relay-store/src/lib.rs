@@ -49,11 +49,14 @@ pub mod conformance;
 pub mod testing;
 
 use async_trait::async_trait;
-use relay_proto::{ChannelName, Seq, UserId};
+use relay_proto::{ChannelName, MemberRole, Seq, UserId};
 
 pub use error::StoreError;
 pub use memory::MemoryStore;
-pub use model::{ChannelRecord, Created, HistoryQuery, NewChannel, NewMessage, StoredMessage};
+pub use model::{
+    ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange,
+    StoredMessage,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{MIGRATOR, PgStore, PgStoreOptions};
 
@@ -67,7 +70,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a channel record, or returns the existing one unchanged (idempotent). The
-    /// creator, if any, and the listed members become members of a new channel.
+    /// creator, if any, becomes the `owner` of a new channel and the listed members its
+    /// `member`s.
     async fn create_channel(&self, new: NewChannel) -> StoreResult<Created>;
 
     /// One channel record.
@@ -84,18 +88,43 @@ pub trait Store: Send + Sync + 'static {
         offset: usize,
     ) -> StoreResult<Vec<ChannelRecord>>;
 
-    /// Adds a member to an existing channel; `Ok(false)` if already a member,
-    /// [`StoreError::ChannelNotFound`] if the channel has no record.
-    async fn add_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool>;
+    /// Adds a member with `role` to an existing channel; `Ok(false)` (and no change) if the
+    /// user already is a member, [`StoreError::ChannelNotFound`] if the channel has no record.
+    async fn add_member(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        role: MemberRole,
+    ) -> StoreResult<bool>;
 
-    /// Removes a member; `Ok(false)` if it was not one.
-    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool>;
+    /// Changes a member's role. Atomic with respect to other membership changes of the
+    /// channel: it never leaves a record that had an owner without one.
+    async fn set_role(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        role: MemberRole,
+    ) -> StoreResult<RoleChange>;
 
-    /// Members of a channel, ordered by user id (empty for an unknown channel).
-    async fn members(&self, channel: &ChannelName) -> StoreResult<Vec<UserId>>;
+    /// Removes a member. Atomic like [`set_role`](Self::set_role): the last owner is never
+    /// removed.
+    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<Removal>;
+
+    /// Members of a channel with their roles, ordered by user id (empty for an unknown
+    /// channel).
+    async fn members(&self, channel: &ChannelName) -> StoreResult<Vec<Member>>;
+
+    /// The role of `user` in `channel`; `None` if not a member or there is no record.
+    async fn member_role(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+    ) -> StoreResult<Option<MemberRole>>;
 
     /// Whether `user` is a member of `channel`.
-    async fn is_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool>;
+    async fn is_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
+        Ok(self.member_role(channel, user).await?.is_some())
+    }
 
     /// Appends a message with the channel's next seq and returns it as stored. A channel
     /// record is not required: the message log of a channel exists on its own.

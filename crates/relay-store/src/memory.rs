@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use relay_proto::{ChannelName, Seq, Timestamp, UserId};
+use relay_proto::{ChannelName, MemberRole, Seq, Timestamp, UserId};
 
 use crate::{
-    ChannelRecord, Created, HistoryQuery, NewChannel, NewMessage, Store, StoreError, StoreResult,
-    StoredMessage,
+    ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange,
+    Store, StoreError, StoreResult, StoredMessage,
 };
 
 /// An in-memory [`Store`]. Cloning shares the same data.
@@ -24,7 +24,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     channels: RwLock<BTreeMap<ChannelName, ChannelRecord>>,
-    members: RwLock<HashMap<ChannelName, BTreeSet<UserId>>>,
+    /// Members and roles per channel; one write lock makes every membership change atomic.
+    members: RwLock<HashMap<ChannelName, BTreeMap<UserId, MemberRole>>>,
     logs: RwLock<HashMap<ChannelName, Arc<Mutex<Log>>>>,
 }
 
@@ -48,6 +49,10 @@ impl Log {
         let hi = before.map_or(len, |b| b.0.saturating_sub(first).min(len));
         (lo as usize, hi.max(lo) as usize)
     }
+}
+
+fn owners(roles: &BTreeMap<UserId, MemberRole>) -> usize {
+    roles.values().filter(|r| **r == MemberRole::Owner).count()
 }
 
 impl MemoryStore {
@@ -88,9 +93,13 @@ impl Store for MemoryStore {
         };
         channels.insert(new.name.clone(), record.clone());
         let mut members = self.inner.members.write();
-        let set = members.entry(new.name).or_default();
-        set.extend(new.created_by);
-        set.extend(new.members);
+        let roles = members.entry(new.name).or_default();
+        for user in new.members {
+            roles.insert(user, MemberRole::Member);
+        }
+        if let Some(creator) = new.created_by {
+            roles.insert(creator, MemberRole::Owner);
+        }
         Ok(Created::New(record))
     }
 
@@ -119,7 +128,7 @@ impl Store for MemoryStore {
             .members
             .read()
             .iter()
-            .filter(|(_, set)| set.contains(user))
+            .filter(|(_, roles)| roles.contains_key(user))
             .map(|(name, _)| name.clone())
             .collect();
         names.sort();
@@ -132,43 +141,89 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn add_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
+    async fn add_member(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        role: MemberRole,
+    ) -> StoreResult<bool> {
         if !self.inner.channels.read().contains_key(channel) {
             return Err(StoreError::ChannelNotFound(channel.clone()));
         }
-        Ok(self
-            .inner
-            .members
-            .write()
-            .entry(channel.clone())
-            .or_default()
-            .insert(user.clone()))
+        let mut members = self.inner.members.write();
+        let roles = members.entry(channel.clone()).or_default();
+        if roles.contains_key(user) {
+            return Ok(false);
+        }
+        roles.insert(user.clone(), role);
+        Ok(true)
     }
 
-    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
-        Ok(self
-            .inner
-            .members
-            .write()
-            .get_mut(channel)
-            .is_some_and(|set| set.remove(user)))
+    async fn set_role(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        role: MemberRole,
+    ) -> StoreResult<RoleChange> {
+        let mut members = self.inner.members.write();
+        let Some(roles) = members.get_mut(channel) else {
+            return Ok(RoleChange::NotMember);
+        };
+        let Some(&from) = roles.get(user) else {
+            return Ok(RoleChange::NotMember);
+        };
+        if from == role {
+            return Ok(RoleChange::Unchanged);
+        }
+        if from == MemberRole::Owner && owners(roles) == 1 {
+            return Ok(RoleChange::LastOwner);
+        }
+        roles.insert(user.clone(), role);
+        Ok(RoleChange::Changed { from })
     }
 
-    async fn members(&self, channel: &ChannelName) -> StoreResult<Vec<UserId>> {
+    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<Removal> {
+        let mut members = self.inner.members.write();
+        let Some(roles) = members.get_mut(channel) else {
+            return Ok(Removal::NotMember);
+        };
+        let Some(&role) = roles.get(user) else {
+            return Ok(Removal::NotMember);
+        };
+        if role == MemberRole::Owner && owners(roles) == 1 {
+            return Ok(Removal::LastOwner);
+        }
+        roles.remove(user);
+        Ok(Removal::Removed(role))
+    }
+
+    async fn members(&self, channel: &ChannelName) -> StoreResult<Vec<Member>> {
         let members = self.inner.members.read();
         Ok(members
             .get(channel)
-            .map(|set| set.iter().cloned().collect())
+            .map(|roles| {
+                roles
+                    .iter()
+                    .map(|(user, role)| Member {
+                        user: user.clone(),
+                        role: *role,
+                    })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
-    async fn is_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
+    async fn member_role(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+    ) -> StoreResult<Option<MemberRole>> {
         Ok(self
             .inner
             .members
             .read()
             .get(channel)
-            .is_some_and(|set| set.contains(user)))
+            .and_then(|roles| roles.get(user).copied()))
     }
 
     async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage> {

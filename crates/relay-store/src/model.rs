@@ -1,6 +1,8 @@
 //! The records a store keeps and the queries it answers.
 
-use relay_proto::{ChannelName, MessageId, Payload, Seq, ServerFrame, Timestamp, UserId};
+use relay_proto::{
+    ChannelName, MemberRole, MessageId, Payload, Seq, ServerFrame, Timestamp, UserId,
+};
 
 /// A channel record: what `POST /api/channels` creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,9 +24,9 @@ pub struct NewChannel {
     pub name: ChannelName,
     /// Opaque JSON.
     pub meta: Option<Payload>,
-    /// The creator; becomes a member.
+    /// The creator; becomes its owner.
     pub created_by: Option<UserId>,
-    /// Initial members besides the creator.
+    /// Initial members besides the creator, with the role `member`.
     pub members: Vec<UserId>,
 }
 
@@ -61,6 +63,42 @@ impl Created {
     pub fn is_new(&self) -> bool {
         matches!(self, Self::New(_))
     }
+}
+
+/// A member of a channel record and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The user.
+    pub user: UserId,
+    /// Its role.
+    pub role: MemberRole,
+}
+
+/// Outcome of [`Store::set_role`](crate::Store::set_role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleChange {
+    /// The role was changed; it was `from` before.
+    Changed {
+        /// The previous role.
+        from: MemberRole,
+    },
+    /// The user already had this role.
+    Unchanged,
+    /// The user is not a member (or the channel has no record).
+    NotMember,
+    /// Refused: the user is the record's last owner and the new role is not `owner`.
+    LastOwner,
+}
+
+/// Outcome of [`Store::remove_member`](crate::Store::remove_member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The member was removed; it had this role.
+    Removed(MemberRole),
+    /// The user is not a member (or the channel has no record).
+    NotMember,
+    /// Refused: the user is the record's last owner.
+    LastOwner,
 }
 
 /// A message to append; the store assigns its seq.

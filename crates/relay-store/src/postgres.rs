@@ -14,14 +14,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use relay_proto::{ChannelName, MessageId, Payload, Seq, Timestamp, UserId};
+use relay_proto::{ChannelName, MemberRole, MessageId, Payload, Seq, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    ChannelRecord, Created, HistoryQuery, NewChannel, NewMessage, Store, StoreError, StoreResult,
-    StoredMessage,
+    ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange,
+    Store, StoreError, StoreResult, StoredMessage,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -295,6 +295,50 @@ fn stored_message(channel: &ChannelName, row: &PgRow) -> StoreResult<StoredMessa
     })
 }
 
+fn member_role(text: &str) -> StoreResult<MemberRole> {
+    MemberRole::parse(text).ok_or_else(|| corrupt("member role", text))
+}
+
+/// A member's role and the channel's owner count, read with the channel's record locked
+/// (`FOR UPDATE`) so that concurrent membership changes of one channel run one at a time:
+/// two owners removing each other can never leave it without one.
+struct LockedRole {
+    role: MemberRole,
+    owners: i64,
+}
+
+async fn locked_role(
+    tx: &mut Transaction<'_, sqlx::Postgres>,
+    channel: &ChannelName,
+    user: &UserId,
+) -> StoreResult<Option<LockedRole>> {
+    let locked: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM channels WHERE name = $1 FOR UPDATE")
+            .bind(channel.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    if locked.is_none() {
+        return Ok(None);
+    }
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT role, (SELECT count(*) FROM members WHERE channel = $1 AND role = 'owner')
+         FROM members WHERE channel = $1 AND user_id = $2",
+    )
+    .bind(channel.as_str())
+    .bind(user.as_str())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    row.map(|(role, owners)| {
+        Ok(LockedRole {
+            role: member_role(&role)?,
+            owners,
+        })
+    })
+    .transpose()
+}
+
 fn to_i64(seq: Option<Seq>) -> Option<i64> {
     seq.map(|s| i64::try_from(s.0).unwrap_or(i64::MAX))
 }
@@ -328,18 +372,26 @@ impl Store for PgStore {
             tx.commit().await.map_err(map_err)?;
             return Ok(Created::Existing(channel_record(&row)?));
         };
-        let members: Vec<&str> = new
-            .created_by
+        // The creator last, so that its `owner` wins over a `member` entry for itself.
+        let (users, roles): (Vec<&str>, Vec<&str>) = new
+            .members
             .iter()
-            .chain(&new.members)
-            .map(UserId::as_str)
-            .collect();
+            .filter(|u| new.created_by.as_ref() != Some(*u))
+            .map(|u| (u.as_str(), MemberRole::Member.as_str()))
+            .chain(
+                new.created_by
+                    .iter()
+                    .map(|u| (u.as_str(), MemberRole::Owner.as_str())),
+            )
+            .unzip();
         sqlx::query(
-            "INSERT INTO members (channel, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u
+            "INSERT INTO members (channel, user_id, role)
+             SELECT $1, u, r FROM UNNEST($2::text[], $3::text[]) AS t(u, r)
              ON CONFLICT DO NOTHING",
         )
         .bind(new.name.as_str())
-        .bind(&members)
+        .bind(&users)
+        .bind(&roles)
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
@@ -396,12 +448,19 @@ impl Store for PgStore {
         rows.iter().map(channel_record).collect()
     }
 
-    async fn add_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
+    async fn add_member(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        role: MemberRole,
+    ) -> StoreResult<bool> {
         let result = sqlx::query(
-            "INSERT INTO members (channel, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO members (channel, user_id, role) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
         )
         .bind(channel.as_str())
         .bind(user.as_str())
+        .bind(role.as_str())
         .execute(&self.pool)
         .await;
         match result {
@@ -413,38 +472,81 @@ impl Store for PgStore {
         }
     }
 
-    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM members WHERE channel = $1 AND user_id = $2")
+    async fn set_role(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        role: MemberRole,
+    ) -> StoreResult<RoleChange> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let Some(current) = locked_role(&mut tx, channel, user).await? else {
+            return Ok(RoleChange::NotMember);
+        };
+        if current.role == role {
+            return Ok(RoleChange::Unchanged);
+        }
+        if current.role == MemberRole::Owner && current.owners == 1 {
+            return Ok(RoleChange::LastOwner);
+        }
+        sqlx::query("UPDATE members SET role = $3 WHERE channel = $1 AND user_id = $2")
             .bind(channel.as_str())
             .bind(user.as_str())
-            .execute(&self.pool)
+            .bind(role.as_str())
+            .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+        tx.commit().await.map_err(map_err)?;
+        Ok(RoleChange::Changed { from: current.role })
     }
 
-    async fn members(&self, channel: &ChannelName) -> StoreResult<Vec<UserId>> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT user_id FROM members WHERE channel = $1 ORDER BY user_id")
+    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<Removal> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let Some(current) = locked_role(&mut tx, channel, user).await? else {
+            return Ok(Removal::NotMember);
+        };
+        if current.role == MemberRole::Owner && current.owners == 1 {
+            return Ok(Removal::LastOwner);
+        }
+        sqlx::query("DELETE FROM members WHERE channel = $1 AND user_id = $2")
+            .bind(channel.as_str())
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Removal::Removed(current.role))
+    }
+
+    async fn members(&self, channel: &ChannelName) -> StoreResult<Vec<Member>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT user_id, role FROM members WHERE channel = $1 ORDER BY user_id")
                 .bind(channel.as_str())
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err)?;
         rows.into_iter()
-            .map(|(u,)| UserId::parse(&u).map_err(|e| corrupt("member", e)))
+            .map(|(user, role)| {
+                Ok(Member {
+                    user: UserId::parse(&user).map_err(|e| corrupt("member", e))?,
+                    role: member_role(&role)?,
+                })
+            })
             .collect()
     }
 
-    async fn is_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<bool> {
-        let (exists,): (bool,) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM members WHERE channel = $1 AND user_id = $2)",
-        )
-        .bind(channel.as_str())
-        .bind(user.as_str())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(exists)
+    async fn member_role(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+    ) -> StoreResult<Option<MemberRole>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT role FROM members WHERE channel = $1 AND user_id = $2")
+                .bind(channel.as_str())
+                .bind(user.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+        row.map(|(role,)| member_role(&role)).transpose()
     }
 
     async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage> {

@@ -39,9 +39,9 @@ async fn channels_members_history_and_count_over_rest() {
         .await
         .unwrap()
         .iter()
-        .map(|u| u.to_string())
+        .map(|m| format!("{}:{}", m.user, m.role))
         .collect();
-    assert_eq!(members, ["alice", "bob"]);
+    assert_eq!(members, ["alice:owner", "bob:member"]);
     rest.add_member("thread:9", "carol").await.unwrap();
     rest.remove_member("thread:9", "carol").await.unwrap();
     assert_eq!(rest.my_channels(10, 0).await.unwrap().len(), 1);

@@ -1,7 +1,7 @@
 //! Who may subscribe and publish: user limits, membership, claims, server-only namespaces.
 
 use relay_core::{Identity, NamespacePolicy, Policies, PublishRule, SubscribeRule};
-use relay_proto::{ErrorCode, ServerFrame};
+use relay_proto::{ErrorCode, MemberRole, ServerFrame};
 use relay_store::{NewChannel, Store};
 use serde_json::json;
 
@@ -53,7 +53,7 @@ async fn members_namespace_checks_stored_membership() {
     );
 
     t.store
-        .add_member(&ch("group:1"), &user("bob"))
+        .add_member(&ch("group:1"), &user("bob"), MemberRole::Member)
         .await
         .unwrap();
     assert!(matches!(

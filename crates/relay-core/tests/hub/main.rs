@@ -7,6 +7,7 @@ mod support;
 mod authorization;
 mod delivery;
 mod interleavings;
+mod membership;
 mod presence;
 mod recovery;
 mod slow_consumer;

@@ -57,7 +57,7 @@ async fn a_user_with_two_connections_joins_once_and_leaves_with_the_last() {
     assert!(
         matches!(&alice.frames()[..], [ServerFrame::Leave { user: u, .. }] if u.as_str() == "bob")
     );
-    assert_eq!(t.hub.presence(&ch("chat:1")), vec![user("alice")]);
+    assert_eq!(t.hub.online_users(&ch("chat:1")), vec![user("alice")]);
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Group chat: a members-only namespace with presence, join/leave and typing indicators; one
-//! user on two devices.
+//! Group chat: a members-only namespace where users start conversations (`create = "any"`),
+//! with presence, join/leave and typing indicators; one user on two devices.
 
 use relay_proto::ServerFrame;
 use serde_json::json;
@@ -9,7 +9,7 @@ use crate::support::*;
 async fn chat_server() -> TestServer {
     TestServer::start_with(|config| {
         let policy = relay_server::Config::from_toml(
-            "[namespaces.group]\nsubscribe = \"members\"\npresence = true\njoin_leave = true\n",
+            "[namespaces.group]\nsubscribe = \"members\"\ncreate = \"any\"\npresence = true\njoin_leave = true\n",
         )
         .unwrap();
         config.namespaces = policy.namespaces;
@@ -63,7 +63,14 @@ async fn non_members_are_refused_and_members_can_be_managed() {
         201
     );
     let (_, members) = alice_http.get("/api/channels/group:1/members").await;
-    assert_eq!(members["members"], json!(["alice", "bob", "carol"]));
+    assert_eq!(
+        members["members"],
+        json!([
+            {"user": "alice", "role": "owner"},
+            {"user": "bob", "role": "member"},
+            {"user": "carol", "role": "member"}
+        ])
+    );
     assert!(matches!(
         carol.subscribe("group:1").await,
         ServerFrame::Subscribed { .. }
@@ -89,22 +96,28 @@ async fn strangers_learn_nothing_about_a_members_channel() {
         .post("/api/channels", json!({"name": "group:1"}))
         .await;
     assert_eq!(
-        status, 403,
-        "re-creating an existing group does not reveal it: {body}"
+        status, 409,
+        "the name is taken; nothing else about it is revealed: {body}"
     );
+    assert_eq!(body["error"]["code"], "conflict");
+    assert!(!body.to_string().contains("alice"), "{body}");
     assert_eq!(
         carol.put("/api/channels/group:nope/members/carol").await.0,
         403
     );
     assert_eq!(carol.get("/api/channels/group:1").await.0, 403);
     let bob = server.http(&server.token("bob"));
+    let (status, record) = bob
+        .post(
+            "/api/channels",
+            json!({"name": "group:1", "members": ["alice"]}),
+        )
+        .await;
     assert_eq!(
-        bob.post("/api/channels", json!({"name": "group:1"}))
-            .await
-            .0,
-        200,
-        "members may"
+        status, 200,
+        "a member naming the same members gets the record"
     );
+    assert_eq!(record["created_by"], "alice");
 }
 
 #[tokio::test]

@@ -1,0 +1,280 @@
+//! The publish pipeline: size and persistence rules, commit, then fan-out to local
+//! subscribers (persistent messages in seq order, ephemeral ones and signals live).
+//!
+//! Fast path: a committed message is encoded once and every subscriber's outbox gets a
+//! reference to the same bytes, under one channel shard lock and never across an `.await`.
+
+use relay_proto::{
+    ChannelName, EncodedFrame, MessageId, Payload, Seq, ServerFrame, Timestamp, UserId,
+};
+use relay_store::{NewMessage, StoredMessage};
+
+use crate::error::HubError;
+use crate::hub::{Action, Hub};
+use crate::identity::Identity;
+use crate::policy::Persistence;
+use crate::subscriber::ConnId;
+
+/// A publish from trusted code embedding the hub (a backend broadcasting "ADDED" events).
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Opaque JSON.
+    pub payload: Payload,
+    /// Event name.
+    pub event: Option<String>,
+    /// Live-only.
+    pub ephemeral: bool,
+    /// The user it is published as; `None` for the server itself.
+    pub from: Option<UserId>,
+}
+
+impl Publish {
+    /// A persistent server publish with no event.
+    pub fn new(channel: ChannelName, payload: Payload) -> Self {
+        Self {
+            channel,
+            payload,
+            event: None,
+            ephemeral: false,
+            from: None,
+        }
+    }
+
+    /// Sets the event name.
+    pub fn event(mut self, event: impl Into<String>) -> Self {
+        self.event = Some(event.into());
+        self
+    }
+}
+
+/// The outcome of a publish: what the `ack` carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The message id.
+    pub id: MessageId,
+    /// Its seq; `None` for an ephemeral message.
+    pub seq: Option<Seq>,
+    /// Server time of the publish.
+    pub ts: Timestamp,
+}
+
+impl Hub {
+    /// Publishes as `identity` (REST `POST …/messages`): the publish right is checked as for
+    /// a client frame, and the message is `from` the identity's user.
+    pub async fn publish_as(
+        &self,
+        identity: &Identity,
+        publish: Publish,
+    ) -> Result<Published, HubError> {
+        self.authorize(identity, &publish.channel, Action::Publish)
+            .await?;
+        let publish = Publish {
+            from: Some(identity.user.clone()),
+            ..publish
+        };
+        self.publish(publish).await
+    }
+
+    /// The server-side publish API (`POST /api/publish`): only service identities may use
+    /// it, and then without channel authorization, like [`Self::publish`].
+    pub async fn publish_for_service(
+        &self,
+        identity: &Identity,
+        publish: Publish,
+    ) -> Result<Published, HubError> {
+        if !identity.is_service() {
+            return Err(HubError::Forbidden(
+                "the server-side publish needs a token with role \"service\"".into(),
+            ));
+        }
+        self.publish(publish).await
+    }
+
+    /// Publishes from trusted code: no authorization, but the namespace's size limit and
+    /// persistence rules apply. Resolves once the message is stored (persistent) and handed to
+    /// every local subscriber.
+    pub async fn publish(&self, publish: Publish) -> Result<Published, HubError> {
+        self.publish_from(publish, None).await
+    }
+
+    pub(crate) async fn publish_from(
+        &self,
+        publish: Publish,
+        origin: Option<ConnId>,
+    ) -> Result<Published, HubError> {
+        let Publish {
+            channel,
+            payload,
+            event,
+            ephemeral,
+            from,
+        } = publish;
+        let policy = self.policy(&channel);
+        if payload.len() > policy.max_payload_bytes {
+            return Err(HubError::TooLarge {
+                size: payload.len(),
+                limit: policy.max_payload_bytes,
+                namespace: channel.namespace().to_owned(),
+            });
+        }
+        let ephemeral = match policy.persistence {
+            Persistence::EphemeralOnly => true,
+            Persistence::PersistentOnly if ephemeral => {
+                return Err(HubError::forbidden(
+                    &channel,
+                    "ephemeral messages are not allowed",
+                ));
+            }
+            _ => ephemeral,
+        };
+        let message = NewMessage {
+            from,
+            event,
+            ..NewMessage::new(channel, payload)
+        };
+        if ephemeral {
+            let published = Published {
+                channel: message.channel.clone(),
+                id: message.id,
+                seq: None,
+                ts: message.ts,
+            };
+            self.deliver_ephemeral(message, origin);
+            return Ok(published);
+        }
+        let max_history = policy.max_history;
+        let stored = self.commit_and_deliver(message, origin).await?;
+        if let Some(keep) = max_history
+            && let Err(e) = self.inner.store.trim(&stored.channel, keep).await
+        {
+            tracing::warn!(channel = %stored.channel, error = %e, "trimming history failed");
+        }
+        Ok(Published {
+            channel: stored.channel,
+            id: stored.id,
+            seq: Some(stored.seq),
+            ts: stored.ts,
+        })
+    }
+
+    async fn commit_and_deliver(
+        &self,
+        message: NewMessage,
+        origin: Option<ConnId>,
+    ) -> Result<StoredMessage, relay_store::StoreError> {
+        // Until the delivery below has happened, this guard stands for it: if the append
+        // fails (it may still have committed: the connection broke on the way back) or the
+        // caller goes away mid-append (its connection closed), dropping the guard checks the
+        // channel's tail from the store, so no subscriber waits for a message nobody
+        // delivers. Cheaper than a task per publish, which would also break the batching of
+        // a publisher's frames.
+        let mut guard = TailGuard {
+            hub: self,
+            channel: message.channel.clone(),
+            armed: true,
+        };
+        let stored = self.inner.store.append(message).await?;
+        self.deliver_from(&stored, origin);
+        guard.armed = false;
+        Ok(stored)
+    }
+
+    /// Schedules a repair that also brings live subscribers up to the store's latest seq.
+    /// Cheap when the channel has no local subscribers (nothing to do).
+    fn check_tail(&self, channel: &ChannelName) {
+        if let Some(mut state) = self.inner.channels.get_mut(channel) {
+            state.tail_check = true;
+            let schedule = !state.repair_scheduled;
+            state.repair_scheduled = true;
+            drop(state);
+            if schedule {
+                self.schedule_repair(channel.clone());
+            }
+        }
+    }
+
+    /// Delivers a committed message to local subscribers, in seq order.
+    ///
+    /// This is the seam for multi-node fan-out: a backplane that learns of a message
+    /// committed by another node calls this. Messages may arrive in any order and more than
+    /// once; each subscriber still sees every seq exactly once, in order, with gaps filled
+    /// from the store.
+    pub fn deliver(&self, message: &StoredMessage) {
+        self.deliver_from(message, None);
+    }
+
+    fn deliver_from(&self, message: &StoredMessage, origin: Option<ConnId>) {
+        if !self.inner.channels.contains_key(&message.channel) {
+            return;
+        }
+        // Encode once, outside the lock; every subscriber gets a reference to the same bytes.
+        let frame = message.to_frame().encode();
+        let echo = self.policy(&message.channel).echo;
+        let Some(mut state) = self.inner.channels.get_mut(&message.channel) else {
+            return;
+        };
+        let mut gap = false;
+        for (id, sub) in state.subscribers.iter_mut() {
+            let frame = (echo || origin != Some(*id)).then_some(&frame);
+            gap |= sub.offer(message.seq, frame);
+        }
+        self.inner.counters.delivered(state.subscribers.len());
+        if gap && !state.repair_scheduled {
+            state.repair_scheduled = true;
+            drop(state);
+            self.schedule_repair(message.channel.clone());
+        }
+    }
+
+    fn deliver_ephemeral(&self, message: NewMessage, origin: Option<ConnId>) {
+        let Some(state) = self.inner.channels.get(&message.channel) else {
+            return;
+        };
+        let frame = ServerFrame::Message {
+            channel: message.channel,
+            id: message.id,
+            seq: None,
+            from: message.from,
+            event: message.event,
+            payload: message.payload,
+            ts: message.ts,
+        }
+        .encode();
+        let sent = state.broadcast(&frame, |id, _| origin != Some(id));
+        self.inner.counters.delivered(sent);
+    }
+
+    /// Sends a signal to every started connection of `to` subscribed to `channel`, except the
+    /// sender's own; returns how many got it.
+    pub(crate) fn signal(
+        &self,
+        channel: &ChannelName,
+        to: &UserId,
+        frame: &EncodedFrame,
+        origin: ConnId,
+    ) -> usize {
+        let Some(state) = self.inner.channels.get(channel) else {
+            return 0;
+        };
+        state.broadcast(frame, |id, sub| id != origin && &sub.user == to)
+    }
+}
+
+/// Checks a channel's tail when dropped armed; see `Hub::commit_and_deliver`.
+struct TailGuard<'a> {
+    hub: &'a Hub,
+    channel: ChannelName,
+    armed: bool,
+}
+
+impl Drop for TailGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.check_tail(&self.channel);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Subscribers and presence: joining, starting, leaving and eviction of a channel's local
+//! subscribers, and the online users they make up.
+
+use std::sync::Arc;
+
+use relay_proto::{ChannelName, EncodedFrame, Seq, ServerFrame, UserId};
+
+use crate::hub::Hub;
+use crate::outbox::Outbox;
+use crate::subscriber::{ChannelState, ConnId, Subscriber};
+
+/// Whether [`Hub::start`] started a joining subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Started: its `subscribed` reply and replay are queued.
+    Started,
+    /// It was gone (its connection closed, or it was evicted while joining).
+    Gone,
+}
+
+impl Hub {
+    /// Registers a joining subscriber: it collects live messages until [`Self::start`]. It
+    /// is not online (presence, `join`) until then, so a subscribe that fails while reading
+    /// the store leaves no trace.
+    pub(crate) fn add_subscriber(
+        &self,
+        channel: &ChannelName,
+        id: ConnId,
+        user: &UserId,
+        outbox: Arc<Outbox>,
+    ) {
+        let mut state = self.inner.channels.entry(channel.clone()).or_default();
+        state
+            .subscribers
+            .insert(id, Subscriber::joining(outbox, user.clone()));
+    }
+
+    /// Starts a joining subscriber: marks its user online (announcing `join` to the others if
+    /// this is the user's first connection here), pushes its `subscribed` reply (built under
+    /// the channel lock, so its presence list is exact), replays `history`, then whatever
+    /// arrived while it was joining.
+    pub(crate) fn start(
+        &self,
+        channel: &ChannelName,
+        id: ConnId,
+        cursor: Seq,
+        history: Vec<(Seq, EncodedFrame)>,
+        reply: impl FnOnce(Option<Vec<UserId>>) -> ServerFrame,
+    ) -> Start {
+        let policy = self.policy(channel);
+        let Some(mut guard) = self.inner.channels.get_mut(channel) else {
+            return Start::Gone;
+        };
+        let state = &mut *guard;
+        let Some(user) = state.subscribers.get(&id).map(|s| s.user.clone()) else {
+            return Start::Gone;
+        };
+        let count = state.online.entry(user.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 && policy.join_leave {
+            let frame = ServerFrame::Join {
+                channel: channel.clone(),
+                user,
+            }
+            .encode();
+            state.broadcast(&frame, |other, _| other != id);
+        }
+        let users = policy.presence.then(|| state.online_users());
+        let Some(sub) = state.subscribers.get_mut(&id) else {
+            return Start::Gone;
+        };
+        let _ = sub.outbox.push(reply(users).encode());
+        let gap = sub.start(cursor, history);
+        let schedule = gap && !state.repair_scheduled;
+        state.repair_scheduled |= gap;
+        drop(guard);
+        if schedule {
+            self.schedule_repair(channel.clone());
+        }
+        Start::Started
+    }
+
+    /// Removes a subscriber; announces `leave` when it was the user's last started
+    /// connection and frees the channel's state when nobody is left. Returns whether it was
+    /// subscribed.
+    pub(crate) fn remove_subscriber(&self, channel: &ChannelName, id: ConnId) -> bool {
+        let join_leave = self.policy(channel).join_leave;
+        let Some(mut state) = self.inner.channels.get_mut(channel) else {
+            return false;
+        };
+        let removed = leave(&mut state, channel, id, join_leave).is_some();
+        drop(state);
+        self.free_if_empty(channel);
+        removed
+    }
+
+    /// Ends every local subscription of `user` to `channel`, because the user lost access
+    /// (removed from the record's members). Each started one gets `unsubscribed` with
+    /// `reason`; one still joining makes its subscribe fail instead. Presence leaves as for
+    /// an unsubscribe. Returns how many subscriptions ended.
+    pub(crate) fn evict(&self, channel: &ChannelName, user: &UserId, reason: &str) -> usize {
+        let join_leave = self.policy(channel).join_leave;
+        let Some(mut state) = self.inner.channels.get_mut(channel) else {
+            return 0;
+        };
+        let ids: Vec<ConnId> = state
+            .subscribers
+            .iter()
+            .filter(|(_, sub)| &sub.user == user)
+            .map(|(id, _)| *id)
+            .collect();
+        let frame = ServerFrame::Unsubscribed {
+            id: None,
+            channel: channel.clone(),
+            reason: Some(reason.to_owned()),
+        }
+        .encode();
+        for id in &ids {
+            if let Some(sub) = leave(&mut state, channel, *id, join_leave)
+                && sub.is_started()
+            {
+                // Under the channel lock: ordered after every message it was handed.
+                let _ = sub.outbox.push(frame.clone());
+            }
+        }
+        drop(state);
+        self.free_if_empty(channel);
+        // Outside the channel lock: the connection forgets the subscription, so that it may
+        // subscribe again once it regains access.
+        for id in &ids {
+            if let Some(peer) = self.inner.connections.get(id) {
+                peer.subscriptions.lock().remove(channel);
+            }
+        }
+        ids.len()
+    }
+
+    /// Users with a connection subscribed to `channel` on this hub, sorted. Trusted: no
+    /// authorization (see [`Hub::presence`] for the checked form).
+    pub fn online_users(&self, channel: &ChannelName) -> Vec<UserId> {
+        self.inner
+            .channels
+            .get(channel)
+            .map(|c| c.online_users())
+            .unwrap_or_default()
+    }
+
+    fn free_if_empty(&self, channel: &ChannelName) {
+        self.inner
+            .channels
+            .remove_if(channel, |_, state| state.subscribers.is_empty());
+    }
+
+    pub(crate) fn forget_connection(&self, id: ConnId) {
+        self.inner.connections.remove(&id);
+    }
+}
+
+/// Takes subscriber `id` out of a channel's state; announces `leave` when it was its user's
+/// last started connection there.
+fn leave(
+    state: &mut ChannelState,
+    channel: &ChannelName,
+    id: ConnId,
+    join_leave: bool,
+) -> Option<Subscriber> {
+    let sub = state.subscribers.remove(&id)?;
+    if sub.is_started()
+        && let Some(count) = state.online.get_mut(&sub.user)
+    {
+        *count -= 1;
+        if *count == 0 {
+            state.online.remove(&sub.user);
+            if join_leave {
+                let frame = ServerFrame::Leave {
+                    channel: channel.clone(),
+                    user: sub.user.clone(),
+                }
+                .encode();
+                state.broadcast(&frame, |_, _| true);
+            }
+        }
+    }
+    Some(sub)
+}
