@@ -12,5 +12,6 @@ mod direct_messages;
 mod durability;
 mod group_chat;
 mod liveness;
+mod membership;
 mod shutdown;
 mod thread_relay;

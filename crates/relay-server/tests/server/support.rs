@@ -237,6 +237,11 @@ impl Http {
             .await
     }
 
+    pub async fn put_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.client.put(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.send(self.client.delete(format!("{}{path}", self.base)))
             .await

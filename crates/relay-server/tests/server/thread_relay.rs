@@ -194,3 +194,25 @@ async fn a_reconnecting_client_recovers_what_it_missed_with_since() {
         assert_eq!(seq, Some(Seq(expected)));
     }
 }
+
+/// Seed 000's flow: both participants create the thread, each with its own freshly
+/// encrypted meta; the second gets the first record with 200, not a conflict.
+#[tokio::test]
+async fn second_participant_creating_the_thread_gets_the_first_record() {
+    let server = TestServer::start().await;
+    let alice_meta = json!({"ciphertext": "YWxpY2U=", "iv": "AQID"});
+    let (status, first) = server
+        .http(&server.token("alice"))
+        .post("/api/channels", json!({"name": THREAD, "meta": alice_meta}))
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, second) = server
+        .http(&server.token("bob"))
+        .post(
+            "/api/channels",
+            json!({"name": THREAD, "meta": {"ciphertext": "Ym9i", "iv": "BAUG"}, "members": ["bob"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second, first);
+}
