@@ -28,14 +28,16 @@ mod config;
 mod metrics;
 mod rest;
 mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod wire;
 mod ws;
 
 pub use app::{App, Body};
 pub use auth::{AuthError, Authenticator, Claims};
 pub use config::{
-    AuthConfig, Config, ConfigError, JwtAlgorithm, LogFormat, PersistenceConfig, PolicyConfig,
-    PublishRuleConfig, SubscribeRuleConfig,
+    AuthConfig, Config, ConfigError, CreateRuleConfig, JwtAlgorithm, LogFormat, PersistenceConfig,
+    PolicyConfig, PublishRuleConfig, SubscribeRuleConfig,
 };
 pub use metrics::Metrics;
 pub use serve::Relay;

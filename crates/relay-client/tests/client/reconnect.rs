@@ -11,7 +11,7 @@ use relay_store::{MemoryStore, Store};
 use crate::support::*;
 
 async fn survive_restart(store: Arc<dyn Store>) {
-    let mut server = Server::start_with(store, |_| {}).await;
+    let mut server = Server::start_with_store(store, |_| {}).await;
     let publisher_hub = server.hub.clone();
     let channel = ChannelName::parse("feed:restart").unwrap();
     let publish = |n: u64| {

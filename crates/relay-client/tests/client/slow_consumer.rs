@@ -30,11 +30,11 @@ async fn read_all(sub: &mut Subscription, total: u64) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_burst_that_overflows_the_server_queue_is_cut_with_4008_and_nothing_is_lost() {
-    let server = Server::start_with(Arc::new(MemoryStore::new()), |config| {
+    let server = Server::start_with_store(Arc::new(MemoryStore::new()), |config| {
         config.outbox_capacity = 4
     })
     .await;
-    let client = Client::builder(server.url())
+    let client = Client::builder(server.ws_endpoint())
         .token(server.token("slow"))
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
         .subscription_buffer(8)
@@ -80,7 +80,7 @@ async fn a_burst_that_overflows_the_server_queue_is_cut_with_4008_and_nothing_is
 #[tokio::test]
 async fn an_application_that_falls_behind_loses_nothing_and_holds_up_nothing() {
     let server = Server::start().await;
-    let client = Client::builder(server.url())
+    let client = Client::builder(server.ws_endpoint())
         .token(server.token("reader"))
         .subscription_buffer(4)
         .connect()

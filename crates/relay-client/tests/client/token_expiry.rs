@@ -15,7 +15,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn an_expired_token_is_renewed_through_the_provider() {
-    let server = Server::start_with(Arc::new(MemoryStore::new()), |config| {
+    let server = Server::start_with_store(Arc::new(MemoryStore::new()), |config| {
         config.auth.leeway_secs = Some(0)
     })
     .await;
@@ -24,14 +24,14 @@ async fn an_expired_token_is_renewed_through_the_provider() {
         .unwrap()
         .as_secs();
     // The first token expires in two seconds; every later one is good for an hour.
-    let short = server.token_with(Claims {
+    let short = server.mint(Claims {
         exp: now + 2,
         ..Claims::new("alice", Duration::ZERO)
     });
     let long = server.token("alice");
     let calls = Arc::new(AtomicUsize::new(0));
     let provider_calls = calls.clone();
-    let client = Client::builder(server.url())
+    let client = Client::builder(server.ws_endpoint())
         .token_provider(move || {
             let token = if provider_calls.fetch_add(1, Ordering::SeqCst) == 0 {
                 short.clone()

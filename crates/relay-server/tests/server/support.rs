@@ -1,106 +1,31 @@
-//! A server started in-process on 127.0.0.1:0, and clients for it.
+//! The in-process server (`relay_server::testing`), and the raw WebSocket and HTTP clients
+//! these tests drive it with.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use relay_core::Hub;
 use relay_proto::ServerFrame;
-use relay_server::{Authenticator, Claims, Config, Relay};
-use relay_store::{MemoryStore, Store};
+use relay_server::{Authenticator, Claims};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "integration-test-secret-0123456789";
+pub use relay_server::testing::TEST_SECRET as SECRET;
+pub use relay_server::testing::TestServer;
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub auth: Authenticator,
-    pub hub: Hub,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+/// The clients these tests speak to a [`TestServer`] with.
+pub trait Clients {
+    /// Connects as `user` and consumes the `welcome` frame.
+    async fn connect(&self, user: &str) -> WsClient;
+    /// An HTTP client sending `token`.
+    fn http(&self, token: &str) -> Http;
 }
 
-impl TestServer {
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
-    }
-
-    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
-        Self::start_with_store(Arc::new(MemoryStore::new()), configure).await
-    }
-
-    pub async fn start_with_store(
-        store: Arc<dyn Store>,
-        configure: impl FnOnce(&mut Config),
-    ) -> Self {
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
-        config.auth.secret = Some(SECRET.into());
-        configure(&mut config);
-        let auth = Authenticator::from_config(&config.auth).unwrap();
-        let hub = Hub::new(store, config.hub_config());
-        let relay = Relay::bind(config, hub.clone(), auth.clone())
-            .await
-            .unwrap();
-        let addr = relay.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(relay.serve(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            auth,
-            hub,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Shuts the server down gracefully and waits until it has stopped.
-    pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .unwrap()
-                .unwrap();
-        }
-    }
-
-    pub fn token(&self, user: &str) -> String {
-        self.mint(Claims::new(user, Duration::from_secs(3600)))
-    }
-
-    pub fn service_token(&self, user: &str) -> String {
-        self.mint(Claims {
-            role: Some("service".into()),
-            ..Claims::new(user, Duration::from_secs(3600))
-        })
-    }
-
-    pub fn mint(&self, claims: Claims) -> String {
-        self.auth.mint(&claims).unwrap()
-    }
-
-    pub fn ws_url(&self, token: &str) -> String {
-        format!("ws://{}/ws?token={token}", self.addr)
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Connects as `user` and consumes the `welcome` frame.
-    pub async fn connect(&self, user: &str) -> WsClient {
+impl Clients for TestServer {
+    async fn connect(&self, user: &str) -> WsClient {
         let mut client = WsClient::connect(&self.ws_url(&self.token(user))).await;
         let welcome = client.recv().await;
         assert!(
@@ -110,7 +35,7 @@ impl TestServer {
         client
     }
 
-    pub fn http(&self, token: &str) -> Http {
+    fn http(&self, token: &str) -> Http {
         Http {
             client: reqwest::Client::new(),
             base: format!("http://{}", self.addr),
