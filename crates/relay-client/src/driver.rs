@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use relay_proto::{ChannelName, ClientFrame, CloseCode, FrameId, Seq, ServerFrame};
+use relay_proto::{ChannelName, ClientFrame, CloseCode, ErrorCode, FrameId, Seq, ServerFrame};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -259,31 +259,17 @@ impl Driver {
             .subs
             .restore_all(|| ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         for (id, channel, since) in restore {
-            self.pending.insert(
-                id,
-                Pending::Subscribe {
-                    channel: channel.clone(),
-                    since,
-                    reply: None,
-                },
-            );
-            if let Err(end) = send(
-                &mut sink,
-                &ClientFrame::Subscribe {
-                    id: Some(id.into()),
-                    channel,
-                    since,
-                },
-            )
-            .await
+            if let Err(end) = self
+                .request_subscribe(&mut sink, id, channel, since, None)
+                .await
             {
                 return end;
             }
         }
         while let Some(command) = self.backlog.pop_front() {
             match self.on_command(&mut sink, command).await {
-                Ok(true) => {}
-                Ok(false) => return self.close(&mut sink).await,
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => return self.close(&mut sink).await,
                 Err(end) => return end,
             }
         }
@@ -316,8 +302,8 @@ impl Driver {
                 command = self.commands.recv() => {
                     let Some(command) = command else { return self.close(&mut sink).await };
                     match self.on_command(&mut sink, command).await {
-                        Ok(true) => {}
-                        Ok(false) => return self.close(&mut sink).await,
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Close) => return self.close(&mut sink).await,
                         Err(end) => return end,
                     }
                 }
@@ -352,25 +338,39 @@ impl Driver {
                 )
                 .await?;
             }
-            self.pending.insert(
-                id,
-                Pending::Subscribe {
-                    channel: channel.clone(),
-                    since: again.since,
-                    reply: None,
-                },
-            );
-            send(
-                sink,
-                &ClientFrame::Subscribe {
-                    id: Some(id.into()),
-                    channel,
-                    since: again.since,
-                },
-            )
-            .await?;
+            self.request_subscribe(sink, id, channel, again.since, None)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Registers a pending subscribe under `id` (with the caller's `reply`, or none for a
+    /// restore) and sends it.
+    async fn request_subscribe(
+        &mut self,
+        sink: &mut Sink,
+        id: u64,
+        channel: ChannelName,
+        since: Option<Seq>,
+        reply: Option<oneshot::Sender<Result<Seq, ClientError>>>,
+    ) -> Result<(), End> {
+        self.pending.insert(
+            id,
+            Pending::Subscribe {
+                channel: channel.clone(),
+                since,
+                reply,
+            },
+        );
+        send(
+            sink,
+            &ClientFrame::Subscribe {
+                id: Some(id.into()),
+                channel,
+                since,
+            },
+        )
+        .await
     }
 
     async fn close(&mut self, sink: &mut Sink) -> End {
@@ -378,12 +378,12 @@ impl Driver {
         End::Closed
     }
 
-    /// Handles one command; `Ok(false)` means close.
-    async fn on_command(&mut self, sink: &mut Sink, command: Command) -> Result<bool, End> {
+    /// Handles one command.
+    async fn on_command(&mut self, sink: &mut Sink, command: Command) -> Result<Flow, End> {
         match command {
             Command::Request { id, frame, reply } => {
                 if reply.is_closed() {
-                    return Ok(true); // The caller gave up (timeout); do not act on it late.
+                    return Ok(Flow::Continue); // The caller gave up (timeout); do not act on it late.
                 }
                 self.pending.insert(id, Pending::Reply(reply));
                 send(sink, &frame).await?;
@@ -395,7 +395,7 @@ impl Driver {
                 reply,
             } => {
                 if reply.is_closed() {
-                    return Ok(true);
+                    return Ok(Flow::Continue);
                 }
                 self.pending.insert(id, Pending::Signal(reply));
                 self.pending.insert(fence, Pending::Fence { signal: id });
@@ -416,70 +416,34 @@ impl Driver {
                 reply,
             } => {
                 if reply.is_closed() {
-                    return Ok(true);
+                    return Ok(Flow::Continue);
                 }
                 if self.subs.contains(&channel) {
                     let _ = reply.send(Err(ClientError::AlreadySubscribed(channel.to_string())));
-                    return Ok(true);
+                    return Ok(Flow::Continue);
                 }
                 self.subs.insert(channel.clone(), events, since, id);
-                self.pending.insert(
-                    id,
-                    Pending::Subscribe {
-                        channel: channel.clone(),
-                        since,
-                        reply: Some(reply),
-                    },
-                );
-                send(
-                    sink,
-                    &ClientFrame::Subscribe {
-                        id: Some(id.into()),
-                        channel,
-                        since,
-                    },
-                )
-                .await?;
+                self.request_subscribe(sink, id, channel, since, Some(reply))
+                    .await?;
             }
             Command::Unsubscribe { channel } => {
                 if self.subs.remove(&channel) {
                     send(sink, &ClientFrame::Unsubscribe { id: None, channel }).await?;
                 }
             }
-            Command::Close => return Ok(false),
+            Command::Close => return Ok(Flow::Close),
         }
-        Ok(true)
+        Ok(Flow::Continue)
     }
 
+    /// Routes one server frame to the handler of its type.
     async fn on_frame(&mut self, sink: &mut Sink, frame: ServerFrame) -> Result<(), End> {
         match frame {
             ServerFrame::Subscribed {
                 id, seq, recovered, ..
             } => {
-                let Some(id) = numeric(&id) else {
-                    return Ok(());
-                };
-                let Some(Pending::Subscribe {
-                    channel,
-                    since,
-                    reply,
-                }) = self.pending.remove(&id)
-                else {
-                    return Ok(());
-                };
-                let notify = reply.is_none();
-                let current = self
-                    .subs
-                    .on_subscribed(&channel, id, since, recovered, seq, notify);
-                if let Some(reply) = reply
-                    && (!current || reply.send(Ok(seq)).is_err())
-                {
-                    // Nobody waits for this subscription any more (the caller timed out):
-                    // do not leave it subscribed.
-                    if current && self.subs.remove(&channel) {
-                        send(sink, &ClientFrame::Unsubscribe { id: None, channel }).await?;
-                    }
-                }
+                self.on_subscribed(sink, numeric(&id), seq, recovered)
+                    .await?
             }
             ServerFrame::Message {
                 channel,
@@ -489,17 +453,15 @@ impl Driver {
                 event,
                 payload,
                 ts,
-            } => {
-                self.subs.on_message(Message {
-                    channel,
-                    id,
-                    seq,
-                    from,
-                    event,
-                    payload,
-                    ts,
-                });
-            }
+            } => self.subs.on_message(Message {
+                channel,
+                id,
+                seq,
+                from,
+                event,
+                payload,
+                ts,
+            }),
             ServerFrame::Join { channel, user } => self.subs.on_event(&channel, Event::Join(user)),
             ServerFrame::Leave { channel, user } => {
                 self.subs.on_event(&channel, Event::Leave(user))
@@ -509,85 +471,134 @@ impl Driver {
                 from,
                 payload,
                 event,
-            } => {
-                self.subs.on_event(
-                    &channel,
-                    Event::Signal {
-                        from,
-                        event,
-                        payload,
-                    },
-                );
-            }
+            } => self.subs.on_event(
+                &channel,
+                Event::Signal {
+                    from,
+                    event,
+                    payload,
+                },
+            ),
             ServerFrame::Error {
                 id, code, message, ..
-            } => {
-                let error = || ClientError::Server {
-                    code,
-                    message: message.clone(),
-                };
-                let pending_id = numeric(&id);
-                match pending_id.and_then(|id| self.pending.remove(&id)) {
-                    Some(Pending::Reply(reply)) => {
-                        let _ = reply.send(Err(error()));
-                    }
-                    Some(Pending::Signal(reply)) => {
-                        let _ = reply.send(Err(error()));
-                    }
-                    Some(Pending::Subscribe {
-                        channel,
-                        reply: Some(reply),
-                        ..
-                    }) => {
-                        if let Some(id) = pending_id {
-                            self.subs.remove_if_awaiting(&channel, id);
-                        }
-                        let _ = reply.send(Err(error()));
-                    }
-                    Some(Pending::Subscribe {
-                        channel,
-                        reply: None,
-                        ..
-                    }) => {
-                        tracing::warn!(%channel, %code, %message, "resubscribe refused");
-                        if let Some(id) = pending_id {
-                            self.subs.on_refused(&channel, id, code, message.clone());
-                        }
-                    }
-                    Some(Pending::Fence { .. }) | None => {
-                        tracing::warn!(%code, %message, "error from the server");
-                    }
-                }
-            }
-            ServerFrame::Pong { id } => {
-                match numeric(&id).and_then(|id| self.pending.remove(&id)) {
-                    Some(Pending::Fence { signal }) => {
-                        if let Some(Pending::Signal(reply)) = self.pending.remove(&signal) {
-                            let _ = reply.send(Ok(()));
-                        }
-                    }
-                    Some(Pending::Reply(reply)) => {
-                        let _ = reply.send(Ok(ServerFrame::Pong { id }));
-                    }
-                    _ => {}
-                }
-            }
+            } => self.on_error(numeric(&id), code, message),
+            ServerFrame::Pong { id } => self.on_pong(id),
+            ServerFrame::Unsubscribed {
+                id: None,
+                channel,
+                reason,
+            } => self.subs.on_ended(&channel, reason.unwrap_or_default()),
             frame @ (ServerFrame::Ack { .. }
             | ServerFrame::Presence { .. }
-            | ServerFrame::Unsubscribed { .. }) => {
-                let id = match &frame {
-                    ServerFrame::Ack { id, .. }
-                    | ServerFrame::Presence { id, .. }
-                    | ServerFrame::Unsubscribed { id, .. } => numeric(id),
-                    _ => None,
-                };
-                if let Some(Pending::Reply(reply)) = id.and_then(|id| self.pending.remove(&id)) {
-                    let _ = reply.send(Ok(frame));
-                }
-            }
+            | ServerFrame::Unsubscribed { .. }) => self.on_reply(frame),
             ServerFrame::Welcome { .. } => {}
         }
         Ok(())
+    }
+
+    /// A subscribe succeeded: the subscription goes live, and its caller (if any still
+    /// waits) gets the seq.
+    async fn on_subscribed(
+        &mut self,
+        sink: &mut Sink,
+        id: Option<u64>,
+        seq: Seq,
+        recovered: Option<bool>,
+    ) -> Result<(), End> {
+        let Some(id) = id else {
+            return Ok(());
+        };
+        let Some(Pending::Subscribe {
+            channel,
+            since,
+            reply,
+        }) = self.pending.remove(&id)
+        else {
+            return Ok(());
+        };
+        let notify = reply.is_none();
+        let current = self
+            .subs
+            .on_subscribed(&channel, id, since, recovered, seq, notify);
+        if let Some(reply) = reply
+            && (!current || reply.send(Ok(seq)).is_err())
+        {
+            // Nobody waits for this subscription any more (the caller timed out): do not
+            // leave it subscribed.
+            if current && self.subs.remove(&channel) {
+                send(sink, &ClientFrame::Unsubscribe { id: None, channel }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An `error` frame: fails the request it answers, or ends or retries a subscription.
+    fn on_error(&mut self, id: Option<u64>, code: ErrorCode, message: String) {
+        let error = || ClientError::Server {
+            code,
+            message: message.clone(),
+        };
+        match id.and_then(|id| self.pending.remove(&id).map(|p| (id, p))) {
+            Some((_, Pending::Reply(reply))) => {
+                let _ = reply.send(Err(error()));
+            }
+            Some((_, Pending::Signal(reply))) => {
+                let _ = reply.send(Err(error()));
+            }
+            Some((
+                id,
+                Pending::Subscribe {
+                    channel,
+                    reply: Some(reply),
+                    ..
+                },
+            )) => {
+                self.subs.remove_if_awaiting(&channel, id);
+                let _ = reply.send(Err(error()));
+            }
+            Some((
+                id,
+                Pending::Subscribe {
+                    channel,
+                    reply: None,
+                    ..
+                },
+            )) => {
+                tracing::warn!(%channel, %code, %message, "resubscribe refused");
+                self.subs.on_refused(&channel, id, code, message.clone());
+            }
+            Some((_, Pending::Fence { .. })) | None => {
+                tracing::warn!(%code, %message, "error from the server");
+            }
+        }
+    }
+
+    /// A `pong`: the fence after a signal (the signal was accepted), or a ping's reply.
+    fn on_pong(&mut self, id: Option<FrameId>) {
+        match numeric(&id).and_then(|id| self.pending.remove(&id)) {
+            Some(Pending::Fence { signal }) => {
+                if let Some(Pending::Signal(reply)) = self.pending.remove(&signal) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Some(Pending::Reply(reply)) => {
+                let _ = reply.send(Ok(ServerFrame::Pong { id }));
+            }
+            _ => {}
+        }
+    }
+
+    /// A reply to a request (`ack`, `presence`, `unsubscribed`), handed to its caller.
+    fn on_reply(&mut self, frame: ServerFrame) {
+        let id = match &frame {
+            ServerFrame::Ack { id, .. }
+            | ServerFrame::Presence { id, .. }
+            | ServerFrame::Unsubscribed { id, .. } => numeric(id),
+            _ => None,
+        };
+        if let Some(Pending::Reply(reply)) = id.and_then(|id| self.pending.remove(&id)) {
+            let _ = reply.send(Ok(frame));
+        }
     }
 
     /// The connection is gone: nobody will answer what is pending.
@@ -612,6 +623,13 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether the driver goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
 }
 
 async fn send(sink: &mut Sink, frame: &ClientFrame) -> Result<(), End> {

@@ -166,6 +166,24 @@ impl Subs {
         }
     }
 
+    /// The server ended a live subscription itself (the user was removed from the channel's
+    /// members): the stream ends with an [`Event::Refused`] (`forbidden`, the server's
+    /// reason), and nothing restores it. A subscription waiting on a resubscribe ignores it:
+    /// that subscribe gets its own answer.
+    pub(crate) fn on_ended(&mut self, channel: &ChannelName, reason: String) {
+        let Some(sub) = self.map.get(channel) else {
+            return;
+        };
+        if sub.awaiting.is_some() {
+            return;
+        }
+        let _ = sub.events.try_send(Event::Refused {
+            code: ErrorCode::Forbidden,
+            message: reason,
+        });
+        self.map.remove(channel);
+    }
+
     /// Routes a message: skips duplicates, and moves the cursor only when the application
     /// actually gets the message.
     pub(crate) fn on_message(&mut self, message: Message) {

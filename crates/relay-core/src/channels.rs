@@ -126,16 +126,6 @@ impl Hub {
                 "user is not listed in the channel name",
             ));
         }
-        if members.len() > MAX_LISTED_NAMES {
-            return Err(HubError::BadRequest(format!(
-                "at most {MAX_LISTED_NAMES} members"
-            )));
-        }
-        if let Some(stranger) = members.iter().find(|m| !name.admits(m)) {
-            return Err(HubError::BadRequest(format!(
-                "member {stranger} is not listed in the channel name {name}"
-            )));
-        }
         if !who.is_service() {
             match policy.create_rule() {
                 CreateRule::Service => {
@@ -149,6 +139,16 @@ impl Hub {
                 }
                 CreateRule::Any => {}
             }
+        }
+        if members.len() > MAX_LISTED_NAMES {
+            return Err(HubError::BadRequest(format!(
+                "at most {MAX_LISTED_NAMES} members"
+            )));
+        }
+        if let Some(stranger) = members.iter().find(|m| !name.admits(m)) {
+            return Err(HubError::BadRequest(format!(
+                "member {stranger} is not listed in the channel name {name}"
+            )));
         }
         let limit = policy.max_payload_bytes;
         if let Some(meta) = meta.as_ref().filter(|m| m.len() > limit) {
@@ -341,22 +341,14 @@ impl Hub {
         name: &ChannelName,
         user: &UserId,
     ) -> Result<MemberRole, HubError> {
-        if user != &who.user {
+        // The most a caller may remove; the store checks the target's role against it in
+        // the same step as the removal, so a concurrent promotion cannot slip through.
+        let up_to = if user == &who.user {
+            MemberRole::Owner
+        } else {
             match self.actor(who, name).await? {
-                Actor::Service | Actor::Member(MemberRole::Owner) => {}
-                Actor::Member(MemberRole::Admin) => {
-                    let target = self.store().member_role(name, user).await?;
-                    match target {
-                        None => return Err(not_a_member(name, user)),
-                        Some(MemberRole::Member) => {}
-                        Some(_) => {
-                            return Err(HubError::forbidden(
-                                name,
-                                "admins may only remove plain members",
-                            ));
-                        }
-                    }
-                }
+                Actor::Service | Actor::Member(MemberRole::Owner) => MemberRole::Owner,
+                Actor::Member(MemberRole::Admin) => MemberRole::Member,
                 Actor::Member(MemberRole::Member) | Actor::Stranger => {
                     return Err(HubError::forbidden(
                         name,
@@ -364,14 +356,18 @@ impl Hub {
                     ));
                 }
             }
-        }
-        match self.store().remove_member(name, user).await? {
+        };
+        match self.store().remove_member(name, user, up_to).await? {
             Removal::Removed(role) => {
                 if self.policy(name).membership_grants_access() {
                     self.evict(name, user, "removed from the channel's members");
                 }
                 Ok(role)
             }
+            Removal::Outranked(_) => Err(HubError::forbidden(
+                name,
+                "admins may only remove plain members",
+            )),
             Removal::NotMember => Err(not_a_member(name, user)),
             Removal::LastOwner => Err(last_owner(name, user)),
         }

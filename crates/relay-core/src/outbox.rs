@@ -1,7 +1,7 @@
 //! [`Outbox`]: a connection's bounded outbound queue.
 //!
 //! The hub pushes encoded frames without ever waiting; the transport takes everything queued
-//! at once, writes it and flushes once. A push into a full outbox closes the connection with
+//! at once and writes it as one batch (one write per batch, not one per frame). A push into a full outbox closes the connection with
 //! 4008 (slow consumer) instead of blocking the publisher or growing without bound, so one
 //! stalled reader never slows anyone else.
 
@@ -32,7 +32,7 @@ pub enum PushError {
 /// What the transport should do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Batch {
-    /// Frames were moved into the buffer: write them all, then flush once.
+    /// Frames were moved into the buffer: write them all, in one batch.
     Frames,
     /// The outbox is closed and drained: send a close frame with this reason.
     Closed(CloseReason),

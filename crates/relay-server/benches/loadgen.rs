@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use relay_server::frame::{self, FrameHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -253,24 +254,11 @@ impl RawWs {
 
     /// Parses the next complete server frame at the front of the buffer.
     fn parse(&self) -> Option<Frame> {
-        let b = &self.buf[..];
-        if b.len() < 2 {
-            return None;
-        }
-        let opcode = b[0] & 0x0f;
-        let (len, header) = match b[1] & 0x7f {
-            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (
-                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => return None,
-            n => (n as usize, 2),
-        };
-        (b.len() >= header + len).then_some(Frame {
-            opcode,
-            start: header,
-            end: header + len,
+        let head = FrameHead::parse(&self.buf)?;
+        (self.buf.len() >= head.frame_len()).then_some(Frame {
+            opcode: head.opcode,
+            start: head.header_len,
+            end: head.frame_len(),
         })
     }
 
@@ -309,20 +297,7 @@ impl RawWs {
 /// A masked client frame (mask key zero: valid, and free to apply).
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(payload);
+    frame::masked(&mut out, opcode, payload, [0; 4]);
     out
 }
 
@@ -675,27 +650,9 @@ async fn idle(flags: &Flags) {
 
 type Outbound = tokio::sync::mpsc::UnboundedSender<Bytes>;
 
-/// A server frame header for a text payload of `len` bytes.
-fn server_header(len: usize) -> Vec<u8> {
-    let mut h = Vec::with_capacity(10);
-    h.push(0x81);
-    match len {
-        n if n < 126 => h.push(n as u8),
-        n if n <= u16::MAX as usize => {
-            h.push(126);
-            h.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            h.push(127);
-            h.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    h
-}
-
 fn server_text(json: &str) -> Bytes {
-    let mut out = server_header(json.len());
-    out.extend_from_slice(json.as_bytes());
+    let mut out = Vec::with_capacity(json.len() + 10);
+    frame::text(&mut out, json.as_bytes());
     Bytes::from(out)
 }
 
@@ -773,27 +730,14 @@ async fn baseline_connection(mut stream: TcpStream, shared: Arc<Baseline>) {
     ));
     // Reader: unmask client frames; `subscribe` registers, `publish` fans out.
     loop {
-        while buf.len() >= 6 {
-            let b = &buf[..];
-            let (len, header) = match b[1] & 0x7f {
-                126 if b.len() >= 8 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-                127 if b.len() >= 14 => (
-                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                    10,
-                ),
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            let total = header + 4 + len;
+        while let Some(head) = FrameHead::parse(&buf) {
+            let total = head.frame_len();
             if buf.len() < total {
                 break;
             }
-            let opcode = b[0] & 0x0f;
-            let mask = [b[header], b[header + 1], b[header + 2], b[header + 3]];
-            let mut payload = buf[header + 4..total].to_vec();
-            for (i, byte) in payload.iter_mut().enumerate() {
-                *byte ^= mask[i % 4];
-            }
+            let opcode = head.opcode;
+            let mut payload = buf[head.header_len..total].to_vec();
+            frame::unmask(&mut payload, head.mask.unwrap_or_default());
             let _ = buf.split_to(total);
             match opcode {
                 1 if find(&payload, b"\"subscribe\"").is_some() => {

@@ -25,6 +25,7 @@
 mod app;
 mod auth;
 mod config;
+pub mod frame;
 mod metrics;
 mod rest;
 mod serve;

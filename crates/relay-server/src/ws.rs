@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::app::{ApiError, App, Body};
 use crate::auth::AuthError;
-use crate::wire;
+use crate::{frame, wire};
 
 /// Read buffer of a connection. Small on purpose: tungstenite's 128 KiB default would cost
 /// over a gigabyte at 10k idle connections; frames larger than this still arrive, in pieces.
@@ -180,7 +180,7 @@ async fn session<R, W>(
             tracing::debug!(reason = %e, "websocket refused");
             app.inner.metrics.close(CloseCode::Unauthorized);
             let mut frame = Vec::new();
-            wire::close(&mut frame, CloseCode::Unauthorized.code(), &e.to_string());
+            frame::close(&mut frame, CloseCode::Unauthorized.code(), &e.to_string());
             if write_half.write_all(&frame).await.is_ok() {
                 let _ = tokio::time::timeout(CLOSE_GRACE, ws.next()).await;
             }
@@ -231,34 +231,52 @@ struct Session<'a> {
     closing: std::sync::atomic::AtomicBool,
 }
 
+/// How a write to the socket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Every byte was written.
+    Done,
+    /// The socket failed, or the client stopped reading: drop the connection.
+    Abandoned,
+}
+
+impl From<std::io::Result<()>> for Write {
+    fn from(result: std::io::Result<()>) -> Self {
+        match result {
+            Ok(()) => Self::Done,
+            Err(_) => Self::Abandoned,
+        }
+    }
+}
+
 impl Session<'_> {
     fn touch(&self) {
         self.last_seen
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Writes `bytes`; false when the connection is to be dropped. The fast path is one
+    /// Writes `bytes`. The fast path is one
     /// write that completes at once. A write that blocks (the client stopped reading and
     /// its TCP window is shut) is abandoned when the outbox overflows meanwhile or after two
     /// heartbeats, so a stalled client cannot pin its connection, subscriptions and
     /// presence forever; its close frame could not be sent anyway.
-    async fn send<W: AsyncWrite + Unpin>(&self, out: &mut W, bytes: &[u8]) -> bool {
+    async fn send<W: AsyncWrite + Unpin>(&self, out: &mut W, bytes: &[u8]) -> Write {
         let write = out.write_all(bytes);
         tokio::pin!(write);
         if let Some(result) = futures_util::FutureExt::now_or_never(&mut write) {
-            return result.is_ok();
+            return Write::from(result);
         }
         let give_up = tokio::time::Instant::now() + self.app.inner.config.heartbeat() * 2;
         loop {
             tokio::select! {
-                result = &mut write => return result.is_ok(),
+                result = &mut write => return Write::from(result),
                 () = tokio::time::sleep(STALL_CHECK) => {
                     let overflowed = self.conn.outbox().closed().is_some_and(|r| r.code == CloseCode::SlowConsumer);
                     if overflowed || tokio::time::Instant::now() >= give_up {
                         let code = if overflowed { CloseCode::SlowConsumer } else { CloseCode::Idle };
                         tracing::debug!(connection = self.conn.id(), ?code, "dropping a connection whose client stopped reading");
                         self.app.inner.metrics.close(code);
-                        return false;
+                        return Write::Abandoned;
                     }
                 }
             }
@@ -363,9 +381,9 @@ impl Session<'_> {
                         let count = batch.len() as u64;
                         buffer.reserve(batch.iter().map(|f| f.len() + 4).sum());
                         for frame in batch.drain(..) {
-                            wire::text(&mut buffer, frame.as_bytes());
+                            frame::text(&mut buffer, frame.as_bytes());
                         }
-                        if !self.send(&mut out, &buffer).await {
+                        if self.send(&mut out, &buffer).await == Write::Abandoned {
                             return;
                         }
                         metrics.frames_out.inc_by(count);
@@ -380,8 +398,8 @@ impl Session<'_> {
                         // From here on the reader only waits for the peer's close.
                         self.closing.store(true, Ordering::Relaxed);
                         metrics.close(reason.code);
-                        wire::close(&mut buffer, reason.code.code(), reason.reason);
-                        if self.send(&mut out, &buffer).await {
+                        frame::close(&mut buffer, reason.code.code(), reason.reason);
+                        if self.send(&mut out, &buffer).await == Write::Done {
                             let _ = out.flush().await;
                         }
                         return;
@@ -390,8 +408,8 @@ impl Session<'_> {
                 () = self.control.notified() => {
                     let payload = self.pong.lock().take();
                     if let Some(payload) = payload {
-                        wire::pong(&mut buffer, &payload);
-                        if !self.send(&mut out, &buffer).await {
+                        frame::pong(&mut buffer, &payload);
+                        if self.send(&mut out, &buffer).await == Write::Abandoned {
                             return;
                         }
                     }
@@ -408,8 +426,8 @@ impl Session<'_> {
                         if silent > 2 * config.heartbeat_ms {
                             outbox.close(CloseCode::Idle, "no frame or pong within two heartbeats");
                         } else {
-                            wire::ping(&mut buffer);
-                            if !self.send(&mut out, &buffer).await {
+                            frame::ping(&mut buffer);
+                            if self.send(&mut out, &buffer).await == Write::Abandoned {
                                 return;
                             }
                         }

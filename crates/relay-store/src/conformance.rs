@@ -282,19 +282,22 @@ pub async fn membership_changes(store: Arc<dyn Store>) {
         vec![member("carol", MemberRole::Admin)]
     );
     assert_eq!(
-        store.remove_member(&name, &carol).await.expect("remove"),
+        store
+            .remove_member(&name, &carol, MemberRole::Owner)
+            .await
+            .expect("remove"),
         Removal::Removed(MemberRole::Admin)
     );
     assert_eq!(
         store
-            .remove_member(&name, &carol)
+            .remove_member(&name, &carol, MemberRole::Owner)
             .await
             .expect("remove again"),
         Removal::NotMember
     );
     assert_eq!(
         store
-            .remove_member(&channel("ghost"), &carol)
+            .remove_member(&channel("ghost"), &carol, MemberRole::Owner)
             .await
             .expect("remove from no channel"),
         Removal::NotMember
@@ -322,7 +325,10 @@ pub async fn roles_change_but_the_last_owner_stays(store: Arc<dyn Store>) {
         RoleChange::LastOwner
     );
     assert_eq!(
-        store.remove_member(&name, &alice).await.expect("remove"),
+        store
+            .remove_member(&name, &alice, MemberRole::Owner)
+            .await
+            .expect("remove"),
         Removal::LastOwner
     );
     assert_eq!(
@@ -348,9 +354,20 @@ pub async fn roles_change_but_the_last_owner_stays(store: Arc<dyn Store>) {
             .expect("stranger"),
         RoleChange::NotMember
     );
+    assert_eq!(
+        store
+            .remove_member(&name, &bob, MemberRole::Admin)
+            .await
+            .expect("outranked"),
+        Removal::Outranked(MemberRole::Owner),
+        "a removal limited to admins leaves an owner in place"
+    );
     // Two owners now: one may go, the other then is the last.
     assert_eq!(
-        store.remove_member(&name, &alice).await.expect("remove"),
+        store
+            .remove_member(&name, &alice, MemberRole::Owner)
+            .await
+            .expect("remove"),
         Removal::Removed(MemberRole::Owner)
     );
     assert_eq!(
@@ -384,8 +401,8 @@ pub async fn owners_removing_each_other_concurrently_leave_one(store: Arc<dyn St
             .await
             .expect("promote");
         let (a, b) = tokio::join!(
-            store.remove_member(&name, &alice),
-            store.remove_member(&name, &bob)
+            store.remove_member(&name, &alice, MemberRole::Owner),
+            store.remove_member(&name, &bob, MemberRole::Owner)
         );
         let outcomes = [a.expect("remove alice"), b.expect("remove bob")];
         assert_eq!(
@@ -423,7 +440,7 @@ pub async fn a_channel_without_owner_has_no_last_owner_rule(store: Arc<dyn Store
     );
     assert_eq!(
         store
-            .remove_member(&name, &user("bob"))
+            .remove_member(&name, &user("bob"), MemberRole::Owner)
             .await
             .expect("remove"),
         Removal::Removed(MemberRole::Admin)
@@ -686,8 +703,9 @@ impl<T: AppendHook> Store for T {
         &self,
         channel: &ChannelName,
         user: &UserId,
+        up_to: MemberRole,
     ) -> crate::StoreResult<Removal> {
-        self.inner().remove_member(channel, user).await
+        self.inner().remove_member(channel, user, up_to).await
     }
     async fn members(&self, channel: &ChannelName) -> crate::StoreResult<Vec<Member>> {
         self.inner().members(channel).await

@@ -106,9 +106,15 @@ pub trait Store: Send + Sync + 'static {
         role: MemberRole,
     ) -> StoreResult<RoleChange>;
 
-    /// Removes a member. Atomic like [`set_role`](Self::set_role): the last owner is never
-    /// removed.
-    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<Removal>;
+    /// Removes a member whose role is at most `up_to` ([`Removal::Outranked`] otherwise: an
+    /// admin removes plain members only). Atomic like [`set_role`](Self::set_role): the role
+    /// is checked in the same step, and the last owner is never removed.
+    async fn remove_member(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        up_to: MemberRole,
+    ) -> StoreResult<Removal>;
 
     /// Members of a channel with their roles, ordered by user id (empty for an unknown
     /// channel).

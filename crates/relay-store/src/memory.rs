@@ -182,7 +182,12 @@ impl Store for MemoryStore {
         Ok(RoleChange::Changed { from })
     }
 
-    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<Removal> {
+    async fn remove_member(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        up_to: MemberRole,
+    ) -> StoreResult<Removal> {
         let mut members = self.inner.members.write();
         let Some(roles) = members.get_mut(channel) else {
             return Ok(Removal::NotMember);
@@ -190,6 +195,9 @@ impl Store for MemoryStore {
         let Some(&role) = roles.get(user) else {
             return Ok(Removal::NotMember);
         };
+        if role > up_to {
+            return Ok(Removal::Outranked(role));
+        }
         if role == MemberRole::Owner && owners(roles) == 1 {
             return Ok(Removal::LastOwner);
         }

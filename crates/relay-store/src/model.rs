@@ -99,6 +99,8 @@ pub enum Removal {
     NotMember,
     /// Refused: the user is the record's last owner.
     LastOwner,
+    /// Refused: the member has this role, above the removal's `up_to`.
+    Outranked(MemberRole),
 }
 
 /// A message to append; the store assigns its seq.

@@ -499,11 +499,19 @@ impl Store for PgStore {
         Ok(RoleChange::Changed { from: current.role })
     }
 
-    async fn remove_member(&self, channel: &ChannelName, user: &UserId) -> StoreResult<Removal> {
+    async fn remove_member(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        up_to: MemberRole,
+    ) -> StoreResult<Removal> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let Some(current) = locked_role(&mut tx, channel, user).await? else {
             return Ok(Removal::NotMember);
         };
+        if current.role > up_to {
+            return Ok(Removal::Outranked(current.role));
+        }
         if current.role == MemberRole::Owner && current.owners == 1 {
             return Ok(Removal::LastOwner);
         }

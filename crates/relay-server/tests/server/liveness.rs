@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use relay_proto::ServerFrame;
+use relay_server::frame::{self, FrameHead};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -80,25 +81,15 @@ async fn silent_client_close_code(server: &TestServer) -> u16 {
                 .map(|p| p + 4);
         }
         let Some(mut at) = frames_start else { continue };
-        // Server frames are unmasked: opcode, length (7 bits, or 16/64-bit extended), payload.
-        while buffer.len() >= at + 2 {
-            let opcode = buffer[at] & 0x0f;
-            let (len, header) = match buffer[at + 1] & 0x7f {
-                126 if buffer.len() >= at + 4 => (
-                    u16::from_be_bytes([buffer[at + 2], buffer[at + 3]]) as usize,
-                    4,
-                ),
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            if buffer.len() < at + header + len {
+        while let Some(head) = FrameHead::parse(&buffer[at..]) {
+            if buffer.len() < at + head.frame_len() {
                 break;
             }
-            if opcode == 0x8 {
-                let payload = &buffer[at + header..at + header + len];
+            if head.opcode == frame::opcode::CLOSE {
+                let payload = &buffer[at + head.header_len..at + head.frame_len()];
                 return u16::from_be_bytes([payload[0], payload[1]]);
             }
-            at += header + len;
+            at += head.frame_len();
         }
         frames_start = Some(at);
     }
@@ -129,9 +120,9 @@ async fn a_client_that_stops_reading_is_dropped_and_leaves_no_trace() {
     );
     socket.write_all(request.as_bytes()).await.unwrap();
     let subscribe = br#"{"type":"subscribe","channel":"feed:1"}"#;
-    let mut frame = vec![0x81, 0x80 | subscribe.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(subscribe);
-    socket.write_all(&frame).await.unwrap();
+    let mut bytes = Vec::new();
+    frame::masked(&mut bytes, frame::opcode::TEXT, subscribe, [1, 2, 3, 4]);
+    socket.write_all(&bytes).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while server.hub.stats().subscriptions == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never subscribed");
