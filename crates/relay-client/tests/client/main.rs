@@ -5,6 +5,7 @@
 mod support;
 
 mod heartbeat;
+mod membership;
 mod reconnect;
 mod rest;
 mod roundtrip;
