@@ -367,12 +367,7 @@ impl Connection {
             event,
         }
         .encode();
-        if self.hub.signal(&channel, &to, &frame, self.id) == 0 {
-            return Err(HubError::NotFound(format!(
-                "user {to} is not subscribed to {channel}"
-            )));
-        }
-        Ok(())
+        self.hub.signal(&channel, &to, &frame, self.id)
     }
 
     async fn presence(&self, id: Option<FrameId>, channel: ChannelName) -> Result<(), HubError> {

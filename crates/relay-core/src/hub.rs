@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use relay_proto::{ChannelName, CloseCode, ErrorCode};
 use relay_store::Store;
 
+use crate::cluster::Backplane;
 use crate::connection::{Connection, Peer};
 use crate::error::HubError;
 use crate::identity::Identity;
@@ -88,6 +89,8 @@ pub(crate) struct Inner {
     pub(crate) connections: DashMap<ConnId, Arc<Peer>>,
     next_connection: AtomicU64,
     pub(crate) counters: Counters,
+    /// Other nodes of a cluster; `None` on a single node.
+    pub(crate) backplane: Option<Arc<dyn Backplane>>,
 }
 
 /// Running totals kept with relaxed atomics: one increment per publish or error, never per
@@ -132,8 +135,26 @@ pub struct HubCounters {
 }
 
 impl Hub {
-    /// A hub over `store`.
+    /// A hub over `store`: a single node.
     pub fn new(store: Arc<dyn Store>, config: HubConfig) -> Self {
+        Self::build(store, config, None)
+    }
+
+    /// A hub that is one node of a cluster: live events go to the other nodes through
+    /// `backplane`; see [`Backplane`] for what else the node must feed in.
+    pub fn with_backplane(
+        store: Arc<dyn Store>,
+        config: HubConfig,
+        backplane: Arc<dyn Backplane>,
+    ) -> Self {
+        Self::build(store, config, Some(backplane))
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        config: HubConfig,
+        backplane: Option<Arc<dyn Backplane>>,
+    ) -> Self {
         let inner = Inner {
             config,
             store,
@@ -141,6 +162,7 @@ impl Hub {
             connections: DashMap::new(),
             next_connection: AtomicU64::new(1),
             counters: Counters::default(),
+            backplane,
         };
         Self {
             inner: Arc::new(inner),

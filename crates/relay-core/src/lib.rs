@@ -39,6 +39,7 @@
 //! ```
 
 mod channels;
+mod cluster;
 mod connection;
 mod error;
 mod hub;
@@ -51,6 +52,7 @@ mod subscriber;
 mod subscribers;
 
 pub use channels::{CreateChannel, MAX_LISTED_NAMES, MAX_PAGE, MemberUpdate};
+pub use cluster::Backplane;
 pub use connection::Connection;
 pub use error::HubError;
 pub use hub::{Action, Hub, HubConfig, HubCounters, HubStats};

@@ -143,7 +143,19 @@ impl Hub {
                 seq: None,
                 ts: message.ts,
             };
-            self.deliver_ephemeral(message, origin);
+            let channel = message.channel.clone();
+            let frame = ServerFrame::Message {
+                channel: message.channel,
+                id: message.id,
+                seq: None,
+                from: message.from,
+                event: message.event,
+                payload: message.payload,
+                ts: message.ts,
+            }
+            .encode();
+            self.forward_ephemeral(&channel, &frame)?;
+            self.deliver_ephemeral(&channel, &frame, origin);
             return Ok(published);
         }
         let max_history = policy.max_history;
@@ -230,37 +242,40 @@ impl Hub {
         }
     }
 
-    fn deliver_ephemeral(&self, message: NewMessage, origin: Option<ConnId>) {
-        let Some(state) = self.inner.channels.get(&message.channel) else {
+    fn deliver_ephemeral(
+        &self,
+        channel: &ChannelName,
+        frame: &EncodedFrame,
+        origin: Option<ConnId>,
+    ) {
+        let Some(state) = self.inner.channels.get(channel) else {
             return;
         };
-        let frame = ServerFrame::Message {
-            channel: message.channel,
-            id: message.id,
-            seq: None,
-            from: message.from,
-            event: message.event,
-            payload: message.payload,
-            ts: message.ts,
-        }
-        .encode();
-        let sent = state.broadcast(&frame, |id, _| origin != Some(id));
+        let sent = state.broadcast(frame, |id, _| origin != Some(id));
         self.inner.counters.delivered(sent);
     }
 
     /// Sends a signal to every started connection of `to` subscribed to `channel`, except the
-    /// sender's own; returns how many got it.
+    /// sender's own, on this node and (in a cluster) on the others. On a single node, a
+    /// target with no such connection is `NotFound`; in a cluster, where this node cannot
+    /// know the others' connections, the signal is forwarded and not refused.
     pub(crate) fn signal(
         &self,
         channel: &ChannelName,
         to: &UserId,
         frame: &EncodedFrame,
         origin: ConnId,
-    ) -> usize {
-        let Some(state) = self.inner.channels.get(channel) else {
-            return 0;
-        };
-        state.broadcast(frame, |id, sub| id != origin && &sub.user == to)
+    ) -> Result<(), HubError> {
+        let forwarded = self.forward_signal(channel, to, frame)?;
+        let sent = self.inner.channels.get(channel).map_or(0, |state| {
+            state.broadcast(frame, |id, sub| id != origin && &sub.user == to)
+        });
+        if sent == 0 && !forwarded {
+            return Err(HubError::NotFound(format!(
+                "user {to} is not subscribed to {channel}"
+            )));
+        }
+        Ok(())
     }
 }
 

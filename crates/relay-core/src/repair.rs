@@ -13,6 +13,12 @@ use crate::hub::Hub;
 
 impl Hub {
     pub(crate) fn schedule_repair(&self, channel: ChannelName) {
+        self.schedule_repair_in(channel, self.inner.config.repair_delay);
+    }
+
+    /// Schedules a repair after `delay` (zero when the store is known to hold what is
+    /// missing: another node announced its commit).
+    pub(crate) fn schedule_repair_in(&self, channel: ChannelName, delay: std::time::Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(%channel, "no tokio runtime: cannot repair a delivery gap");
             // Let a later delivery made on a runtime schedule the repair.
@@ -22,7 +28,6 @@ impl Hub {
             return;
         };
         let hub = Arc::downgrade(&self.inner);
-        let delay = self.inner.config.repair_delay;
         runtime.spawn(async move {
             tokio::time::sleep(delay).await;
             if let Some(inner) = hub.upgrade() {

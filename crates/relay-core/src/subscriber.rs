@@ -212,6 +212,8 @@ pub(crate) struct ChannelState {
     pub(crate) repair_scheduled: bool,
     /// The next repair also brings live subscribers up to the store's latest seq.
     pub(crate) tail_check: bool,
+    /// The highest seq other nodes announced for this channel.
+    pub(crate) announced: Seq,
 }
 
 impl ChannelState {

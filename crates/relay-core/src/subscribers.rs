@@ -70,7 +70,13 @@ impl Hub {
             return Start::Gone;
         };
         let _ = sub.outbox.push(reply(users).encode());
-        let gap = sub.start(cursor, history);
+        let mut gap = sub.start(cursor, history);
+        // Another node announced a commit this subscriber's read of the store may have
+        // missed (it arrived while the subscribe was joining): catch up.
+        if sub.cursor().is_some_and(|at| at < state.announced) {
+            state.tail_check = true;
+            gap = true;
+        }
         let schedule = gap && !state.repair_scheduled;
         state.repair_scheduled |= gap;
         drop(guard);

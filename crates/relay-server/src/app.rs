@@ -40,11 +40,17 @@ pub(crate) struct AppInner {
 impl App {
     /// A service over `hub`, verifying tokens with `auth`.
     pub fn new(config: Config, hub: Hub, auth: Authenticator) -> Self {
+        let metrics = Metrics::new();
+        if config.cluster == crate::ClusterMode::Postgres
+            && let Some(node_id) = &config.node_id
+        {
+            metrics.node_id(node_id);
+        }
         let inner = AppInner {
             hub,
             auth,
             config,
-            metrics: Metrics::new(),
+            metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
         };

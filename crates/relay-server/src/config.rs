@@ -75,6 +75,23 @@ pub struct Config {
     pub default_policy: PolicyConfig,
     /// Per-namespace policies (the key `""` is the namespace of names without `:`).
     pub namespaces: BTreeMap<String, PolicyConfig>,
+    /// `single` (the default) or `postgres`: several nodes sharing `database_url`.
+    pub cluster: ClusterMode,
+    /// This node's id in a cluster (1 to 64 of `A-Z a-z 0-9 . _ -`); generated when unset.
+    pub node_id: Option<String>,
+    /// How long a cluster node's registration lives without renewal (renewed every third).
+    pub node_ttl_secs: u64,
+}
+
+/// Whether the server runs alone or as one node of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    /// One node.
+    #[default]
+    Single,
+    /// Nodes sharing one Postgres database fan out to each other over `LISTEN`/`NOTIFY`.
+    Postgres,
 }
 
 impl Default for Config {
@@ -97,6 +114,9 @@ impl Default for Config {
             worker_threads: 0,
             default_policy: PolicyConfig::default(),
             namespaces: BTreeMap::new(),
+            cluster: ClusterMode::Single,
+            node_id: None,
+            node_ttl_secs: 30,
         }
     }
 }
@@ -277,6 +297,28 @@ impl Config {
                 "outbox_capacity must be at least 1".into(),
             ));
         }
+        if self.cluster == ClusterMode::Postgres && self.database_url.is_none() {
+            return Err(ConfigError::Invalid(
+                "cluster = \"postgres\" needs a database: set --database-url (RELAY_DATABASE_URL)"
+                    .into(),
+            ));
+        }
+        if let Some(id) = &self.node_id {
+            let valid = (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "node_id {id:?} must be 1 to 64 of A-Z a-z 0-9 . _ -"
+                )));
+            }
+        }
+        if self.node_ttl_secs < 3 {
+            return Err(ConfigError::Invalid(
+                "node_ttl_secs must be at least 3".into(),
+            ));
+        }
         let needs_key = matches!(
             self.auth.algorithm,
             JwtAlgorithm::Rs256 | JwtAlgorithm::Es256
@@ -309,13 +351,29 @@ impl Config {
         }
     }
 
-    /// The Postgres store options these settings describe.
+    /// The Postgres store options these settings describe (announcing commits to the
+    /// cluster when this is a cluster node with a node id).
     pub fn store_options(&self) -> relay_store::PgStoreOptions {
+        let cluster_node = match self.cluster {
+            ClusterMode::Postgres => self.node_id.clone(),
+            ClusterMode::Single => None,
+        };
         relay_store::PgStoreOptions {
             max_connections: self.database_max_connections.max(1),
             acquire_timeout: Duration::from_millis(self.database_timeout_ms),
+            cluster_node,
             ..relay_store::PgStoreOptions::default()
         }
+    }
+
+    /// The database URL without credentials, for logs.
+    pub fn redacted_database_url(&self) -> String {
+        self.database_url.as_deref().map(redact).unwrap_or_default()
+    }
+
+    /// How long a cluster node's registration lives.
+    pub fn node_ttl(&self) -> Duration {
+        Duration::from_secs(self.node_ttl_secs)
     }
 
     /// Opens the configured store: Postgres (migrated) when `database_url` is set, else

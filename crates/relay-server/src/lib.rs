@@ -24,6 +24,7 @@
 
 mod app;
 mod auth;
+mod cluster;
 mod config;
 pub mod frame;
 mod metrics;
@@ -36,9 +37,10 @@ mod ws;
 
 pub use app::{App, Body};
 pub use auth::{AuthError, Authenticator, Claims};
+pub use cluster::{ClusterError, ClusterNode};
 pub use config::{
-    AuthConfig, Config, ConfigError, CreateRuleConfig, JwtAlgorithm, LogFormat, PersistenceConfig,
-    PolicyConfig, PublishRuleConfig, SubscribeRuleConfig,
+    AuthConfig, ClusterMode, Config, ConfigError, CreateRuleConfig, JwtAlgorithm, LogFormat,
+    PersistenceConfig, PolicyConfig, PublishRuleConfig, SubscribeRuleConfig,
 };
 pub use metrics::Metrics;
 pub use serve::Relay;

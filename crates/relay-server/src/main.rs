@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use relay_core::Hub;
-use relay_server::{Authenticator, Claims, Config, JwtAlgorithm, LogFormat, Relay};
+use relay_server::{
+    Authenticator, Claims, ClusterError, ClusterMode, ClusterNode, Config, JwtAlgorithm, LogFormat,
+    Relay,
+};
+use relay_store::PgStore;
 
 #[derive(Parser)]
 #[command(name = "relay-server", version, about = "A real-time WebSocket relay")]
@@ -70,6 +74,12 @@ struct Settings {
     /// Log format [default: text]. Log level: RUST_LOG (default `info`).
     #[arg(long, env = "RELAY_LOG_FORMAT", global = true)]
     log_format: Option<LogFormat>,
+    /// `postgres`: one node of several sharing --database-url [default: single].
+    #[arg(long, env = "RELAY_CLUSTER", global = true)]
+    cluster: Option<ClusterMode>,
+    /// This node's id in a cluster (unique per live node) [default: generated].
+    #[arg(long, env = "RELAY_NODE_ID", global = true)]
+    node_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -123,6 +133,12 @@ impl Settings {
         }
         if let Some(format) = self.log_format {
             config.log_format = format;
+        }
+        if let Some(cluster) = self.cluster {
+            config.cluster = cluster;
+        }
+        if let Some(id) = &self.node_id {
+            config.node_id = Some(id.clone());
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
@@ -271,14 +287,28 @@ async fn serve(config: Config, generated_secret: bool) -> ExitCode {
             "\n  development secret: {secret}\n  mint a token:  RELAY_JWT_SECRET={secret} relay-server gentoken --user alice\n"
         );
     }
-    let (store, store_name) = match config.open_store().await {
-        Ok(opened) => opened,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the store");
-            return ExitCode::FAILURE;
+    let mut config = config;
+    let (hub, node, store_name) = match config.cluster {
+        ClusterMode::Single => match config.open_store().await {
+            Ok((store, name)) => (Hub::new(store, config.hub_config()), None, name),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the store");
+                return ExitCode::FAILURE;
+            }
+        },
+        ClusterMode::Postgres => {
+            let node_id = config
+                .node_id
+                .get_or_insert_with(|| {
+                    format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+                })
+                .clone();
+            match join_cluster(&config, &node_id).await {
+                Ok((hub, node, name)) => (hub, Some(node), name),
+                Err(code) => return code,
+            }
         }
     };
-    let hub = Hub::new(store, config.hub_config());
     let relay = match Relay::bind(config, hub, auth).await {
         Ok(relay) => relay,
         Err(e) => {
@@ -291,8 +321,48 @@ async fn serve(config: Config, generated_secret: bool) -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "bound, but the local address is unknown"),
     }
     relay.serve(shutdown_signal()).await;
+    if let Some(node) = node {
+        node.leave().await;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Opens the store as cluster node `node_id` and joins the cluster; a duplicate live node id
+/// is a configuration error (exit 2).
+async fn join_cluster(
+    config: &Config,
+    node_id: &str,
+) -> Result<(Hub, ClusterNode, String), ExitCode> {
+    let Some(url) = &config.database_url else {
+        tracing::error!("cluster = \"postgres\" needs a database URL");
+        return Err(ExitCode::from(2));
+    };
+    let store = match PgStore::connect_with(url, config.store_options()).await {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the store");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    match ClusterNode::join(store, config.hub_config(), node_id, config.node_ttl()).await {
+        Ok((hub, node)) => {
+            tracing::info!(node_id, "joined the cluster");
+            Ok((
+                hub,
+                node,
+                format!("postgres cluster ({})", config.redacted_database_url()),
+            ))
+        }
+        Err(e @ ClusterError::DuplicateNodeId(_)) => {
+            tracing::error!(error = %e, "cannot join the cluster");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot join the cluster");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 async fn shutdown_signal() {

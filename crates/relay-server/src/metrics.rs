@@ -17,6 +17,11 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node_id: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabels {
     code: u16,
 }
@@ -37,6 +42,7 @@ pub struct Metrics {
     closes: Family<CloseLabels, Counter>,
     publish_latency: Histogram,
     pub(crate) handshakes_refused: Counter,
+    node: Family<NodeLabels, Gauge>,
 }
 
 impl Metrics {
@@ -57,6 +63,7 @@ impl Metrics {
             // 50 µs .. ~1.6 s
             publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             handshakes_refused: Counter::default(),
+            node: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,10 +121,24 @@ impl Metrics {
             "Connections and requests refused for their token",
             metrics.handshakes_refused.clone(),
         );
+        registry.register(
+            "node",
+            "This node of a cluster (value 1, labelled with its node id)",
+            metrics.node.clone(),
+        );
         Self {
             registry,
             ..metrics
         }
+    }
+
+    /// Exports this node's id (cluster nodes).
+    pub(crate) fn node_id(&self, node_id: &str) {
+        self.node
+            .get_or_create(&NodeLabels {
+                node_id: node_id.to_owned(),
+            })
+            .set(1);
     }
 
     /// Counts a REST error reply.

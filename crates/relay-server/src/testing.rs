@@ -64,14 +64,30 @@ impl TestServer {
         store: Arc<dyn Store>,
         configure: impl FnOnce(&mut Config),
     ) -> Self {
+        let config = Self::config(configure);
+        let hub = Hub::new(store, config.hub_config());
+        Self::start_with_hub(hub, config).await
+    }
+
+    /// The configuration a test server starts from (an ephemeral port on loopback, the test
+    /// secret), edited by `configure`.
+    pub fn config(configure: impl FnOnce(&mut Config)) -> Config {
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Config::default()
         };
         config.auth.secret = Some(TEST_SECRET.into());
         configure(&mut config);
+        config
+    }
+
+    /// A server over a hub built by the caller (a cluster node's, say), with `config` (see
+    /// [`config`](Self::config)).
+    ///
+    /// # Panics
+    /// When the configuration is invalid or the listener cannot bind.
+    pub async fn start_with_hub(hub: Hub, config: Config) -> Self {
         let auth = Authenticator::from_config(&config.auth).expect("test auth config");
-        let hub = Hub::new(store, config.hub_config());
         let mut server = Self {
             hub,
             addr: config.listen,

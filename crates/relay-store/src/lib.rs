@@ -37,6 +37,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "postgres")]
+pub mod cluster;
 mod error;
 mod memory;
 mod model;
@@ -51,6 +53,8 @@ pub mod testing;
 use async_trait::async_trait;
 use relay_proto::{ChannelName, MemberRole, Seq, UserId};
 
+#[cfg(feature = "postgres")]
+pub use cluster::{FeedItem, Notice, NoticeBody, PgNotifier};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use model::{

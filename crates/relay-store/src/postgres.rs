@@ -38,6 +38,9 @@ pub struct PgStoreOptions {
     pub max_batch: usize,
     /// Publishes waiting for the committer before new ones are pushed back (`unavailable`).
     pub queue: usize,
+    /// In a cluster, this node's id: each group commit then notifies the other nodes of the
+    /// channels it appended to (see [`cluster`](crate::cluster)). `None` on a single node.
+    pub cluster_node: Option<String>,
 }
 
 impl Default for PgStoreOptions {
@@ -47,6 +50,7 @@ impl Default for PgStoreOptions {
             acquire_timeout: Duration::from_secs(3),
             max_batch: 1024,
             queue: 16 * 1024,
+            cluster_node: None,
         }
     }
 }
@@ -67,7 +71,7 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
     StoreError::Unavailable(Box::new(e))
 }
 
-fn map_err(e: sqlx::Error) -> StoreError {
+pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     // SQLSTATE classes 22 (data exception) and 23 (integrity violation): this data, not the
     // database, is the problem.
     if let sqlx::Error::Database(db) = &e
@@ -112,7 +116,12 @@ impl PgStore {
     /// committer task, which ends when the last clone of the store is dropped.
     pub fn with_pool(pool: PgPool, options: &PgStoreOptions) -> Self {
         let (appends, queue) = mpsc::channel(options.queue.max(1));
-        tokio::spawn(committer(pool.clone(), queue, options.max_batch.max(1)));
+        tokio::spawn(committer(
+            pool.clone(),
+            queue,
+            options.max_batch.max(1),
+            options.cluster_node.clone(),
+        ));
         Self { pool, appends }
     }
 
@@ -123,10 +132,16 @@ impl PgStore {
 }
 
 /// Commits queued appends in batches until every sender is gone.
-async fn committer(pool: PgPool, mut queue: mpsc::Receiver<Append>, max_batch: usize) {
+async fn committer(
+    pool: PgPool,
+    mut queue: mpsc::Receiver<Append>,
+    max_batch: usize,
+    node: Option<String>,
+) {
+    let node = node.as_deref();
     let mut batch = Vec::with_capacity(max_batch);
     while queue.recv_many(&mut batch, max_batch).await > 0 {
-        match commit(&pool, &batch).await {
+        match commit(&pool, &batch, node).await {
             Ok(seqs) => {
                 for (append, seq) in batch.drain(..).zip(seqs) {
                     let _ = append.reply.send(Ok(seq));
@@ -136,14 +151,13 @@ async fn committer(pool: PgPool, mut queue: mpsc::Receiver<Append>, max_batch: u
                 // One message the database refuses must not fail its neighbours: commit
                 // them one by one so that only the bad one gets the error.
                 for append in batch.drain(..) {
-                    let result =
-                        commit(&pool, std::slice::from_ref(&append))
-                            .await
-                            .and_then(|seqs| {
-                                seqs.first().copied().ok_or_else(|| {
-                                    StoreError::Corrupt("no seq for a commit".into())
-                                })
-                            });
+                    let result = commit(&pool, std::slice::from_ref(&append), node)
+                        .await
+                        .and_then(|seqs| {
+                            seqs.first()
+                                .copied()
+                                .ok_or_else(|| StoreError::Corrupt("no seq for a commit".into()))
+                        });
                     let _ = append.reply.send(result);
                 }
             }
@@ -164,8 +178,10 @@ async fn committer(pool: PgPool, mut queue: mpsc::Receiver<Append>, max_batch: u
     }
 }
 
-/// One transaction: reserve seqs per channel, insert every message, commit.
-async fn commit(pool: &PgPool, batch: &[Append]) -> StoreResult<Vec<Seq>> {
+/// One transaction: reserve seqs per channel, insert every message, notify the cluster (one
+/// notification per transaction, not per message: `NOTIFY` serialises commits behind a
+/// global lock), commit.
+async fn commit(pool: &PgPool, batch: &[Append], node: Option<&str>) -> StoreResult<Vec<Seq>> {
     // Count per channel, in name order so that concurrent transactions lock counter rows in
     // the same order.
     let mut counts: Vec<(&str, i64)> = Vec::new();
@@ -245,6 +261,16 @@ async fn commit(pool: &PgPool, batch: &[Append]) -> StoreResult<Vec<Seq>> {
     .execute(&mut *tx)
     .await
     .map_err(map_err)?;
+    if let Some(node) = node {
+        let pointers: Vec<(&str, i64)> = next.iter().map(|(c, n)| (c.as_str(), n - 1)).collect();
+        let payloads = crate::cluster::commit_payloads(node, &pointers);
+        sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+            .bind(crate::cluster::NOTIFY_CHANNEL)
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+    }
     tx.commit().await.map_err(map_err)?;
     Ok(seqs)
 }

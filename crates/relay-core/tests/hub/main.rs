@@ -5,6 +5,7 @@
 mod support;
 
 mod authorization;
+mod cluster;
 mod delivery;
 mod interleavings;
 mod membership;

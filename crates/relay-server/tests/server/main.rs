@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod backend_topics;
 mod bad_input;
+mod cluster;
 mod direct_messages;
 mod durability;
 mod group_chat;

@@ -1,0 +1,142 @@
+//! A hub as one node of a cluster, driven directly: commits other nodes announce, catch-up
+//! after lost announcements, live events from other nodes, and what it forwards.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use relay_core::{Backplane, Hub, HubConfig, Identity};
+use relay_proto::{ErrorCode, Payload, Seq, ServerFrame};
+use relay_store::{MemoryStore, NewMessage, Store};
+use serde_json::json;
+
+use crate::support::*;
+
+/// Appends as another node would: straight to the shared store, unseen by this hub.
+async fn append_elsewhere(t: &TestHub, channel: &str, n: u64) {
+    for i in 0..n {
+        t.store
+            .append(NewMessage::new(
+                ch(channel),
+                Payload::from_json(&i.to_string()).unwrap(),
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_announced_commit_brings_subscribers_up_to_its_seq() {
+    let t = TestHub::new();
+    let alice = t.connect("alice");
+    alice.subscribe("chat:1").await;
+    append_elsewhere(&t, "chat:1", 3).await;
+    assert!(alice.frames().is_empty(), "nobody told this node yet");
+    t.hub.remote_commit(&ch("chat:1"), Seq(3));
+    assert_eq!(message_seqs(&alice.next_batch().await), [1, 2, 3]);
+    t.hub.remote_commit(&ch("chat:1"), Seq(2));
+    t.hub.remote_commit(&ch("chat:9"), Seq(5));
+    assert_eq!(
+        message_seqs(&alice.publish("chat:1", json!("mine")).await),
+        [4],
+        "stale and foreign announcements change nothing"
+    );
+}
+
+#[tokio::test]
+async fn resync_delivers_commits_whose_announcements_were_lost() {
+    let t = TestHub::new();
+    let (alice, bob) = (t.connect("alice"), t.connect("bob"));
+    alice.subscribe("chat:1").await;
+    bob.subscribe("chat:2").await;
+    append_elsewhere(&t, "chat:1", 2).await;
+    append_elsewhere(&t, "chat:2", 1).await;
+    t.hub.resync();
+    assert_eq!(message_seqs(&alice.next_batch().await), [1, 2]);
+    assert_eq!(message_seqs(&bob.next_batch().await), [1]);
+}
+
+#[tokio::test]
+async fn live_events_from_other_nodes_reach_local_subscribers() {
+    let t = TestHub::new();
+    let (alice, bob) = (t.connect("alice"), t.connect("bob"));
+    alice.subscribe("chat:1").await;
+    bob.subscribe("chat:1").await;
+    alice.frames();
+    let typing = json!({"type": "message", "channel": "chat:1", "id": "0193a6f2-7c4e-7b21-9d3f-2a8c5e4b1f06", "from": "carol", "event": "typing", "payload": {}, "ts": "2026-11-22T10:00:00.000Z"});
+    assert!(
+        t.hub
+            .receive(&json!({"k": "ephemeral", "f": typing}).to_string())
+    );
+    assert_eq!(alice.frames().len(), 1);
+    assert_eq!(bob.frames().len(), 1);
+    let offer = json!({"type": "signal", "channel": "chat:1", "from": "carol", "event": "offer", "payload": {"sdp": "x"}});
+    assert!(
+        t.hub
+            .receive(&json!({"k": "signal", "to": "bob", "f": offer}).to_string())
+    );
+    assert!(
+        alice.frames().is_empty(),
+        "a signal reaches only its target"
+    );
+    assert!(matches!(&bob.frames()[..], [ServerFrame::Signal { .. }]));
+    assert!(!t.hub.receive(r#"{"k":"ephemeral","f":{"type":"pong"}}"#));
+    assert!(!t.hub.receive("garbage"));
+}
+
+#[derive(Default)]
+struct Recorder {
+    sent: Mutex<Vec<String>>,
+}
+
+impl Backplane for Recorder {
+    fn max_event_bytes(&self) -> usize {
+        1000
+    }
+    fn send(&self, event: &str) {
+        self.sent.lock().push(event.to_owned());
+    }
+}
+
+#[tokio::test]
+async fn live_events_are_forwarded_and_oversized_ones_refused() {
+    let recorder = Arc::new(Recorder::default());
+    let hub = Hub::with_backplane(
+        Arc::new(MemoryStore::new()),
+        HubConfig::default(),
+        recorder.clone(),
+    );
+    let alice = Client {
+        conn: hub.connect(Identity::user(user("alice"))),
+    };
+    alice.subscribe("chat:1").await;
+    alice
+        .send(json!({"type": "publish", "channel": "chat:1", "ephemeral": true, "payload": {}}))
+        .await;
+    alice
+        .send(json!({"type": "signal", "channel": "chat:1", "to": "bob", "payload": {}}))
+        .await;
+    let frames = alice.frames();
+    assert!(
+        error_code(&frames).is_none(),
+        "a signal to a user this node does not see is forwarded, not refused: {frames:?}"
+    );
+    alice
+        .send(json!({"type": "publish", "channel": "chat:1", "payload": "stored"}))
+        .await;
+    alice
+        .send(json!({"type": "publish", "channel": "chat:1", "ephemeral": true, "payload": "x".repeat(2000)}))
+        .await;
+    assert_eq!(error_code(&alice.frames()), Some(ErrorCode::TooLarge));
+    let sent = recorder.sent.lock().clone();
+    assert_eq!(
+        sent.len(),
+        2,
+        "persistent messages are not forwarded: {sent:?}"
+    );
+    assert!(sent[0].starts_with(r#"{"k":"ephemeral""#), "{}", sent[0]);
+    assert!(
+        sent[1].starts_with(r#"{"k":"signal","to":"bob""#),
+        "{}",
+        sent[1]
+    );
+}

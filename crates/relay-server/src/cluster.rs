@@ -1,0 +1,124 @@
+//! One node of a cluster on Postgres (`--cluster postgres`): the hub's backplane is the
+//! store's notifier, and a feed task turns the other nodes' notifications into
+//! `Hub::remote_commit`, `Hub::receive` and `Hub::resync`. The node holds an expiring
+//! registration row while it runs, which also refuses a second live node with its id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_core::{Backplane, Hub, HubConfig};
+use relay_store::{FeedItem, NoticeBody, PgNotifier, PgStore, StoreError};
+use tokio::task::JoinHandle;
+
+/// Why a node could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Another live node holds this node id.
+    #[error("node id {0:?} is held by another live node; give each node its own --node-id")]
+    DuplicateNodeId(String),
+    /// The database failed.
+    #[error("cannot register the node: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A running cluster node. Dropping it stops its tasks at once; [`leave`](Self::leave)
+/// also removes its registration.
+pub struct ClusterNode {
+    store: PgStore,
+    node_id: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct PgBackplane(PgNotifier);
+
+impl Backplane for PgBackplane {
+    fn max_event_bytes(&self) -> usize {
+        self.0.max_event_bytes()
+    }
+
+    fn send(&self, event: &str) {
+        if !self.0.send(event) {
+            tracing::warn!("cluster event queue full: a live event was dropped");
+        }
+    }
+}
+
+impl ClusterNode {
+    /// Registers node `node_id` (its row lives `ttl`, renewed every third of it) and builds
+    /// its hub over `store`, which must have been opened with this node id as its
+    /// `cluster_node` so that its commits are announced.
+    pub async fn join(
+        store: PgStore,
+        config: HubConfig,
+        node_id: &str,
+        ttl: Duration,
+    ) -> Result<(Hub, Self), ClusterError> {
+        if !store.register_node(node_id, ttl).await? {
+            return Err(ClusterError::DuplicateNodeId(node_id.to_owned()));
+        }
+        let backplane = Arc::new(PgBackplane(store.notifier(node_id)));
+        let hub = Hub::with_backplane(Arc::new(store.clone()), config, backplane);
+        let feed = tokio::spawn(follow(hub.clone(), store.cluster_feed(node_id)));
+        let heartbeat = tokio::spawn(renew(store.clone(), node_id.to_owned(), ttl));
+        let node = Self {
+            store,
+            node_id: node_id.to_owned(),
+            tasks: vec![feed, heartbeat],
+        };
+        Ok((hub, node))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Stops the node's tasks and removes its registration (a clean shutdown).
+    pub async fn leave(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Err(e) = self.store.unregister_node(&self.node_id).await {
+            tracing::warn!(error = %e, "could not unregister the node");
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Feeds the other nodes' notifications into the hub.
+async fn follow(hub: Hub, mut feed: tokio::sync::mpsc::Receiver<FeedItem>) {
+    while let Some(item) = feed.recv().await {
+        match item {
+            FeedItem::Resync => hub.resync(),
+            FeedItem::Notice(notice) => match notice.body {
+                NoticeBody::Commits(pointers) => {
+                    for (channel, seq) in pointers {
+                        hub.remote_commit(&channel, seq);
+                    }
+                }
+                NoticeBody::Event(event) => {
+                    hub.receive(&event);
+                }
+            },
+        }
+    }
+}
+
+/// Renews the node's registration every third of its lifetime.
+async fn renew(store: PgStore, node_id: String, ttl: Duration) {
+    let mut every = tokio::time::interval(ttl / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if let Err(e) = store.renew_node(&node_id, ttl).await {
+            tracing::warn!(error = %e, "could not renew the node's registration");
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Several nodes on one Postgres database (`--cluster postgres`), in process: each node is a
+//! real server with its own hub, and the nodes learn of each other only through the
+//! database (`LISTEN`/`NOTIFY` and the tables). Each test has its own fresh database.
+//! These run when `DATABASE_URL` is set at build time; otherwise they are listed as ignored.
+
+use std::time::Duration;
+
+use relay_core::Publish;
+use relay_proto::{ChannelName, Payload, ServerFrame};
+use relay_server::{ClusterError, ClusterMode, ClusterNode};
+use relay_store::PgStoreOptions;
+use relay_store::testing::TestDatabase;
+use serde_json::json;
+
+use crate::support::*;
+
+struct Node {
+    server: TestServer,
+    _node: ClusterNode,
+}
+
+async fn node(db: &TestDatabase, id: &str) -> Node {
+    let config = TestServer::config(|config| {
+        config.cluster = ClusterMode::Postgres;
+        config.database_url = Some(db.url().to_owned());
+        config.node_id = Some(id.to_owned());
+        config.namespaces = relay_server::Config::from_toml(
+            "[namespaces.room]\npresence = true\njoin_leave = true\n",
+        )
+        .unwrap()
+        .namespaces;
+    });
+    let store = db
+        .store_with(PgStoreOptions {
+            cluster_node: Some(id.to_owned()),
+            ..PgStoreOptions::default()
+        })
+        .await;
+    let (hub, node) = ClusterNode::join(store, config.hub_config(), id, config.node_ttl())
+        .await
+        .unwrap();
+    let server = TestServer::start_with_hub(hub, config).await;
+    Node {
+        server,
+        _node: node,
+    }
+}
+
+async fn listeners(db: &TestDatabase) -> i64 {
+    let mut admin = db.admin().await;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(db.name())
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    n
+}
+
+async fn wait_for_listeners(db: &TestDatabase, at_least: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listeners(db).await < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no LISTEN within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads frames until `count` messages arrived; returns their seqs in arrival order.
+async fn collect_seqs(client: &mut WsClient, count: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(count);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while seqs.len() < count {
+            if let ServerFrame::Message { seq: Some(seq), .. } = client.recv().await {
+                seqs.push(seq.0);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {count} messages within 30 s", seqs.len()));
+    seqs
+}
+
+#[tokio::test]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn persistent_messages_reach_subscribers_on_every_node_once_in_order() {
+    let db = TestDatabase::create().await;
+    let nodes = [
+        node(&db, "node-a").await,
+        node(&db, "node-b").await,
+        node(&db, "node-c").await,
+    ];
+    wait_for_listeners(&db, 3).await;
+    let mut subscribers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let mut client = n.server.connect(&format!("reader{i}{j}")).await;
+            assert!(matches!(
+                client.subscribe("room:1").await,
+                ServerFrame::Subscribed { .. }
+            ));
+            subscribers.push(client);
+        }
+    }
+    const PER_PATH: usize = 20;
+    // Publishers on every node, over every path: WebSocket, REST, `/api/publish`, embedded.
+    let mut publishers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let mut client = n.server.connect(&format!("writer{i}")).await;
+        publishers.push(tokio::spawn(async move {
+            for k in 0..PER_PATH {
+                let ack = client
+                    .request(json!({"type": "publish", "channel": "room:1", "payload": {"ws": k}}))
+                    .await;
+                assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+            }
+        }));
+    }
+    let rest = nodes[1].server.http(&nodes[1].server.token("rest-writer"));
+    let service = nodes[2]
+        .server
+        .http(&nodes[2].server.service_token("backend"));
+    for k in 0..PER_PATH {
+        let (status, body) = rest
+            .post(
+                "/api/channels/room:1/messages",
+                json!({"payload": {"rest": k}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = service
+            .post(
+                "/api/publish",
+                json!({"channel": "room:1", "payload": {"svc": k}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let payload = Payload::from_json(&format!(r#"{{"embedded":{k}}}"#)).unwrap();
+        let channel = ChannelName::parse("room:1").unwrap();
+        nodes[0]
+            .server
+            .hub
+            .publish(Publish::new(channel, payload))
+            .await
+            .unwrap();
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let total = PER_PATH * 6;
+    let expected: Vec<u64> = (1..=total as u64).collect();
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        let seqs = collect_seqs(subscriber, total).await;
+        assert_eq!(seqs, expected, "subscriber {i}");
+        subscriber.expect_nothing_pending().await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn typing_and_signals_cross_nodes() {
+    let db = TestDatabase::create().await;
+    let (a, b) = (node(&db, "node-a").await, node(&db, "node-b").await);
+    wait_for_listeners(&db, 2).await;
+    let mut alice = a.server.connect("alice").await;
+    let mut bob = b.server.connect("bob").await;
+    alice.subscribe("room:2").await;
+    bob.subscribe("room:2").await;
+
+    let ack = bob
+        .request(json!({"type": "publish", "id": 1, "channel": "room:2", "event": "typing", "ephemeral": true, "payload": {}}))
+        .await;
+    assert!(matches!(ack, ServerFrame::Ack { seq: None, .. }), "{ack:?}");
+    let frame = recv_skipping_presence(&mut alice).await;
+    assert!(
+        matches!(&frame, ServerFrame::Message { seq: None, event: Some(e), .. } if e == "typing"),
+        "{frame:?}"
+    );
+
+    bob.send(json!({"type": "signal", "channel": "room:2", "to": "alice", "event": "offer", "payload": {"sdp": "v=0"}}))
+        .await;
+    let frame = recv_skipping_presence(&mut alice).await;
+    assert!(
+        matches!(&frame, ServerFrame::Signal { from, event: Some(e), .. } if from.as_str() == "bob" && e == "offer"),
+        "{frame:?}"
+    );
+    bob.expect_nothing_pending().await;
+}
+
+/// Presence is node-local until cluster presence lands; these tests only look at messages.
+async fn recv_skipping_presence(client: &mut WsClient) -> ServerFrame {
+    loop {
+        match client.recv().await {
+            ServerFrame::Join { .. } | ServerFrame::Leave { .. } => {}
+            frame => return frame,
+        }
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn an_ephemeral_payload_too_large_for_notify_is_refused() {
+    let db = TestDatabase::create().await;
+    let a = node(&db, "node-a").await;
+    let mut alice = a.server.connect("alice").await;
+    let big = "x".repeat(9000);
+    let frame = alice
+        .request(json!({"type": "publish", "id": 7, "channel": "room:3", "ephemeral": true, "payload": {"big": big}}))
+        .await;
+    assert_eq!(error_code(&frame), Some("too_large"), "{frame:?}");
+    let frame = alice
+        .request(json!({"type": "publish", "id": 8, "channel": "room:3", "payload": {"big": big}}))
+        .await;
+    assert!(
+        matches!(frame, ServerFrame::Ack { seq: Some(_), .. }),
+        "persistent messages travel as pointers, whatever their size: {frame:?}"
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn a_dropped_listener_loses_nothing_and_catches_up_by_itself() {
+    let db = TestDatabase::create().await;
+    let (a, b) = (node(&db, "node-a").await, node(&db, "node-b").await);
+    wait_for_listeners(&db, 2).await;
+    let mut reader = a.server.connect("reader").await;
+    reader.subscribe("room:4").await;
+    let mut writer = b.server.connect("writer").await;
+    const TOTAL: usize = 200;
+    let writing = tokio::spawn(async move {
+        for k in 0..TOTAL {
+            let ack = writer
+                .request(json!({"type": "publish", "channel": "room:4", "payload": k}))
+                .await;
+            assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+        }
+    });
+    // Terminate every LISTEN connection mid-stream, twice.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let mut admin = db.admin().await;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(db.name())
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+    writing.await.unwrap();
+    let seqs = collect_seqs(&mut reader, TOTAL).await;
+    assert_eq!(seqs, (1..=TOTAL as u64).collect::<Vec<_>>());
+    reader.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn a_second_live_node_with_the_same_id_is_refused() {
+    let db = TestDatabase::create().await;
+    let _a = node(&db, "node-a").await;
+    let config = TestServer::config(|_| {});
+    let refused = ClusterNode::join(
+        db.store().await,
+        config.hub_config(),
+        "node-a",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ClusterError::DuplicateNodeId(ref id)) if id == "node-a"),
+        "{:?}",
+        refused.err()
+    );
+    let other = ClusterNode::join(
+        db.store().await,
+        config.hub_config(),
+        "node-b",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(other.is_ok());
+}
+
+#[test]
+fn cluster_mode_without_a_database_is_a_configuration_error() {
+    let config = relay_server::Config {
+        cluster: ClusterMode::Postgres,
+        ..relay_server::Config::default()
+    };
+    let error = config.validate().unwrap_err().to_string();
+    assert!(error.contains("needs a database"), "{error}");
+}
