@@ -25,6 +25,9 @@ use crate::policy::CreateRule;
 /// of a record, the `channels` of a server-side publish.
 pub const MAX_LISTED_NAMES: usize = 1000;
 
+/// The `reason` of the `unsubscribed` frame that ends a removed member's subscriptions.
+pub(crate) const REMOVED: &str = "removed from the channel's members";
+
 /// Largest page of [`Hub::history`] and [`Hub::channels_of`].
 pub const MAX_PAGE: usize = 200;
 
@@ -360,7 +363,8 @@ impl Hub {
         match self.store().remove_member(name, user, up_to).await? {
             Removal::Removed(role) => {
                 if self.policy(name).membership_grants_access() {
-                    self.evict(name, user, "removed from the channel's members");
+                    self.evict(name, user, REMOVED);
+                    self.forward_evict(name, user);
                 }
                 Ok(role)
             }
@@ -407,7 +411,7 @@ impl Hub {
         if !self.policy(name).presence {
             return Err(HubError::forbidden(name, "presence is disabled"));
         }
-        Ok(self.online_users(name))
+        Ok(self.online_in_cluster(name).await)
     }
 
     /// The caller's standing in a record. The user limit binds services too.

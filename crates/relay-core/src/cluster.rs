@@ -10,10 +10,18 @@
 //! - **Live events** (ephemeral messages and signals) are not stored: the hub encodes them and
 //!   hands them to a [`Backplane`], and a receiving node passes them to [`Hub::receive`].
 //!
+//! - **Presence** is cluster-wide: each node announces its local first joins and last leaves
+//!   through the backplane, and keeps, per channel it has local subscribers for, who is
+//!   online on the other nodes. A channel's remote presence is loaded when its first local
+//!   subscriber joins ([`Backplane::online_elsewhere`]) and reconciled periodically
+//!   ([`Hub::reconcile_presence`]), which is also how a dead node's users leave.
+//!
 //! A hub without a backplane (`Hub::new`, a single node) pays one `None` check per ephemeral
-//! publish and signal, and nothing on the persistent fan-out path.
+//! publish, signal and presence change, and nothing on the persistent fan-out path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 
 use relay_proto::{ChannelName, EncodedFrame, Seq, ServerFrame, UserId};
 use serde_json::value::RawValue;
@@ -30,7 +38,30 @@ pub trait Backplane: Send + Sync + 'static {
     /// Sends an encoded event to every other node, without waiting. Live events are
     /// best-effort by nature: a transport that cannot keep up drops them.
     fn send(&self, event: &str);
+
+    /// `user`'s first connection on this node subscribed to `channel` (`online`), or its
+    /// last one here left. `event` announces it to the other nodes; a transport that keeps a
+    /// presence table records the change with it. Called only for namespaces with presence
+    /// or join/leave.
+    fn presence(&self, channel: &ChannelName, user: &UserId, online: bool, event: &str) {
+        let _ = (channel, user, online);
+        self.send(event);
+    }
+
+    /// Who is online in `channel` on the other live nodes, as (user, node id). A transport
+    /// that cannot tell (its database is down) answers what it can, an empty list at worst:
+    /// the periodic reconciliation repairs it.
+    fn online_elsewhere<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Vec<(UserId, String)>> {
+        let _ = channel;
+        Box::pin(async { Vec::new() })
+    }
 }
+
+/// A boxed future, for [`Backplane::online_elsewhere`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A live event from another node, as [`Hub::receive`] takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +70,28 @@ enum RemoteEvent {
     Ephemeral(EncodedFrame, ChannelName),
     /// A `signal` frame for the connections of one user subscribed to the channel.
     Signal(EncodedFrame, ChannelName, UserId),
+    /// A user came online in a channel on the sending node (`true`), or went offline there.
+    Presence(ChannelName, UserId, bool),
+    /// A user lost access to a channel: its subscriptions there end on every node.
+    Evict(ChannelName, UserId),
+}
+
+fn encode_evict(channel: &ChannelName, user: &UserId) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        r#"{{"k":"evict","ch":{},"u":{}}}"#,
+        quote(channel.as_str()),
+        quote(user.as_str())
+    )
+}
+
+fn encode_presence(channel: &ChannelName, user: &UserId, online: bool) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        r#"{{"k":"presence","ch":{},"u":{},"on":{online}}}"#,
+        quote(channel.as_str()),
+        quote(user.as_str())
+    )
 }
 
 fn encode_ephemeral(frame: &EncodedFrame) -> String {
@@ -53,6 +106,24 @@ fn encode_signal(frame: &EncodedFrame, to: &UserId) -> String {
 fn decode(event: &str) -> Option<RemoteEvent> {
     let fields: HashMap<&str, &RawValue> = serde_json::from_str(event).ok()?;
     let kind: &str = serde_json::from_str(fields.get("k")?.get()).ok()?;
+    if kind == "evict" {
+        let channel: String = serde_json::from_str(fields.get("ch")?.get()).ok()?;
+        let user: String = serde_json::from_str(fields.get("u")?.get()).ok()?;
+        return Some(RemoteEvent::Evict(
+            ChannelName::parse(&channel).ok()?,
+            UserId::parse(&user).ok()?,
+        ));
+    }
+    if kind == "presence" {
+        let channel: String = serde_json::from_str(fields.get("ch")?.get()).ok()?;
+        let user: String = serde_json::from_str(fields.get("u")?.get()).ok()?;
+        let online: bool = serde_json::from_str(fields.get("on")?.get()).ok()?;
+        return Some(RemoteEvent::Presence(
+            ChannelName::parse(&channel).ok()?,
+            UserId::parse(&user).ok()?,
+            online,
+        ));
+    }
     // The frame is decoded, not trusted: whatever another node sent is validated here like
     // anything else that reaches a subscriber.
     let frame = ServerFrame::decode(fields.get("f")?.get().as_bytes()).ok()?;
@@ -77,9 +148,9 @@ fn decode(event: &str) -> Option<RemoteEvent> {
 }
 
 impl Hub {
-    /// Delivers a live event another node sent through its [`Backplane`]. Returns false
-    /// (and delivers nothing) for an event that does not decode.
-    pub fn receive(&self, event: &str) -> bool {
+    /// Delivers a live event node `node` sent through its [`Backplane`]. Returns false (and
+    /// delivers nothing) for an event that does not decode.
+    pub fn receive(&self, node: &str, event: &str) -> bool {
         let Some(event) = decode(event) else {
             tracing::warn!(event, "undecodable event from the cluster");
             return false;
@@ -87,6 +158,14 @@ impl Hub {
         let (frame, channel, to) = match event {
             RemoteEvent::Ephemeral(frame, channel) => (frame, channel, None),
             RemoteEvent::Signal(frame, channel, to) => (frame, channel, Some(to)),
+            RemoteEvent::Presence(channel, user, online) => {
+                self.remote_presence(node, &channel, &user, online);
+                return true;
+            }
+            RemoteEvent::Evict(channel, user) => {
+                self.evict(&channel, &user, crate::channels::REMOVED);
+                return true;
+            }
         };
         if let Some(state) = self.inner.channels.get(&channel) {
             let sent = state.broadcast(&frame, |_, sub| to.as_ref().is_none_or(|u| &sub.user == u));
@@ -169,6 +248,195 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Tells the other nodes that `user` lost access to `channel`, so that its subscriptions
+    /// there end on every node. Nothing on a single node.
+    pub(crate) fn forward_evict(&self, channel: &ChannelName, user: &UserId) {
+        if let Some(backplane) = &self.inner.backplane {
+            backplane.send(&encode_evict(channel, user));
+        }
+    }
+
+    /// Tells the other nodes that `user`'s first local connection joined `channel` (or its
+    /// last one left). Nothing on a single node or where the namespace has no presence.
+    pub(crate) fn announce_presence(&self, channel: &ChannelName, user: &UserId, online: bool) {
+        let Some(backplane) = &self.inner.backplane else {
+            return;
+        };
+        let policy = self.policy(channel);
+        if policy.presence || policy.join_leave {
+            backplane.presence(
+                channel,
+                user,
+                online,
+                &encode_presence(channel, user, online),
+            );
+        }
+    }
+
+    /// Applies another node's presence change to a channel with local subscribers, with
+    /// `join`/`leave` when the user's cluster-wide presence changes.
+    fn remote_presence(&self, node: &str, channel: &ChannelName, user: &UserId, online: bool) {
+        let join_leave = self.policy(channel).join_leave;
+        let Some(mut state) = self.inner.channels.get_mut(channel) else {
+            return;
+        };
+        let was_online = state.is_online(user);
+        if online {
+            state
+                .remote
+                .entry(user.clone())
+                .or_default()
+                .insert(node.to_owned());
+        } else if let Some(nodes) = state.remote.get_mut(user) {
+            nodes.remove(node);
+            if nodes.is_empty() {
+                state.remote.remove(user);
+            }
+        }
+        if join_leave && was_online != state.is_online(user) {
+            let frame = if online {
+                ServerFrame::Join {
+                    channel: channel.clone(),
+                    user: user.clone(),
+                }
+            } else {
+                ServerFrame::Leave {
+                    channel: channel.clone(),
+                    user: user.clone(),
+                }
+            };
+            state.broadcast(&frame.encode(), |_, _| true);
+        }
+    }
+
+    /// Loads who is online in `channel` on the other nodes, once per channel state, before a
+    /// subscriber starts there (so its `subscribed.presence` is cluster-wide).
+    pub(crate) async fn load_remote_presence(&self, channel: &ChannelName) {
+        let Some(backplane) = &self.inner.backplane else {
+            return;
+        };
+        let policy = self.policy(channel);
+        if !(policy.presence || policy.join_leave) {
+            return;
+        }
+        let loaded = self
+            .inner
+            .channels
+            .get(channel)
+            .is_none_or(|state| state.remote_loaded);
+        if loaded {
+            return;
+        }
+        let online = backplane.online_elsewhere(channel).await;
+        if let Some(mut state) = self.inner.channels.get_mut(channel) {
+            for (user, node) in online {
+                state.remote.entry(user).or_default().insert(node);
+            }
+            state.remote_loaded = true;
+        }
+    }
+
+    /// Who is online in `channel` across the cluster, for a channel without local
+    /// subscribers (with local ones, the channel's state knows).
+    pub(crate) async fn online_in_cluster(&self, channel: &ChannelName) -> Vec<UserId> {
+        if self.inner.channels.contains_key(channel) {
+            return self.online_users(channel);
+        }
+        let Some(backplane) = &self.inner.backplane else {
+            return Vec::new();
+        };
+        let mut users: Vec<UserId> = backplane
+            .online_elsewhere(channel)
+            .await
+            .into_iter()
+            .map(|(user, _)| user)
+            .collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    /// The channels with local subscribers whose presence is kept (presence or join/leave
+    /// on), for a periodic [`reconcile_presence`](Self::reconcile_presence).
+    pub fn presence_channels(&self) -> Vec<ChannelName> {
+        self.inner
+            .channels
+            .iter()
+            .filter(|entry| {
+                let policy = self.policy(entry.key());
+                policy.presence || policy.join_leave
+            })
+            .map(|entry| entry.key().clone())
+            .collect()
+    }
+
+    /// This node's online (channel, user) pairs in channels whose presence is kept.
+    pub fn local_presence(&self) -> Vec<(ChannelName, UserId)> {
+        let mut pairs = Vec::new();
+        for entry in self.inner.channels.iter() {
+            let policy = self.policy(entry.key());
+            if policy.presence || policy.join_leave {
+                pairs.extend(
+                    entry
+                        .online
+                        .keys()
+                        .map(|u| (entry.key().clone(), u.clone())),
+                );
+            }
+        }
+        pairs
+    }
+
+    /// Replaces the remote presence of `channels` with `online` (channel, user, node) as the
+    /// cluster's table holds it now, announcing `join`/`leave` for every user whose
+    /// cluster-wide presence changed: users of a node that died leave here. Channels in
+    /// `channels` with no row in `online` have nobody online elsewhere.
+    pub fn reconcile_presence(
+        &self,
+        channels: &[ChannelName],
+        online: Vec<(ChannelName, UserId, String)>,
+    ) {
+        let mut by_channel: HashMap<ChannelName, HashMap<UserId, HashSet<String>>> = HashMap::new();
+        for (channel, user, node) in online {
+            by_channel
+                .entry(channel)
+                .or_default()
+                .entry(user)
+                .or_default()
+                .insert(node);
+        }
+        for channel in channels {
+            let remote = by_channel.remove(channel).unwrap_or_default();
+            let join_leave = self.policy(channel).join_leave;
+            let Some(mut state) = self.inner.channels.get_mut(channel) else {
+                continue;
+            };
+            let before: HashSet<UserId> = state.online_users().into_iter().collect();
+            state.remote = remote;
+            state.remote_loaded = true;
+            if !join_leave {
+                continue;
+            }
+            let after: HashSet<UserId> = state.online_users().into_iter().collect();
+            for user in after.difference(&before) {
+                let frame = ServerFrame::Join {
+                    channel: channel.clone(),
+                    user: user.clone(),
+                };
+                state.broadcast(&frame.encode(), |_, _| true);
+            }
+            for user in before.difference(&after) {
+                let frame = ServerFrame::Leave {
+                    channel: channel.clone(),
+                    user: user.clone(),
+                };
+                state.broadcast(&frame.encode(), |_, _| true);
+            }
+        }
+    }
+}
+
 fn forward(
     backplane: &dyn Backplane,
     channel: &ChannelName,
@@ -176,10 +444,10 @@ fn forward(
 ) -> Result<(), HubError> {
     let limit = backplane.max_event_bytes();
     if event.len() > limit {
-        return Err(HubError::TooLarge {
+        return Err(HubError::EventTooLarge {
             size: event.len(),
             limit,
-            namespace: channel.namespace().to_owned(),
+            channel: channel.clone(),
         });
     }
     backplane.send(&event);

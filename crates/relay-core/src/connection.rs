@@ -253,6 +253,7 @@ impl Connection {
         self.hub
             .authorize(&self.identity, channel, Action::Subscribe)
             .await?;
+        self.hub.load_remote_presence(channel).await;
         self.recover(channel, since).await
     }
 

@@ -29,6 +29,18 @@ pub enum HubError {
         /// The namespace.
         namespace: String,
     },
+    /// A live event too large for the cluster's transport (one notification).
+    #[error(
+        "this live event is {size} bytes once encoded for the cluster; at most {limit} fit (channel {channel})"
+    )]
+    EventTooLarge {
+        /// The encoded event's size.
+        size: usize,
+        /// What the transport carries.
+        limit: usize,
+        /// The channel.
+        channel: ChannelName,
+    },
     /// The store failed; nothing was acked.
     #[error("store unavailable, retry later")]
     Unavailable(#[source] StoreError),
@@ -45,7 +57,7 @@ impl HubError {
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
-            Self::TooLarge { .. } => ErrorCode::TooLarge,
+            Self::TooLarge { .. } | Self::EventTooLarge { .. } => ErrorCode::TooLarge,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }

@@ -52,7 +52,7 @@ mod subscriber;
 mod subscribers;
 
 pub use channels::{CreateChannel, MAX_LISTED_NAMES, MAX_PAGE, MemberUpdate};
-pub use cluster::Backplane;
+pub use cluster::{Backplane, BoxFuture};
 pub use connection::Connection;
 pub use error::HubError;
 pub use hub::{Action, Hub, HubConfig, HubCounters, HubStats};

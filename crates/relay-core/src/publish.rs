@@ -144,6 +144,10 @@ impl Hub {
                 ts: message.ts,
             };
             let channel = message.channel.clone();
+            if self.inner.backplane.is_none() && !self.inner.channels.contains_key(&channel) {
+                // Nobody here to deliver to, and no other node: nothing to encode.
+                return Ok(published);
+            }
             let frame = ServerFrame::Message {
                 channel: message.channel,
                 id: message.id,
@@ -211,10 +215,10 @@ impl Hub {
 
     /// Delivers a committed message to local subscribers, in seq order.
     ///
-    /// This is the seam for multi-node fan-out: a backplane that learns of a message
-    /// committed by another node calls this. Messages may arrive in any order and more than
-    /// once; each subscriber still sees every seq exactly once, in order, with gaps filled
-    /// from the store.
+    /// For code that learns of committed messages by its own means (a cluster on Postgres uses
+    /// [`Hub::remote_commit`] instead, which reads the messages from the store). Messages may
+    /// arrive in any order and more than once; each subscriber still sees every seq exactly
+    /// once, in order, with gaps filled from the store.
     pub fn deliver(&self, message: &StoredMessage) {
         self.deliver_from(message, None);
     }

@@ -8,7 +8,7 @@
 //! arrive in: racing local publishers, another node's notifications, a subscribe that is
 //! still reading history.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use relay_proto::{EncodedFrame, Seq, UserId};
@@ -214,6 +214,10 @@ pub(crate) struct ChannelState {
     pub(crate) tail_check: bool,
     /// The highest seq other nodes announced for this channel.
     pub(crate) announced: Seq,
+    /// Users online in this channel on other nodes of a cluster, and on which nodes.
+    pub(crate) remote: HashMap<UserId, HashSet<String>>,
+    /// Whether `remote` was loaded from the cluster since this state exists.
+    pub(crate) remote_loaded: bool,
 }
 
 impl ChannelState {
@@ -233,11 +237,21 @@ impl ChannelState {
         sent
     }
 
-    /// The online users, sorted.
+    /// The online users, on this node and (in a cluster) the others, sorted, each once.
     pub(crate) fn online_users(&self) -> Vec<UserId> {
-        let mut users: Vec<UserId> = self.online.keys().cloned().collect();
+        let mut users: Vec<UserId> = self
+            .online
+            .keys()
+            .chain(self.remote.keys().filter(|u| !self.online.contains_key(*u)))
+            .cloned()
+            .collect();
         users.sort();
         users
+    }
+
+    /// Whether `user` is online anywhere in the cluster.
+    pub(crate) fn is_online(&self, user: &UserId) -> bool {
+        self.online.contains_key(user) || self.remote.contains_key(user)
     }
 }
 

@@ -55,9 +55,13 @@ impl Hub {
         let Some(user) = state.subscribers.get(&id).map(|s| s.user.clone()) else {
             return Start::Gone;
         };
-        let count = state.online.entry(user.clone()).or_insert(0);
-        *count += 1;
-        if *count == 1 && policy.join_leave {
+        let first_here = !state.online.contains_key(&user);
+        let first_anywhere = !state.is_online(&user);
+        *state.online.entry(user.clone()).or_insert(0) += 1;
+        if first_here {
+            self.announce_presence(channel, &user, true);
+        }
+        if first_anywhere && policy.join_leave {
             let frame = ServerFrame::Join {
                 channel: channel.clone(),
                 user,
@@ -94,7 +98,7 @@ impl Hub {
         let Some(mut state) = self.inner.channels.get_mut(channel) else {
             return false;
         };
-        let removed = leave(&mut state, channel, id, join_leave).is_some();
+        let removed = self.leave(&mut state, channel, id, join_leave).is_some();
         drop(state);
         self.free_if_empty(channel);
         removed
@@ -122,7 +126,7 @@ impl Hub {
         }
         .encode();
         for id in &ids {
-            if let Some(sub) = leave(&mut state, channel, *id, join_leave)
+            if let Some(sub) = self.leave(&mut state, channel, *id, join_leave)
                 && sub.is_started()
             {
                 // Under the channel lock: ordered after every message it was handed.
@@ -162,30 +166,34 @@ impl Hub {
     }
 }
 
-/// Takes subscriber `id` out of a channel's state; announces `leave` when it was its user's
-/// last started connection there.
-fn leave(
-    state: &mut ChannelState,
-    channel: &ChannelName,
-    id: ConnId,
-    join_leave: bool,
-) -> Option<Subscriber> {
-    let sub = state.subscribers.remove(&id)?;
-    if sub.is_started()
-        && let Some(count) = state.online.get_mut(&sub.user)
-    {
-        *count -= 1;
-        if *count == 0 {
-            state.online.remove(&sub.user);
-            if join_leave {
-                let frame = ServerFrame::Leave {
-                    channel: channel.clone(),
-                    user: sub.user.clone(),
+impl Hub {
+    /// Takes subscriber `id` out of a channel's state; announces `leave` when it was its
+    /// user's last started connection in the cluster (on a single node: here).
+    fn leave(
+        &self,
+        state: &mut ChannelState,
+        channel: &ChannelName,
+        id: ConnId,
+        join_leave: bool,
+    ) -> Option<Subscriber> {
+        let sub = state.subscribers.remove(&id)?;
+        if sub.is_started()
+            && let Some(count) = state.online.get_mut(&sub.user)
+        {
+            *count -= 1;
+            if *count == 0 {
+                state.online.remove(&sub.user);
+                self.announce_presence(channel, &sub.user, false);
+                if join_leave && !state.is_online(&sub.user) {
+                    let frame = ServerFrame::Leave {
+                        channel: channel.clone(),
+                        user: sub.user.clone(),
+                    }
+                    .encode();
+                    state.broadcast(&frame, |_, _| true);
                 }
-                .encode();
-                state.broadcast(&frame, |_, _| true);
             }
         }
+        Some(sub)
     }
-    Some(sub)
 }

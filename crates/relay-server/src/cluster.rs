@@ -1,12 +1,16 @@
 //! One node of a cluster on Postgres (`--cluster postgres`): the hub's backplane is the
-//! store's notifier, and a feed task turns the other nodes' notifications into
-//! `Hub::remote_commit`, `Hub::receive` and `Hub::resync`. The node holds an expiring
-//! registration row while it runs, which also refuses a second live node with its id.
+//! store's notifier and presence table, and a feed task turns the other nodes'
+//! notifications into `Hub::remote_commit`, `Hub::receive` and `Hub::resync`. The node holds
+//! an expiring registration row while it runs (which also refuses a second live node with
+//! its id), and every quarter of its lifetime renews it and reconciles presence with the
+//! table: that is how the users of a node that died leave, within the lifetime plus a
+//! quarter of it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_core::{Backplane, Hub, HubConfig};
+use relay_core::{Backplane, BoxFuture, Hub, HubConfig};
+use relay_proto::{ChannelName, UserId};
 use relay_store::{FeedItem, NoticeBody, PgNotifier, PgStore, StoreError};
 use tokio::task::JoinHandle;
 
@@ -29,17 +33,49 @@ pub struct ClusterNode {
     tasks: Vec<JoinHandle<()>>,
 }
 
-struct PgBackplane(PgNotifier);
+struct PgBackplane {
+    notifier: PgNotifier,
+    store: PgStore,
+    node_id: String,
+}
 
 impl Backplane for PgBackplane {
     fn max_event_bytes(&self) -> usize {
-        self.0.max_event_bytes()
+        self.notifier.max_event_bytes()
     }
 
     fn send(&self, event: &str) {
-        if !self.0.send(event) {
+        if !self.notifier.send(event) {
             tracing::warn!("cluster event queue full: a live event was dropped");
         }
+    }
+
+    fn presence(&self, channel: &ChannelName, user: &UserId, online: bool, event: &str) {
+        if !self.notifier.send_presence(channel, user, online, event) {
+            tracing::warn!("cluster event queue full: a presence change waits for reconciliation");
+        }
+    }
+
+    fn online_elsewhere<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Vec<(UserId, String)>> {
+        Box::pin(async move {
+            match self
+                .store
+                .online_elsewhere(&self.node_id, std::slice::from_ref(channel))
+                .await
+            {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|(_, user, node)| (user, node))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, %channel, "cluster presence unavailable; reconciling later");
+                    Vec::new()
+                }
+            }
+        })
     }
 }
 
@@ -56,10 +92,19 @@ impl ClusterNode {
         if !store.register_node(node_id, ttl).await? {
             return Err(ClusterError::DuplicateNodeId(node_id.to_owned()));
         }
-        let backplane = Arc::new(PgBackplane(store.notifier(node_id)));
+        let backplane = Arc::new(PgBackplane {
+            notifier: store.notifier(node_id),
+            store: store.clone(),
+            node_id: node_id.to_owned(),
+        });
         let hub = Hub::with_backplane(Arc::new(store.clone()), config, backplane);
         let feed = tokio::spawn(follow(hub.clone(), store.cluster_feed(node_id)));
-        let heartbeat = tokio::spawn(renew(store.clone(), node_id.to_owned(), ttl));
+        let heartbeat = tokio::spawn(maintain(
+            hub.clone(),
+            store.clone(),
+            node_id.to_owned(),
+            ttl,
+        ));
         let node = Self {
             store,
             node_id: node_id.to_owned(),
@@ -104,21 +149,35 @@ async fn follow(hub: Hub, mut feed: tokio::sync::mpsc::Receiver<FeedItem>) {
                     }
                 }
                 NoticeBody::Event(event) => {
-                    hub.receive(&event);
+                    hub.receive(&notice.node, &event);
                 }
             },
         }
     }
 }
 
-/// Renews the node's registration every third of its lifetime.
-async fn renew(store: PgStore, node_id: String, ttl: Duration) {
-    let mut every = tokio::time::interval(ttl / 3);
+/// Every quarter of the node's lifetime: renews its registration, rewrites its presence
+/// rows from the hub, and reconciles the hub's view of the other nodes' presence.
+async fn maintain(hub: Hub, store: PgStore, node_id: String, ttl: Duration) {
+    let mut every = tokio::time::interval(ttl / 4);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     loop {
         every.tick().await;
         if let Err(e) = store.renew_node(&node_id, ttl).await {
             tracing::warn!(error = %e, "could not renew the node's registration");
+            continue;
+        }
+        if let Err(e) = store
+            .replace_presence(&node_id, &hub.local_presence())
+            .await
+        {
+            tracing::warn!(error = %e, "could not record this node's presence");
+        }
+        let channels = hub.presence_channels();
+        match store.online_elsewhere(&node_id, &channels).await {
+            Ok(online) => hub.reconcile_presence(&channels, online),
+            Err(e) => tracing::warn!(error = %e, "could not read the cluster's presence"),
         }
     }
 }

@@ -313,6 +313,10 @@ async fn serve(config: Config, generated_secret: bool) -> ExitCode {
         Ok(relay) => relay,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen");
+            if let Some(node) = node {
+                // Free the node id at once, so that a corrected restart is not refused.
+                node.leave().await;
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -14,12 +14,14 @@
 //! - **Nodes** register with an expiring row ([`PgStore::register_node`]), which refuses a
 //!   second live node with the same id.
 //!
-//! Payloads are JSON: `{"n":node,"c":[[channel,seq],…]}` for commits, `{"n":node,"e":event}`
-//! for events, where `event` is whatever JSON the hub encoded.
+//! Payloads are JSON: `{"n":node,"c":[[channel,seq],…]}` for commits, `{"n":node,"i":n,
+//! "e":event}` for events, where `event` is whatever JSON the hub encoded and `n` counts the
+//! node's events: Postgres delivers identical payloads sent in one transaction only once, so
+//! two identical events (the same signal twice) must not look identical.
 
 use std::time::Duration;
 
-use relay_proto::{ChannelName, Seq};
+use relay_proto::{ChannelName, Seq, UserId};
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::mpsc;
@@ -86,14 +88,15 @@ impl Notice {
     }
 }
 
-/// The envelope of an event payload, for `node`: `{"n":…,"e":` plus the closing brace.
+/// The largest envelope of an event payload, for `node`: `{"n":…,"i":…,"e":` plus the
+/// closing brace.
 pub fn event_envelope_bytes(node: &str) -> usize {
-    event_payload(node, "").len()
+    event_payload(node, u64::MAX, "").len()
 }
 
-fn event_payload(node: &str, event: &str) -> String {
+fn event_payload(node: &str, number: u64, event: &str) -> String {
     let node = serde_json::to_string(node).unwrap_or_else(|_| "\"\"".into());
-    format!(r#"{{"n":{node},"e":{event}}}"#)
+    format!(r#"{{"n":{node},"i":{number},"e":{event}}}"#)
 }
 
 /// The commit pointers of one group commit, as payloads under the size limit (usually one).
@@ -126,20 +129,54 @@ pub(crate) fn commit_payloads(node: &str, commits: &[(&str, i64)]) -> Vec<String
 }
 
 /// Sends live events to the other nodes: queued without waiting, and written in batches (one
-/// transaction of `pg_notify` calls per batch). Events are live-only by nature: when the
-/// database is unreachable they are dropped (and logged), never retried late.
+/// transaction per batch: presence rows first, then one `pg_notify` per event). Events are
+/// live-only by nature: when the database is unreachable they are dropped (and logged),
+/// never retried late; presence rows are rewritten wholesale at the next reconciliation.
 #[derive(Clone)]
 pub struct PgNotifier {
     node: String,
-    queue: mpsc::Sender<String>,
+    queue: mpsc::Sender<Outgoing>,
+    numbers: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One queued item of the notifier.
+struct Outgoing {
+    payload: String,
+    /// A local presence change to record with it: (channel, user, online).
+    presence: Option<(ChannelName, UserId, bool)>,
 }
 
 impl PgNotifier {
     /// Queues an encoded event; false when the queue is full (the database cannot keep up).
     pub fn send(&self, event: &str) -> bool {
-        self.queue
-            .try_send(event_payload(&self.node, event))
-            .is_ok()
+        let item = Outgoing {
+            payload: self.payload(event),
+            presence: None,
+        };
+        self.queue.try_send(item).is_ok()
+    }
+
+    /// Records that `user` is now online (or no longer) in `channel` on this node, and
+    /// announces it with the encoded `event`; false when the queue is full.
+    pub fn send_presence(
+        &self,
+        channel: &ChannelName,
+        user: &UserId,
+        online: bool,
+        event: &str,
+    ) -> bool {
+        let item = Outgoing {
+            payload: self.payload(event),
+            presence: Some((channel.clone(), user.clone(), online)),
+        };
+        self.queue.try_send(item).is_ok()
+    }
+
+    fn payload(&self, event: &str) -> String {
+        let number = self
+            .numbers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        event_payload(&self.node, number, event)
     }
 
     /// The largest encoded event that fits one notification.
@@ -153,19 +190,39 @@ const NOTIFY_QUEUE: usize = 16 * 1024;
 /// Most events per notifying transaction.
 const NOTIFY_BATCH: usize = 256;
 
-async fn notifier(pool: PgPool, mut queue: mpsc::Receiver<String>) {
+async fn notifier(pool: PgPool, node: String, mut queue: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(NOTIFY_BATCH);
     while queue.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
-        let sent = sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
-            .bind(NOTIFY_CHANNEL)
-            .bind(&batch)
-            .execute(&pool)
-            .await;
-        if let Err(e) = sent {
+        if let Err(e) = notify_batch(&pool, &node, &batch).await {
             tracing::warn!(error = %e, events = batch.len(), "live events not sent to the cluster");
         }
         batch.clear();
     }
+}
+
+async fn notify_batch(pool: &PgPool, node: &str, batch: &[Outgoing]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for (channel, user, online) in batch.iter().filter_map(|item| item.presence.as_ref()) {
+        let sql = if *online {
+            "INSERT INTO cluster_presence (node_id, channel, user_id) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM cluster_presence WHERE node_id = $1 AND channel = $2 AND user_id = $3"
+        };
+        sqlx::query(sql)
+            .bind(node)
+            .bind(channel.as_str())
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let payloads: Vec<&str> = batch.iter().map(|item| item.payload.as_str()).collect();
+    sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+        .bind(NOTIFY_CHANNEL)
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 impl PgStore {
@@ -173,10 +230,11 @@ impl PgStore {
     /// returned [`PgNotifier`] is gone.
     pub fn notifier(&self, node: &str) -> PgNotifier {
         let (tx, rx) = mpsc::channel(NOTIFY_QUEUE);
-        tokio::spawn(notifier(self.pool().clone(), rx));
+        tokio::spawn(notifier(self.pool().clone(), node.to_owned(), rx));
         PgNotifier {
             node: node.to_owned(),
             queue: tx,
+            numbers: std::sync::Arc::default(),
         }
     }
 
@@ -205,16 +263,94 @@ impl PgStore {
         .fetch_optional(self.pool())
         .await
         .map_err(map_err)?;
-        Ok(row.is_some())
+        if row.is_none() {
+            return Ok(false);
+        }
+        // A restarted node starts with nobody online: what its previous run left is gone.
+        sqlx::query("DELETE FROM cluster_presence WHERE node_id = $1")
+            .bind(node)
+            .execute(self.pool())
+            .await
+            .map_err(map_err)?;
+        Ok(true)
     }
 
-    /// Extends node `node`'s registration by `ttl` from now.
-    pub async fn renew_node(&self, node: &str, ttl: Duration) -> StoreResult<()> {
+    /// Who is online in `channels` on the live nodes other than `node`: (channel, user, node).
+    pub async fn online_elsewhere(
+        &self,
+        node: &str,
+        channels: &[ChannelName],
+    ) -> StoreResult<Vec<(ChannelName, UserId, String)>> {
+        let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT p.channel, p.user_id, p.node_id FROM cluster_presence p
+             JOIN cluster_nodes n ON n.node_id = p.node_id
+             WHERE p.channel = ANY($1) AND p.node_id <> $2 AND n.expires_at > now()",
+        )
+        .bind(&names)
+        .bind(node)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(channel, user, node)| {
+                Some((
+                    ChannelName::parse(&channel).ok()?,
+                    UserId::parse(&user).ok()?,
+                    node,
+                ))
+            })
+            .collect())
+    }
+
+    /// Replaces node `node`'s presence rows with `online` (channel, user) pairs, in one
+    /// transaction: the reconciliation that repairs rows a lost event did not write.
+    pub async fn replace_presence(
+        &self,
+        node: &str,
+        online: &[(ChannelName, UserId)],
+    ) -> StoreResult<()> {
+        let channels: Vec<&str> = online.iter().map(|(c, _)| c.as_str()).collect();
+        let users: Vec<&str> = online.iter().map(|(_, u)| u.as_str()).collect();
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        sqlx::query("DELETE FROM cluster_presence WHERE node_id = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         sqlx::query(
-            "UPDATE cluster_nodes SET expires_at = now() + make_interval(secs => $2)
-             WHERE node_id = $1",
+            "INSERT INTO cluster_presence (node_id, channel, user_id)
+             SELECT $1, c, u FROM UNNEST($2::text[], $3::text[]) AS t(c, u)
+             ON CONFLICT DO NOTHING",
         )
         .bind(node)
+        .bind(&channels)
+        .bind(&users)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Extends node `node`'s registration by `ttl` from now (re-creating it if it expired
+    /// and was removed meanwhile), and removes nodes expired for longer than `ttl` (their
+    /// presence rows go with them).
+    pub async fn renew_node(&self, node: &str, ttl: Duration) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cluster_nodes (node_id, expires_at)
+             VALUES ($1, now() + make_interval(secs => $2))
+             ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+        )
+        .bind(node)
+        .bind(ttl.as_secs_f64())
+        .execute(self.pool())
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "DELETE FROM cluster_nodes WHERE expires_at < now() - make_interval(secs => $1)",
+        )
         .bind(ttl.as_secs_f64())
         .execute(self.pool())
         .await
@@ -336,17 +472,14 @@ mod tests {
 
     #[test]
     fn events_round_trip_in_their_envelope() {
-        let payload = event_payload("n\"1", r#"{"k":"x","v":[1,2]}"#);
+        let payload = event_payload("n\"1", 7, r#"{"k":"x","v":[1,2]}"#);
         let notice = Notice::parse(&payload).unwrap();
         assert_eq!(notice.node, "n\"1");
         assert_eq!(
             notice.body,
             NoticeBody::Event(r#"{"k":"x","v":[1,2]}"#.into())
         );
-        assert_eq!(
-            event_envelope_bytes("n\"1"),
-            payload.len() - r#"{"k":"x","v":[1,2]}"#.len()
-        );
+        assert!(event_envelope_bytes("n\"1") >= payload.len() - r#"{"k":"x","v":[1,2]}"#.len());
         assert_eq!(Notice::parse("not json"), None);
         assert_eq!(Notice::parse(r#"{"n":"a"}"#), None);
     }

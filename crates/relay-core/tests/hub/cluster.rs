@@ -63,24 +63,27 @@ async fn live_events_from_other_nodes_reach_local_subscribers() {
     bob.subscribe("chat:1").await;
     alice.frames();
     let typing = json!({"type": "message", "channel": "chat:1", "id": "0193a6f2-7c4e-7b21-9d3f-2a8c5e4b1f06", "from": "carol", "event": "typing", "payload": {}, "ts": "2026-11-22T10:00:00.000Z"});
-    assert!(
-        t.hub
-            .receive(&json!({"k": "ephemeral", "f": typing}).to_string())
-    );
+    assert!(t.hub.receive(
+        "node-x",
+        &json!({"k": "ephemeral", "f": typing}).to_string()
+    ));
     assert_eq!(alice.frames().len(), 1);
     assert_eq!(bob.frames().len(), 1);
     let offer = json!({"type": "signal", "channel": "chat:1", "from": "carol", "event": "offer", "payload": {"sdp": "x"}});
-    assert!(
-        t.hub
-            .receive(&json!({"k": "signal", "to": "bob", "f": offer}).to_string())
-    );
+    assert!(t.hub.receive(
+        "node-x",
+        &json!({"k": "signal", "to": "bob", "f": offer}).to_string()
+    ));
     assert!(
         alice.frames().is_empty(),
         "a signal reaches only its target"
     );
     assert!(matches!(&bob.frames()[..], [ServerFrame::Signal { .. }]));
-    assert!(!t.hub.receive(r#"{"k":"ephemeral","f":{"type":"pong"}}"#));
-    assert!(!t.hub.receive("garbage"));
+    assert!(
+        !t.hub
+            .receive("node-x", r#"{"k":"ephemeral","f":{"type":"pong"}}"#)
+    );
+    assert!(!t.hub.receive("node-x", "garbage"));
 }
 
 #[derive(Default)]
@@ -139,4 +142,87 @@ async fn live_events_are_forwarded_and_oversized_ones_refused() {
         "{}",
         sent[1]
     );
+}
+
+fn presence_event(channel: &str, user: &str, online: bool) -> String {
+    json!({"k": "presence", "ch": channel, "u": user, "on": online}).to_string()
+}
+
+fn room_hub() -> TestHub {
+    TestHub::with_policies(relay_core::Policies::default().with(
+        "room",
+        relay_core::NamespacePolicy {
+            presence: true,
+            join_leave: true,
+            ..relay_core::NamespacePolicy::default()
+        },
+    ))
+}
+
+#[tokio::test]
+async fn presence_counts_users_once_across_nodes() {
+    let t = room_hub();
+    let alice = t.connect("alice");
+    alice.subscribe("room:1").await;
+    t.hub
+        .receive("node-b", &presence_event("room:1", "bob", true));
+    assert!(
+        matches!(&alice.frames()[..], [ServerFrame::Join { user, .. }] if user.as_str() == "bob")
+    );
+    t.hub
+        .receive("node-c", &presence_event("room:1", "bob", true));
+    t.hub
+        .receive("node-b", &presence_event("room:1", "alice", true));
+    assert!(
+        alice.frames().is_empty(),
+        "bob and alice were online already"
+    );
+    assert_eq!(
+        t.hub.online_users(&ch("room:1")),
+        [user("alice"), user("bob")]
+    );
+
+    t.hub
+        .receive("node-b", &presence_event("room:1", "bob", false));
+    assert!(alice.frames().is_empty(), "bob is still on node-c");
+    t.hub
+        .receive("node-c", &presence_event("room:1", "bob", false));
+    assert!(
+        matches!(&alice.frames()[..], [ServerFrame::Leave { user, .. }] if user.as_str() == "bob")
+    );
+    let local_bob = t.connect("bob");
+    local_bob.subscribe("room:1").await;
+    assert!(matches!(&alice.frames()[..], [ServerFrame::Join { .. }]));
+    drop(local_bob);
+    assert!(
+        matches!(&alice.frames()[..], [ServerFrame::Leave { .. }]),
+        "bob's last connection anywhere left"
+    );
+}
+
+#[tokio::test]
+async fn reconciliation_lets_the_users_of_a_dead_node_leave() {
+    let t = room_hub();
+    let alice = t.connect("alice");
+    alice.subscribe("room:1").await;
+    t.hub
+        .receive("node-b", &presence_event("room:1", "bob", true));
+    t.hub
+        .receive("node-b", &presence_event("room:1", "carol", true));
+    alice.frames();
+    // node-b died: the table now holds only carol, on node-c.
+    let channels = t.hub.presence_channels();
+    assert_eq!(channels, [ch("room:1")]);
+    t.hub.reconcile_presence(
+        &channels,
+        vec![(ch("room:1"), user("carol"), "node-c".into())],
+    );
+    assert!(
+        matches!(&alice.frames()[..], [ServerFrame::Leave { user, .. }] if user.as_str() == "bob")
+    );
+    assert_eq!(
+        t.hub.online_users(&ch("room:1")),
+        [user("alice"), user("carol")]
+    );
+    assert_eq!(t.hub.local_presence(), [(ch("room:1"), user("alice"))]);
 }

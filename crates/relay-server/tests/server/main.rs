@@ -9,6 +9,7 @@ mod auth;
 mod backend_topics;
 mod bad_input;
 mod cluster;
+mod cluster_binaries;
 mod direct_messages;
 mod durability;
 mod group_chat;
