@@ -338,3 +338,109 @@ async fn a_member_removed_on_one_node_loses_its_subscriptions_on_every_node() {
     assert_eq!(error_code(&frame), Some("forbidden"));
     bob.expect_nothing_pending().await;
 }
+
+/// Publishes `attempts` times, going on through `unavailable`; returns the acked seqs and
+/// how many publishes were refused.
+async fn publish_through_outage(
+    mut client: WsClient,
+    attempts: usize,
+    acked_some: std::sync::Arc<tokio::sync::Notify>,
+) -> (Vec<u64>, usize) {
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for n in 0..attempts {
+        match client
+            .request(json!({"type": "publish", "channel": "room:6", "payload": n}))
+            .await
+        {
+            ServerFrame::Ack { seq: Some(seq), .. } => acked.push(seq.0),
+            frame => {
+                assert_eq!(error_code(&frame), Some("unavailable"), "{frame:?}");
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        if acked.len() == 20 {
+            acked_some.notify_one();
+        }
+    }
+    (acked, refused)
+}
+
+#[tokio::test]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn a_database_restart_during_cluster_traffic_loses_and_duplicates_nothing() {
+    let db = TestDatabase::create().await;
+    let (a, b) = (node(&db, "node-a").await, node(&db, "node-b").await);
+    wait_for_listeners(&db, 2).await;
+    let mut readers = Vec::new();
+    for n in [&a, &b] {
+        let mut reader = n.server.connect("reader").await;
+        reader.subscribe("room:6").await;
+        readers.push(reader);
+    }
+    let acked_some = std::sync::Arc::new(tokio::sync::Notify::new());
+    let writers: Vec<_> = [&a, &b]
+        .into_iter()
+        .map(|n| n.server.connect("writer"))
+        .collect();
+    let mut tasks = Vec::new();
+    for writer in writers {
+        tasks.push(tokio::spawn(publish_through_outage(
+            writer.await,
+            150,
+            acked_some.clone(),
+        )));
+    }
+    // Mid-traffic, the database goes away as in a restart: every backend of it terminated,
+    // new connections refused for a moment.
+    acked_some.notified().await;
+    let mut admin = db.admin().await;
+    let name = db.name();
+    for sql in [
+        format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"),
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        let (seqs, refusals) = task.await.unwrap();
+        acked.extend(seqs);
+        refused += refusals;
+    }
+    assert!(refused > 0, "the restart was felt: publishes were refused meanwhile");
+    let store = db.store().await;
+    let latest = relay_store::Store::latest_seq(&store, &ChannelName::parse("room:6").unwrap())
+        .await
+        .unwrap()
+        .0;
+    acked.sort_unstable();
+    let before = acked.len();
+    acked.dedup();
+    assert_eq!(acked.len(), before, "no seq acked twice");
+    assert!(acked.last().is_some_and(|last| *last <= latest));
+    assert!(
+        acked.len() > 40,
+        "service resumed after the restart: {} acks",
+        acked.len()
+    );
+    let expected: Vec<u64> = (1..=latest).collect();
+    for (i, reader) in readers.iter_mut().enumerate() {
+        assert_eq!(
+            collect_seqs(reader, latest as usize).await,
+            expected,
+            "reader on node {i}: every committed message once, in order"
+        );
+        reader.expect_nothing_pending().await;
+    }
+}
