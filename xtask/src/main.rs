@@ -7,10 +7,13 @@
 //! - `cargo xtask ci`: lint, then test.
 //! - `cargo xtask bench <scenario> [flags]`: benchmarks (release builds); see
 //!   `docs/performance.md`. Scenarios: `fanout`, `baseline`, `compare` (both, and the
-//!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `micro` (criterion, no sockets). The
-//!   server runs pinned to core 0 on a one-thread runtime, the load generator on core 1.
+//!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `cluster` (needs `DATABASE_URL` and
+//!   `psql`), `micro` (criterion, no sockets). The server runs pinned to core 0 on a
+//!   one-thread runtime, the load generator on core 1.
 
 #![allow(clippy::print_stdout)] // A command-line tool: its output is the point.
+
+mod cluster;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -89,7 +92,10 @@ const BENCH_SECRET: &str = "xtask-bench-secret-0123456789";
 
 fn bench(args: &[String]) -> Result<(), String> {
     let Some(scenario) = args.first() else {
-        return Err("name a scenario: fanout | baseline | compare | idle | persist | micro".into());
+        return Err(
+            "name a scenario: fanout | baseline | compare | idle | persist | cluster | micro"
+                .into(),
+        );
     };
     let flags: Vec<String> = args[1..].to_vec();
     match scenario.as_str() {
@@ -106,6 +112,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             cargo_args.extend(flags.iter().map(String::as_str));
             cargo(&cargo_args)
         }
+        "cluster" => cluster::bench(&flags),
         "fanout" => {
             let tools = Tools::build()?;
             tools.fanout(Target::Relay, &flags).map(|_| ())
@@ -145,7 +152,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                 flag_value(&flags, "--connections").unwrap_or_else(|| "10000,19000".into());
             let rest = without_flag(&flags, "--connections");
             for count in counts.split(',') {
-                let server = tools.start(Target::Relay)?;
+                let server = tools.start(Target::Relay, &[])?;
                 let mut run = vec!["idle".to_owned(), "--connections".into(), count.into()];
                 run.extend(server.args());
                 run.extend(rest.iter().cloned());
@@ -156,7 +163,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         other => Err(format!(
-            "unknown scenario {other:?}; known: fanout baseline compare idle persist micro"
+            "unknown scenario {other:?}; known: fanout baseline compare idle persist cluster micro"
         )),
     }
 }
@@ -302,8 +309,9 @@ impl Tools {
         }
     }
 
-    /// Starts the server under test on core 0 and waits for its address.
-    fn start(&self, target: Target) -> Result<Server, String> {
+    /// Starts the server under test on core 0 (with `extra` flags for the relay) and waits for
+    /// its address.
+    fn start(&self, target: Target, extra: &[String]) -> Result<Server, String> {
         let mut command = match target {
             Target::Relay => {
                 let mut c = self.command("0", &self.server);
@@ -317,6 +325,7 @@ impl Tools {
                     "--jwt-secret",
                     BENCH_SECRET,
                 ])
+                .args(extra)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
@@ -384,7 +393,7 @@ impl Tools {
 
     /// One fan-out run against a fresh server; the highest passing deliveries/s.
     fn fanout(&self, target: Target, flags: &[String]) -> Result<Option<f64>, String> {
-        let server = self.start(target)?;
+        let server = self.start(target, &[])?;
         let mut run = vec!["fanout".to_owned()];
         run.extend(server.args());
         run.extend(flags.iter().cloned());

@@ -3,7 +3,7 @@
 //! generator to the other; see `docs/performance.md`.
 //!
 //! ```text
-//! loadgen fanout --addr A [--secret S] --subscribers 1000 --payload 100 --rates 1000,2000 ...
+//! loadgen fanout --addr A [--publish-addr B] [--publishers N] [--secret S] --subscribers 1000 --payload 100 --rates 1000,2000 ...
 //! loadgen idle --addr A --secret S --connections 10000
 //! loadgen baseline-server [--listen 127.0.0.1:0]
 //! ```
@@ -438,17 +438,32 @@ async fn fanout(flags: &Flags) {
         setup.as_secs_f64()
     );
 
-    let mut publisher = RawWs::connect(addr, token(flags, "publisher").as_deref())
+    // Another node of a cluster, for cross-node runs; the subscribers' node by default.
+    let publish_addr: SocketAddr = flags
+        .text("publish-addr")
+        .map_or(addr, |a| a.parse().expect("--publish-addr"));
+    // Several publisher connections share the rate round-robin: the server handles one
+    // connection's persistent publishes one after the other (each waits for its commit), so
+    // one connection caps persistent publishes at one per commit round trip.
+    let publishers = flags.get("publishers", 1usize).max(1);
+    let mut writers = Vec::with_capacity(publishers);
+    for p in 0..publishers {
+        let mut publisher = RawWs::connect(
+            publish_addr,
+            token(flags, &format!("publisher{p}")).as_deref(),
+        )
         .await
         .unwrap();
-    let _ = publisher.next_text().await.unwrap(); // welcome
-    let (mut reader, mut writer) = publisher.stream.into_split();
-    tokio::spawn(async move {
-        // Acks and pings: read and discard (the server's pings only need an answer after
-        // 2 heartbeats of silence, and the publisher is never silent).
-        let mut sink = vec![0u8; 64 * 1024];
-        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
-    });
+        let _ = publisher.next_text().await.unwrap(); // welcome
+        let (mut reader, writer) = publisher.stream.into_split();
+        tokio::spawn(async move {
+            // Acks and pings: read and discard (the server's pings only need an answer after
+            // 2 heartbeats of silence, and the publisher is never silent).
+            let mut sink = vec![0u8; 64 * 1024];
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        writers.push(writer);
+    }
 
     // A publish frame of `payload_bytes` of payload: {"t":<16 digits>,"p":"xxx…"}.
     let pad = payload_bytes.saturating_sub(r#"{"t":1234567890123456,"p":""}"#.len());
@@ -479,22 +494,27 @@ async fn fanout(flags: &Flags) {
         let mut sent = 0u64;
         let mut ticker = tokio::time::interval(Duration::from_millis(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut batch = Vec::with_capacity(64 * 1024);
-        while sent < total {
+        let mut batches: Vec<Vec<u8>> = (0..publishers)
+            .map(|_| Vec::with_capacity(16 * 1024))
+            .collect();
+        'publishing: while sent < total {
             ticker.tick().await;
             let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-            batch.clear();
             while sent < due {
                 let body = format!(
                     r#"{{"type":"publish","channel":"{channel}","payload":{{"t":{},"p":"{padding}"}}}}"#,
                     now_micros()
                 );
+                let batch = &mut batches[(sent % publishers as u64) as usize];
                 batch.extend_from_slice(&client_frame(1, body.as_bytes()));
                 sent += 1;
             }
-            if !batch.is_empty() && writer.write_all(&batch).await.is_err() {
-                eprintln!("publisher connection lost");
-                break;
+            for (writer, batch) in writers.iter_mut().zip(&mut batches) {
+                if !batch.is_empty() && writer.write_all(batch).await.is_err() {
+                    eprintln!("publisher connection lost");
+                    break 'publishing;
+                }
+                batch.clear();
             }
         }
         let publish_time = t0.elapsed();

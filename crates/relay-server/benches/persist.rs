@@ -1,7 +1,8 @@
 //! `cargo xtask bench persist`: persisted publishes per second through the hub on Postgres
-//! with 1, 8 and 64 concurrent publishers, group commit (`PgStore`) against an in-repo
-//! baseline that commits one INSERT per message; then publish-to-delivery latency at a
-//! paced 1,000 publishes/s. Needs `DATABASE_URL`; runs in a fresh database.
+//! with 1, 8 and 64 concurrent publishers, group commit (`PgStore`) on a single node and in
+//! cluster mode (each group commit also carries its `NOTIFY` of commit pointers), against an
+//! in-repo baseline that commits one INSERT per message; then publish-to-delivery latency at
+//! a paced 1,000 publishes/s. Needs `DATABASE_URL`; runs in a fresh database.
 //!
 //! Flags: `--seconds N` per run (default 3), `--json` for one JSON object per row.
 
@@ -16,7 +17,9 @@ use relay_core::{Hub, HubConfig, Identity, Publish};
 use relay_proto::{ChannelName, ClientFrame, Payload, Seq, ServerFrame, UserId};
 use relay_store::conformance::AppendHook;
 use relay_store::testing::TestDatabase;
-use relay_store::{NewMessage, PgStore, Store, StoreError, StoreResult, StoredMessage};
+use relay_store::{
+    NewMessage, PgStore, PgStoreOptions, Store, StoreError, StoreResult, StoredMessage,
+};
 
 /// The baseline: each append is its own transaction (bump the counter, insert, commit), the
 /// way a hand-written relay would persist. Everything else delegates to `PgStore`.
@@ -182,27 +185,54 @@ async fn main() {
     let duration = Duration::from_secs(args.seconds);
     let db = TestDatabase::create().await;
     let group: Arc<dyn Store> = Arc::new(db.store().await);
+    let clustered: Arc<dyn Store> = Arc::new(
+        db.store_with(PgStoreOptions {
+            cluster_node: Some("bench".into()),
+            ..PgStoreOptions::default()
+        })
+        .await,
+    );
     let baseline: Arc<dyn Store> = Arc::new(OneInsertPerMessage {
         inner: db.store().await,
     });
     if !args.json {
-        println!("{:<28} {:>10} {:>14}", "store", "publishers", "publishes/s");
+        println!("{:<34} {:>10} {:>14}", "store", "publishers", "publishes/s");
     }
+    let mut at_64 = (0.0, 0.0);
     for publishers in [1, 8, 64] {
         for (name, store) in [
             ("group commit (PgStore)", &group),
+            ("group commit, cluster (NOTIFY)", &clustered),
             ("baseline: 1 INSERT/message", &baseline),
         ] {
             let hub = Hub::new(store.clone(), HubConfig::default());
             let rate = throughput(&hub, publishers, duration).await;
+            if publishers == 64 && name.starts_with("group commit (") {
+                at_64.0 = rate;
+            } else if publishers == 64 && name.starts_with("group commit, cluster") {
+                at_64.1 = rate;
+            }
             if args.json {
                 println!(
                     "{}",
                     serde_json::json!({"scenario": "persist", "store": name, "publishers": publishers, "publishes_per_sec": rate.round()})
                 );
             } else {
-                println!("{name:<28} {publishers:>10} {rate:>14.0}");
+                println!("{name:<34} {publishers:>10} {rate:>14.0}");
             }
+        }
+    }
+    if at_64.0 > 0.0 {
+        let ratio = at_64.1 / at_64.0 * 100.0;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "persist-cluster-ratio", "publishers": 64, "percent": ratio.round()})
+            );
+        } else {
+            println!(
+                "cluster mode reaches {ratio:.0}% of single-node group commit at 64 publishers"
+            );
         }
     }
     let hub = Hub::new(group.clone(), HubConfig::default());

@@ -418,7 +418,10 @@ async fn a_database_restart_during_cluster_traffic_loses_and_duplicates_nothing(
         acked.extend(seqs);
         refused += refusals;
     }
-    assert!(refused > 0, "the restart was felt: publishes were refused meanwhile");
+    assert!(
+        refused > 0,
+        "the restart was felt: publishes were refused meanwhile"
+    );
     let store = db.store().await;
     let latest = relay_store::Store::latest_seq(&store, &ChannelName::parse("room:6").unwrap())
         .await
