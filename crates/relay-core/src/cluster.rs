@@ -197,6 +197,29 @@ impl Hub {
         }
     }
 
+    /// Another node committed messages to `channel` up to `seq`: where the messages after
+    /// which this node's subscribers need them from, so that the caller reads them (many
+    /// channels in one query) and hands them to [`Hub::deliver`]. `None` when the channel has
+    /// no local subscriber behind `seq`. A gap too long for one read (over `max_recovery`) is
+    /// left to gap repair instead, and answers `None` too.
+    pub fn wanted_after(&self, channel: &ChannelName, seq: Seq) -> Option<Seq> {
+        let mut state = self.inner.channels.get_mut(channel)?;
+        state.announced = state.announced.max(seq);
+        let from = state
+            .subscribers
+            .values()
+            .filter_map(|sub| sub.cursor())
+            .min()
+            .filter(|cursor| *cursor < seq)?;
+        let limit = self.inner.config.max_recovery.max(1) as u64;
+        if seq.0 - from.0 > limit {
+            drop(state);
+            self.remote_commit(channel, seq);
+            return None;
+        }
+        Some(from)
+    }
+
     /// Notifications from other nodes may have been lost: every channel with local
     /// subscribers catches up from the store.
     pub fn resync(&self) {

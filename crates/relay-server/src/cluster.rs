@@ -6,12 +6,13 @@
 //! table: that is how the users of a node that died leave, within the lifetime plus a
 //! quarter of it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use relay_core::{Backplane, BoxFuture, Hub, HubConfig};
-use relay_proto::{ChannelName, UserId};
-use relay_store::{FeedItem, NoticeBody, PgNotifier, PgStore, StoreError};
+use relay_proto::{ChannelName, Seq, UserId};
+use relay_store::{FeedItem, NoticeBody, PgNotifier, PgStore, StoreError, Wanted};
 use tokio::task::JoinHandle;
 
 /// Why a node could not join its cluster.
@@ -98,7 +99,11 @@ impl ClusterNode {
             node_id: node_id.to_owned(),
         });
         let hub = Hub::with_backplane(Arc::new(store.clone()), config, backplane);
-        let feed = tokio::spawn(follow(hub.clone(), store.cluster_feed(node_id)));
+        let feed = tokio::spawn(follow(
+            hub.clone(),
+            store.clone(),
+            store.cluster_feed(node_id),
+        ));
         let heartbeat = tokio::spawn(maintain(
             hub.clone(),
             store.clone(),
@@ -137,21 +142,59 @@ impl Drop for ClusterNode {
     }
 }
 
-/// Feeds the other nodes' notifications into the hub.
-async fn follow(hub: Hub, mut feed: tokio::sync::mpsc::Receiver<FeedItem>) {
-    while let Some(item) = feed.recv().await {
-        match item {
-            FeedItem::Resync => hub.resync(),
-            FeedItem::Notice(notice) => match notice.body {
-                NoticeBody::Commits(pointers) => {
-                    for (channel, seq) in pointers {
-                        hub.remote_commit(&channel, seq);
+/// Most feed items handled together: their commit pointers are read in one query.
+const FEED_BATCH: usize = 256;
+
+/// Feeds the other nodes' notifications into the hub. Commit pointers of everything queued
+/// are merged (the highest seq per channel) and the messages local subscribers miss are read
+/// in one query, then delivered; live events are delivered as they come.
+async fn follow(hub: Hub, store: PgStore, mut feed: tokio::sync::mpsc::Receiver<FeedItem>) {
+    let mut items = Vec::with_capacity(FEED_BATCH);
+    while feed.recv_many(&mut items, FEED_BATCH).await > 0 {
+        let mut commits: HashMap<ChannelName, Seq> = HashMap::new();
+        for item in items.drain(..) {
+            match item {
+                FeedItem::Resync => hub.resync(),
+                FeedItem::Notice(notice) => match notice.body {
+                    NoticeBody::Commits(pointers) => {
+                        for (channel, seq) in pointers {
+                            let last = commits.entry(channel).or_default();
+                            *last = (*last).max(seq);
+                        }
                     }
+                    NoticeBody::Event(event) => {
+                        hub.receive(&notice.node, &event);
+                    }
+                },
+            }
+        }
+        let wanted: Vec<Wanted> = commits
+            .into_iter()
+            .filter_map(|(channel, up_to)| {
+                let after = hub.wanted_after(&channel, up_to)?;
+                Some(Wanted {
+                    channel,
+                    after,
+                    up_to,
+                })
+            })
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        match store.committed(&wanted).await {
+            Ok(messages) => {
+                for message in &messages {
+                    hub.deliver(message);
                 }
-                NoticeBody::Event(event) => {
-                    hub.receive(&notice.node, &event);
+            }
+            Err(e) => {
+                // Gap repair reads (and retries) per channel instead.
+                tracing::warn!(error = %e, "cannot read other nodes' commits; repairing per channel");
+                for w in wanted {
+                    hub.remote_commit(&w.channel, w.up_to);
                 }
-            },
+            }
         }
     }
 }

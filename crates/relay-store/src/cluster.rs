@@ -26,8 +26,19 @@ use serde_json::value::RawValue;
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::mpsc;
 
-use crate::postgres::map_err;
-use crate::{PgStore, StoreResult};
+use crate::postgres::{CHANNEL_MESSAGE_COLUMNS, corrupt, map_err, stored_message};
+use crate::{PgStore, StoreResult, StoredMessage};
+
+/// A range of a channel's messages to read: seqs after `after`, up to `up_to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Only seqs above this one.
+    pub after: Seq,
+    /// Only seqs up to this one.
+    pub up_to: Seq,
+}
 
 /// The `LISTEN`/`NOTIFY` channel every node uses.
 pub const NOTIFY_CHANNEL: &str = "relay_cluster";
@@ -245,6 +256,34 @@ impl PgStore {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(listen(self.pool().clone(), node.to_owned(), tx));
         rx
+    }
+
+    /// Reads the messages of several channels' ranges in one query: what a node fetches after
+    /// a batch of other nodes' commits. Ordered by channel, then seq.
+    pub async fn committed(&self, wanted: &[Wanted]) -> StoreResult<Vec<StoredMessage>> {
+        let channels: Vec<&str> = wanted.iter().map(|w| w.channel.as_str()).collect();
+        let seq = |s: Seq| i64::try_from(s.0).unwrap_or(i64::MAX);
+        let after: Vec<i64> = wanted.iter().map(|w| seq(w.after)).collect();
+        let up_to: Vec<i64> = wanted.iter().map(|w| seq(w.up_to)).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {CHANNEL_MESSAGE_COLUMNS}
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS w(c, a, b)
+             JOIN messages m ON m.channel = w.c AND m.seq > w.a AND m.seq <= w.b
+             ORDER BY m.channel, m.seq"
+        ))
+        .bind(&channels)
+        .bind(&after)
+        .bind(&up_to)
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let name: String = sqlx::Row::try_get(row, "channel").map_err(map_err)?;
+                let channel = ChannelName::parse(&name).map_err(|e| corrupt("channel", e))?;
+                stored_message(&channel, row)
+            })
+            .collect()
     }
 
     /// Registers node `node` as live for `ttl`. Returns false when another live node holds the

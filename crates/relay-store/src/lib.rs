@@ -54,7 +54,7 @@ use async_trait::async_trait;
 use relay_proto::{ChannelName, MemberRole, Seq, UserId};
 
 #[cfg(feature = "postgres")]
-pub use cluster::{FeedItem, Notice, NoticeBody, PgNotifier};
+pub use cluster::{FeedItem, Notice, NoticeBody, PgNotifier, Wanted};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use model::{

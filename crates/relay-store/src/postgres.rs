@@ -89,7 +89,7 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
@@ -300,7 +300,11 @@ fn channel_record(row: &PgRow) -> StoreResult<ChannelRecord> {
 const MESSAGE_COLUMNS: &str =
     "seq, id, from_user, event, payload, (round(extract(epoch FROM ts) * 1000))::bigint AS ts_ms";
 
-fn stored_message(channel: &ChannelName, row: &PgRow) -> StoreResult<StoredMessage> {
+/// [`MESSAGE_COLUMNS`] of table alias `m`, with the channel.
+pub(crate) const CHANNEL_MESSAGE_COLUMNS: &str = "m.channel, m.seq, m.id, m.from_user, m.event, m.payload, \
+     (round(extract(epoch FROM m.ts) * 1000))::bigint AS ts_ms";
+
+pub(crate) fn stored_message(channel: &ChannelName, row: &PgRow) -> StoreResult<StoredMessage> {
     let seq: i64 = row.try_get("seq").map_err(map_err)?;
     let id: MessageId = row.try_get("id").map_err(map_err)?;
     let from: Option<String> = row.try_get("from_user").map_err(map_err)?;

@@ -115,3 +115,104 @@ async fn a_listener_that_loses_its_connection_reports_resync_and_listens_again()
         "listening again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn committed_ranges_of_many_channels_come_in_one_read() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let (a, b) = (
+        ChannelName::parse("chat:a").unwrap(),
+        ChannelName::parse("chat:b").unwrap(),
+    );
+    for n in 0..5 {
+        for channel in [&a, &b] {
+            store
+                .append(NewMessage::new(
+                    channel.clone(),
+                    Payload::from_json(&n.to_string()).unwrap(),
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let wanted = [
+        relay_store::Wanted {
+            channel: b.clone(),
+            after: Seq(3),
+            up_to: Seq(5),
+        },
+        relay_store::Wanted {
+            channel: a.clone(),
+            after: Seq(0),
+            up_to: Seq(2),
+        },
+    ];
+    let read: Vec<(String, u64)> = store
+        .committed(&wanted)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| (m.channel.to_string(), m.seq.0))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            ("chat:a".to_owned(), 1),
+            ("chat:a".to_owned(), 2),
+            ("chat:b".to_owned(), 4),
+            ("chat:b".to_owned(), 5)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn a_restarted_node_starts_with_nobody_online() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let ttl = Duration::from_secs(30);
+    assert!(store.register_node("a", ttl).await.unwrap());
+    let room = ChannelName::parse("room:1").unwrap();
+    let bob = relay_proto::UserId::parse("bob").unwrap();
+    store
+        .replace_presence("a", &[(room.clone(), bob.clone())])
+        .await
+        .unwrap();
+    assert!(store.register_node("b", ttl).await.unwrap());
+    assert_eq!(
+        store
+            .online_elsewhere("b", std::slice::from_ref(&room))
+            .await
+            .unwrap(),
+        [(room.clone(), bob, "a".to_owned())]
+    );
+    assert!(
+        !store.register_node("a", ttl).await.unwrap(),
+        "a live node's id is refused"
+    );
+    // Node a was killed: its row expires; a new process with its id starts clean.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE cluster_nodes SET expires_at = now() - interval '1 second' WHERE node_id = 'a'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        store
+            .online_elsewhere("b", std::slice::from_ref(&room))
+            .await
+            .unwrap()
+            .is_empty(),
+        "an expired node's users are not online"
+    );
+    assert!(store.register_node("a", ttl).await.unwrap());
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM cluster_presence")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "no zombie presence after the restart");
+}

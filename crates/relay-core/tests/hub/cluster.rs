@@ -226,3 +226,31 @@ async fn reconciliation_lets_the_users_of_a_dead_node_leave() {
     );
     assert_eq!(t.hub.local_presence(), [(ch("room:1"), user("alice"))]);
 }
+
+#[tokio::test]
+async fn a_node_reads_what_its_subscribers_miss_and_delivers_it() {
+    let t = TestHub::new();
+    let alice = t.connect("alice");
+    alice.subscribe("chat:1").await;
+    append_elsewhere(&t, "chat:1", 3).await;
+    assert_eq!(t.hub.wanted_after(&ch("chat:1"), Seq(3)), Some(Seq(0)));
+    assert_eq!(
+        t.hub.wanted_after(&ch("chat:2"), Seq(3)),
+        None,
+        "no subscriber here"
+    );
+    let read = t
+        .store
+        .history(&ch("chat:1"), relay_store::HistoryQuery::after(Seq(0), 10))
+        .await
+        .unwrap();
+    for message in read.iter().rev() {
+        t.hub.deliver(message); // in any order
+    }
+    assert_eq!(message_seqs(&alice.frames()), [1, 2, 3]);
+    assert_eq!(
+        t.hub.wanted_after(&ch("chat:1"), Seq(3)),
+        None,
+        "up to date"
+    );
+}

@@ -100,7 +100,7 @@ async fn persistent_messages_reach_subscribers_on_every_node_once_in_order() {
         for j in 0..2 {
             let mut client = n.server.connect(&format!("reader{i}{j}")).await;
             assert!(matches!(
-                client.subscribe("room:1").await,
+                client.subscribe("feed:1").await,
                 ServerFrame::Subscribed { .. }
             ));
             subscribers.push(client);
@@ -114,7 +114,7 @@ async fn persistent_messages_reach_subscribers_on_every_node_once_in_order() {
         publishers.push(tokio::spawn(async move {
             for k in 0..PER_PATH {
                 let ack = client
-                    .request(json!({"type": "publish", "channel": "room:1", "payload": {"ws": k}}))
+                    .request(json!({"type": "publish", "channel": "feed:1", "payload": {"ws": k}}))
                     .await;
                 assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
             }
@@ -127,7 +127,7 @@ async fn persistent_messages_reach_subscribers_on_every_node_once_in_order() {
     for k in 0..PER_PATH {
         let (status, body) = rest
             .post(
-                "/api/channels/room:1/messages",
+                "/api/channels/feed:1/messages",
                 json!({"payload": {"rest": k}}),
             )
             .await;
@@ -135,12 +135,12 @@ async fn persistent_messages_reach_subscribers_on_every_node_once_in_order() {
         let (status, body) = service
             .post(
                 "/api/publish",
-                json!({"channel": "room:1", "payload": {"svc": k}}),
+                json!({"channel": "feed:1", "payload": {"svc": k}}),
             )
             .await;
         assert_eq!(status, 200, "{body}");
         let payload = Payload::from_json(&format!(r#"{{"embedded":{k}}}"#)).unwrap();
-        let channel = ChannelName::parse("room:1").unwrap();
+        let channel = ChannelName::parse("feed:1").unwrap();
         nodes[0]
             .server
             .hub
@@ -171,9 +171,9 @@ async fn typing_and_signals_cross_nodes() {
     alice.subscribe("room:2").await;
     bob.subscribe("room:2").await;
 
-    let ack = bob
-        .request(json!({"type": "publish", "id": 1, "channel": "room:2", "event": "typing", "ephemeral": true, "payload": {}}))
+    bob.send(json!({"type": "publish", "id": 1, "channel": "room:2", "event": "typing", "ephemeral": true, "payload": {}}))
         .await;
+    let ack = recv_skipping_presence(&mut bob).await;
     assert!(matches!(ack, ServerFrame::Ack { seq: None, .. }), "{ack:?}");
     let frame = recv_skipping_presence(&mut alice).await;
     assert!(
