@@ -236,3 +236,39 @@ async fn a_killed_node_s_users_leave_and_its_clients_recover_on_another_node() {
     bob.expect_nothing_pending().await;
     let _ = std::fs::remove_file(config);
 }
+
+#[test]
+fn cluster_mode_without_a_database_exits_with_2() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"))
+        .args(["--cluster", "postgres", "--listen", "127.0.0.1:0"])
+        .env_remove("RELAY_DATABASE_URL")
+        .env_remove("RELAY_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs a database"), "{stderr}");
+}
+
+#[tokio::test]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn a_second_process_with_a_live_node_s_id_exits_with_2() {
+    let db = TestDatabase::create().await;
+    let config = config_file(&db);
+    let _a = spawn_node(&db, &config, "node-a");
+    let url = db.url().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"))
+            .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+            .args(["--cluster", "postgres", "--database-url", &url])
+            .args(["--node-id", "node-a"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("held by another live node"), "{stderr}");
+    let _ = std::fs::remove_file(config);
+}
