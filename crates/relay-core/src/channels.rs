@@ -17,7 +17,7 @@ use relay_store::{
 };
 
 use crate::error::HubError;
-use crate::hub::{Action, Hub};
+use crate::hub::{Action, Hub, check_user_limit};
 use crate::identity::Identity;
 use crate::policy::CreateRule;
 
@@ -123,12 +123,7 @@ impl Hub {
             members,
         } = request;
         let policy = self.policy(&name);
-        if !name.admits(&who.user) {
-            return Err(HubError::forbidden(
-                &name,
-                "user is not listed in the channel name",
-            ));
-        }
+        check_user_limit(who, &name)?;
         if !who.is_service() {
             match policy.create_rule() {
                 CreateRule::Service => {
@@ -416,12 +411,7 @@ impl Hub {
 
     /// The caller's standing in a record. The user limit binds services too.
     async fn actor(&self, who: &Identity, name: &ChannelName) -> Result<Actor, HubError> {
-        if !name.admits(&who.user) {
-            return Err(HubError::forbidden(
-                name,
-                "user is not listed in the channel name",
-            ));
-        }
+        check_user_limit(who, name)?;
         if who.is_service() {
             return Ok(Actor::Service);
         }

@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use relay_proto::{ChannelName, EncodedFrame, Seq, ServerFrame, UserId};
 use serde_json::value::RawValue;
@@ -77,7 +78,6 @@ enum RemoteEvent {
 }
 
 fn encode_evict(channel: &ChannelName, user: &UserId) -> String {
-    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
     format!(
         r#"{{"k":"evict","ch":{},"u":{}}}"#,
         quote(channel.as_str()),
@@ -86,7 +86,6 @@ fn encode_evict(channel: &ChannelName, user: &UserId) -> String {
 }
 
 fn encode_presence(channel: &ChannelName, user: &UserId, online: bool) -> String {
-    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
     format!(
         r#"{{"k":"presence","ch":{},"u":{},"on":{online}}}"#,
         quote(channel.as_str()),
@@ -94,13 +93,22 @@ fn encode_presence(channel: &ChannelName, user: &UserId, online: bool) -> String
     )
 }
 
+/// `s` as a JSON string literal.
+fn quote(s: &str) -> String {
+    // Serializing a `str` cannot fail; the fallback only keeps the output valid JSON.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
 fn encode_ephemeral(frame: &EncodedFrame) -> String {
     format!(r#"{{"k":"ephemeral","f":{}}}"#, frame.as_str())
 }
 
 fn encode_signal(frame: &EncodedFrame, to: &UserId) -> String {
-    let to = serde_json::to_string(to.as_str()).unwrap_or_else(|_| "\"\"".into());
-    format!(r#"{{"k":"signal","to":{to},"f":{}}}"#, frame.as_str())
+    format!(
+        r#"{{"k":"signal","to":{},"f":{}}}"#,
+        quote(to.as_str()),
+        frame.as_str()
+    )
 }
 
 fn decode(event: &str) -> Option<RemoteEvent> {
@@ -186,14 +194,9 @@ impl Hub {
             .subscribers
             .values()
             .any(|sub| sub.cursor().is_some_and(|cursor| cursor < seq));
+        drop(state);
         if behind {
-            state.tail_check = true;
-            let schedule = !state.repair_scheduled;
-            state.repair_scheduled = true;
-            drop(state);
-            if schedule {
-                self.schedule_repair_in(channel.clone(), std::time::Duration::ZERO);
-            }
+            self.schedule_tail_check(channel, Duration::ZERO);
         }
     }
 
@@ -230,15 +233,7 @@ impl Hub {
             .map(|entry| entry.key().clone())
             .collect();
         for channel in channels {
-            if let Some(mut state) = self.inner.channels.get_mut(&channel) {
-                state.tail_check = true;
-                let schedule = !state.repair_scheduled;
-                state.repair_scheduled = true;
-                drop(state);
-                if schedule {
-                    self.schedule_repair_in(channel, std::time::Duration::ZERO);
-                }
-            }
+            self.schedule_tail_check(&channel, Duration::ZERO);
         }
     }
 

@@ -246,12 +246,7 @@ impl Hub {
         action: Action,
     ) -> Result<(), HubError> {
         // The user limit comes first, for services too.
-        if !channel.admits(&identity.user) {
-            return Err(HubError::forbidden(
-                channel,
-                "user is not listed in the channel name",
-            ));
-        }
+        check_user_limit(identity, channel)?;
         if identity.is_service() {
             return Ok(());
         }
@@ -283,6 +278,19 @@ impl Hub {
             return Err(HubError::forbidden(channel, "not a member"));
         }
         Ok(())
+    }
+}
+
+/// The user limit of a name (`dm:#alice,bob`): it binds everyone, services too, and is
+/// checked before any other right.
+pub(crate) fn check_user_limit(identity: &Identity, channel: &ChannelName) -> Result<(), HubError> {
+    if channel.admits(&identity.user) {
+        Ok(())
+    } else {
+        Err(HubError::forbidden(
+            channel,
+            "user is not listed in the channel name",
+        ))
     }
 }
 

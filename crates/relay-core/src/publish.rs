@@ -202,15 +202,7 @@ impl Hub {
     /// Schedules a repair that also brings live subscribers up to the store's latest seq.
     /// Cheap when the channel has no local subscribers (nothing to do).
     fn check_tail(&self, channel: &ChannelName) {
-        if let Some(mut state) = self.inner.channels.get_mut(channel) {
-            state.tail_check = true;
-            let schedule = !state.repair_scheduled;
-            state.repair_scheduled = true;
-            drop(state);
-            if schedule {
-                self.schedule_repair(channel.clone());
-            }
-        }
+        self.schedule_tail_check(channel, self.inner.config.repair_delay);
     }
 
     /// Delivers a committed message to local subscribers, in seq order.

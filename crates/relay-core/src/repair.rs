@@ -16,6 +16,22 @@ impl Hub {
         self.schedule_repair_in(channel, self.inner.config.repair_delay);
     }
 
+    /// Schedules a repair after `delay` that also brings live subscribers up to the store's
+    /// latest seq (unless one is scheduled already). Nothing when the channel has no local
+    /// subscribers.
+    pub(crate) fn schedule_tail_check(&self, channel: &ChannelName, delay: std::time::Duration) {
+        let Some(mut state) = self.inner.channels.get_mut(channel) else {
+            return;
+        };
+        state.tail_check = true;
+        let schedule = !state.repair_scheduled;
+        state.repair_scheduled = true;
+        drop(state);
+        if schedule {
+            self.schedule_repair_in(channel.clone(), delay);
+        }
+    }
+
     /// Schedules a repair after `delay` (zero when the store is known to hold what is
     /// missing: another node announced its commit).
     pub(crate) fn schedule_repair_in(&self, channel: ChannelName, delay: std::time::Duration) {

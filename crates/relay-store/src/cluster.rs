@@ -105,24 +105,23 @@ pub fn event_envelope_bytes(node: &str) -> usize {
     event_payload(node, u64::MAX, "").len()
 }
 
+/// `s` as a JSON string literal.
+fn quote(s: &str) -> String {
+    // Serializing a `str` cannot fail; the fallback only keeps the output valid JSON.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
 fn event_payload(node: &str, number: u64, event: &str) -> String {
-    let node = serde_json::to_string(node).unwrap_or_else(|_| "\"\"".into());
-    format!(r#"{{"n":{node},"i":{number},"e":{event}}}"#)
+    format!(r#"{{"n":{},"i":{number},"e":{event}}}"#, quote(node))
 }
 
 /// The commit pointers of one group commit, as payloads under the size limit (usually one).
 pub(crate) fn commit_payloads(node: &str, commits: &[(&str, i64)]) -> Vec<String> {
-    let head = format!(
-        r#"{{"n":{},"c":["#,
-        serde_json::to_string(node).unwrap_or_else(|_| "\"\"".into())
-    );
+    let head = format!(r#"{{"n":{},"c":["#, quote(node));
     let mut payloads = Vec::new();
     let mut current = head.clone();
     for (channel, seq) in commits {
-        let entry = format!(
-            "[{},{seq}]",
-            serde_json::to_string(channel).unwrap_or_else(|_| "\"\"".into())
-        );
+        let entry = format!("[{},{seq}]", quote(channel));
         if current.len() > head.len() && current.len() + entry.len() + 3 > MAX_NOTIFY_BYTES {
             current.push_str("]}");
             payloads.push(std::mem::replace(&mut current, head.clone()));
