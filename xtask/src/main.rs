@@ -88,7 +88,25 @@ fn lint() -> Result<(), String> {
     ])
 }
 
-const BENCH_SECRET: &str = "xtask-bench-secret-0123456789";
+const BENCH_SECRET: &str = "xtask-bench-secret-0123456789-abcdef";
+
+/// The configuration every benchmarked relay runs with: the defaults, except the caps a
+/// load generator on one loopback address would trip by design (thousands of connections
+/// from one IP and one process). Rate limits stay at their defaults.
+const BENCH_CONFIG: &str = "\
+# Written by `cargo xtask bench`: one load generator opens every connection from 127.0.0.1.
+max_connections = 0
+max_connections_per_ip = 0
+max_connections_per_user = 0
+";
+
+/// Writes [`BENCH_CONFIG`] to a file the server reads with `--config`.
+fn bench_config() -> Result<String, String> {
+    let path = std::env::temp_dir().join(format!("relay-bench-{}.toml", std::process::id()));
+    std::fs::write(&path, BENCH_CONFIG)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path.to_string_lossy().into_owned())
+}
 
 fn bench(args: &[String]) -> Result<(), String> {
     let Some(scenario) = args.first() else {
@@ -324,6 +342,8 @@ impl Tools {
                     "json",
                     "--jwt-secret",
                     BENCH_SECRET,
+                    "--config",
+                    &bench_config()?,
                 ])
                 .args(extra)
                 .env("RUST_LOG", "info")

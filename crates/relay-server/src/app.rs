@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
+use crate::limits::{AllowedOrigins, ConnectionCounts, RemoteAddr};
 use crate::metrics::Metrics;
 use crate::{rest, ws};
 
@@ -35,6 +36,10 @@ pub(crate) struct AppInner {
     pub(crate) shutdown: CancellationToken,
     /// WebSocket sessions, awaited on shutdown.
     pub(crate) sessions: TaskTracker,
+    /// Open sessions per process, user and IP, against the connection caps.
+    pub(crate) counts: Arc<ConnectionCounts>,
+    /// Browser origins allowed in.
+    pub(crate) origins: AllowedOrigins,
 }
 
 impl App {
@@ -46,6 +51,12 @@ impl App {
         {
             metrics.node_id(node_id);
         }
+        // `Config::validate` refuses a bad list; an embedder who skipped it gets no browser
+        // access rather than any.
+        let origins = AllowedOrigins::new(config.allowed_origins.as_deref()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "allowed_origins is invalid: refusing every browser origin");
+            AllowedOrigins::new(Some(&[])).unwrap_or_default()
+        });
         let inner = AppInner {
             hub,
             auth,
@@ -53,6 +64,8 @@ impl App {
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            counts: Arc::new(ConnectionCounts::default()),
+            origins,
         };
         Self {
             inner: Arc::new(inner),
@@ -105,8 +118,25 @@ impl App {
                 );
                 response
             }
-            (_, "/ws") => ws::upgrade(self, req).await,
-            (_, p) if p == "/api" || p.starts_with("/api/") => rest::route(self, req).await,
+            (_, "/ws") => match self.check_origin(&req) {
+                Ok(_) => ws::upgrade(self, req).await,
+                Err(e) => e.into_response(),
+            },
+            (_, p) if p == "/api" || p.starts_with("/api/") => match self.check_origin(&req) {
+                Ok(origin) => {
+                    let preflight = req.method() == Method::OPTIONS;
+                    let mut response = if preflight {
+                        cors_preflight()
+                    } else {
+                        rest::route(self, req).await
+                    };
+                    if let Some(origin) = origin {
+                        self.cors_headers(&origin, &mut response);
+                    }
+                    response
+                }
+                Err(e) => e.into_response(),
+            },
             _ => ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response(),
         };
         if let Some(code) = response.extensions().get::<ErrorCode>() {
@@ -121,6 +151,52 @@ impl App {
             Err(e) => ApiError::new(ErrorCode::Unavailable, format!("store not reachable: {e}"))
                 .into_response(),
         }
+    }
+
+    /// Refuses a browser request from an origin not in `allowed_origins` (403); returns the
+    /// request's origin, if it has one.
+    fn check_origin<B>(&self, req: &Request<B>) -> Result<Option<HeaderValue>, ApiError> {
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return Ok(None);
+        };
+        let allowed = origin.to_str().is_ok_and(|o| self.inner.origins.allows(o));
+        if !allowed {
+            self.inner.metrics.connection_refused("origin");
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this origin is not in the server's allowed_origins",
+            ));
+        }
+        Ok(Some(origin.clone()))
+    }
+
+    /// CORS headers of a REST response to an allowed origin.
+    fn cors_headers(&self, origin: &HeaderValue, response: &mut Response<Body>) {
+        let headers = response.headers_mut();
+        if self.inner.origins.any() {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        } else {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After, Location"),
+        );
+    }
+
+    /// The client's IP: the TCP peer's, or behind a trusted proxy the forwarded one; `None`
+    /// when the server that received the request did not record its peer.
+    pub(crate) fn client_ip<B>(&self, req: &Request<B>) -> Option<std::net::IpAddr> {
+        let RemoteAddr(peer) = req.extensions().get::<RemoteAddr>()?;
+        Some(crate::limits::client_ip(
+            peer.ip(),
+            req.headers(),
+            &self.inner.config.trusted_proxies,
+        ))
     }
 
     /// Verifies the request's token: `Authorization: Bearer …` or `?token=…`.
@@ -145,7 +221,16 @@ impl App {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let limit = self.inner.config.max_frame_bytes;
-        match Limited::new(body, limit).collect().await {
+        let timeout = std::time::Duration::from_millis(self.inner.config.request_timeout_ms);
+        let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect());
+        let Ok(read) = read.await else {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("request body not received within {timeout:?}"),
+            )
+            .with_status(StatusCode::REQUEST_TIMEOUT));
+        };
+        match read {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
                 ErrorCode::TooLarge,
@@ -175,6 +260,26 @@ pub(crate) fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The answer to a CORS preflight (`OPTIONS`) of an allowed origin.
+fn cors_preflight() -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, idempotency-key"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
 /// A JSON response.
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
@@ -198,6 +303,10 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body
 pub(crate) struct ApiError {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
+    /// A status other than the code's own (408 for a slow body).
+    status: Option<StatusCode>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -205,14 +314,35 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            status: None,
+            retry_after: None,
         }
     }
 
+    /// Answers with `status` instead of the code's own.
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Adds `Retry-After: seconds`.
+    pub(crate) fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     pub(crate) fn into_response(self) -> Response<Body> {
-        let status = StatusCode::from_u16(self.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = self.status.unwrap_or_else(|| {
+            StatusCode::from_u16(self.code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        });
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut response = json(status, &body);
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response.extensions_mut().insert(self.code);
         response
     }

@@ -82,6 +82,27 @@ pub struct Config {
     /// How long a cluster node's registration lives without renewal (renewed, and presence
     /// reconciled, every quarter of it): a dead node's users leave within 1.25 times this.
     pub node_ttl_secs: u64,
+    /// Most WebSocket sessions this process holds (`0`: no limit); beyond it upgrades are
+    /// refused with 503.
+    pub max_connections: usize,
+    /// Most WebSocket sessions one user may hold (`0`: no limit; service tokens are exempt);
+    /// beyond it upgrades are refused with 429.
+    pub max_connections_per_user: usize,
+    /// Most WebSocket sessions from one client IP (`0`: no limit; service tokens are exempt);
+    /// beyond it upgrades are refused with 429.
+    pub max_connections_per_ip: usize,
+    /// Proxies (addresses or CIDR ranges) whose `Forwarded` / `X-Forwarded-For` headers name
+    /// the client's IP; from any other peer those headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Browser origins allowed to open WebSockets and call the REST API (exact origins such
+    /// as `https://app.example.com`, or patterns such as `https://*.example.com`); unset:
+    /// any origin. Requests without an `Origin` header (non-browser clients) are not checked.
+    pub allowed_origins: Option<Vec<String>>,
+    /// How long a client has to send the request head, and after the upgrade its first
+    /// WebSocket frame (a pong to the server's early ping counts).
+    pub handshake_timeout_ms: u64,
+    /// How long a REST request body may take to arrive (slow bodies get 408).
+    pub request_timeout_ms: u64,
 }
 
 /// Whether the server runs alone or as one node of a cluster.
@@ -118,6 +139,13 @@ impl Default for Config {
             cluster: ClusterMode::Single,
             node_id: None,
             node_ttl_secs: 20,
+            max_connections: 100_000,
+            max_connections_per_user: 100,
+            max_connections_per_ip: 1_000,
+            trusted_proxies: Vec::new(),
+            allowed_origins: None,
+            handshake_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -320,6 +348,13 @@ impl Config {
                 "node_ttl_secs must be at least 3".into(),
             ));
         }
+        if self.handshake_timeout_ms < 100 || self.request_timeout_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "handshake_timeout_ms and request_timeout_ms must be at least 100".into(),
+            ));
+        }
+        crate::limits::AllowedOrigins::new(self.allowed_origins.as_deref())
+            .map_err(ConfigError::Invalid)?;
         let needs_key = matches!(
             self.auth.algorithm,
             JwtAlgorithm::Rs256 | JwtAlgorithm::Es256
@@ -400,6 +435,19 @@ impl Config {
     /// The heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// The handshake timeout (request head, first frame).
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub(crate) fn caps(&self) -> crate::limits::Caps {
+        crate::limits::Caps {
+            process: self.max_connections,
+            per_user: self.max_connections_per_user,
+            per_ip: self.max_connections_per_ip,
+        }
     }
 }
 

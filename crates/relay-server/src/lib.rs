@@ -27,6 +27,7 @@ mod auth;
 mod cluster;
 mod config;
 pub mod frame;
+mod limits;
 mod metrics;
 mod rest;
 mod serve;
@@ -42,5 +43,6 @@ pub use config::{
     AuthConfig, ClusterMode, Config, ConfigError, CreateRuleConfig, JwtAlgorithm, LogFormat,
     PersistenceConfig, PolicyConfig, PublishRuleConfig, SubscribeRuleConfig,
 };
+pub use limits::RemoteAddr;
 pub use metrics::Metrics;
 pub use serve::Relay;

@@ -22,6 +22,11 @@ struct NodeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabels {
     code: u16,
 }
@@ -42,6 +47,7 @@ pub struct Metrics {
     closes: Family<CloseLabels, Counter>,
     publish_latency: Histogram,
     pub(crate) handshakes_refused: Counter,
+    refused: Family<RefusalLabels, Counter>,
     node: Family<NodeLabels, Gauge>,
 }
 
@@ -63,6 +69,7 @@ impl Metrics {
             // 50 µs .. ~1.6 s
             publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             handshakes_refused: Counter::default(),
+            refused: Family::default(),
             node: Family::default(),
             registry: Registry::default(),
         };
@@ -122,6 +129,11 @@ impl Metrics {
             metrics.handshakes_refused.clone(),
         );
         registry.register(
+            "refusals",
+            "Connections and requests refused by a limit or origin check, by reason",
+            metrics.refused.clone(),
+        );
+        registry.register(
             "node",
             "This node of a cluster (value 1, labelled with its node id)",
             metrics.node.clone(),
@@ -149,6 +161,11 @@ impl Metrics {
                 transport: "rest",
             })
             .inc();
+    }
+
+    /// Counts a connection or request refused by a limit (`max_connections_per_ip`, …).
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Counts a close frame sent.

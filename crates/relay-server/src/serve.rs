@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::limits::RemoteAddr;
 
 /// A bound server, ready to [`serve`](Self::serve).
 pub struct Relay {
@@ -59,9 +60,9 @@ impl Relay {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
+                    Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        connections.spawn(serve_connection(app.clone(), stream));
+                        connections.spawn(serve_connection(app.clone(), stream, peer));
                     }
                     Err(e) => {
                         // Typically EMFILE: back off briefly instead of spinning.
@@ -90,15 +91,17 @@ impl Relay {
     }
 }
 
-async fn serve_connection(app: App, stream: tokio::net::TcpStream) {
+async fn serve_connection(app: App, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let shutdown = app.inner.shutdown.clone();
-    let service = service_fn(move |req| {
+    let header_timeout = app.inner.config.handshake_timeout();
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(RemoteAddr(peer));
         let app = app.clone();
         async move { Ok::<_, Infallible>(app.handle(req).await) }
     });
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -2,7 +2,7 @@
 //! session: a reader that feeds client frames to the hub connection, and a writer that
 //! drains the connection's outbox, sends heartbeats and enforces the connection's deadlines.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::app::{ApiError, App, Body};
 use crate::auth::AuthError;
+use crate::limits::{Refusal, Slot};
 use crate::{frame, wire};
 
 /// Read buffer of a connection. Small on purpose: tungstenite's 128 KiB default would cost
@@ -33,6 +34,8 @@ const KEEP_BATCH: usize = 256;
 const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long a closing session waits for the peer's close reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// `Retry-After` of a connection refused by a cap.
+const ADMISSION_RETRY_SECS: u64 = 5;
 
 pub(crate) async fn upgrade<B>(app: &App, mut req: Request<B>) -> Response<Body>
 where
@@ -52,9 +55,14 @@ where
     // A bad token still completes the upgrade, then closes with 4001: browsers cannot read
     // the HTTP status of a failed upgrade.
     let auth = app.authenticate(&req);
+    let slot = match admit(app, &req, &auth) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_app = app.clone();
     app.inner.sessions.spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             // Served by our own accept loop, the upgraded IO is a plain TCP stream: take it
             // back from hyper, so that reads and writes skip hyper's boxed IO and the split
@@ -92,6 +100,45 @@ where
     response
 }
 
+/// Counts the session against the connection caps, or refuses it before the upgrade: 503
+/// when the process is full, 429 when the user or the client IP is. Service tokens count
+/// only against the process cap.
+fn admit<B>(
+    app: &App,
+    req: &Request<B>,
+    auth: &Result<(Identity, SystemTime), AuthError>,
+) -> Result<Slot, ApiError> {
+    let service = matches!(auth, Ok((identity, _)) if identity.role == relay_core::Role::Service);
+    let user = match auth {
+        Ok((identity, _)) if !service => Some(&identity.user),
+        _ => None,
+    };
+    let ip = if service { None } else { app.client_ip(req) };
+    app.inner
+        .counts
+        .admit(app.inner.config.caps(), user, ip)
+        .map_err(|refusal| {
+            app.inner.metrics.connection_refused(refusal.label());
+            let message = format!("connection limit reached ({})", refusal.label());
+            match refusal {
+                Refusal::Process => ApiError::new(ErrorCode::Unavailable, message),
+                Refusal::User | Refusal::Ip => ApiError::new(ErrorCode::RateLimited, message),
+            }
+            .retry_after(ADMISSION_RETRY_SECS)
+        })
+}
+
+/// Whether `key` is a valid `Sec-WebSocket-Key`: the base64 encoding of 16 bytes (RFC 6455
+/// section 4.1): 22 characters of the base64 alphabet, the last of them carrying no bits past
+/// the 128th, then `==`.
+fn valid_key(key: &[u8]) -> bool {
+    let is_base64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/');
+    key.len() == 24
+        && key[..22].iter().all(is_base64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
+}
+
 /// Validates the upgrade request and returns the `Sec-WebSocket-Accept` value.
 fn handshake_key<B>(req: &Request<B>) -> Result<String, ApiError> {
     let bad = |m: &str| ApiError::new(ErrorCode::BadRequest, m);
@@ -121,6 +168,11 @@ fn handshake_key<B>(req: &Request<B>) -> Result<String, ApiError> {
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or_else(|| bad("missing Sec-WebSocket-Key"))?;
+    if !valid_key(key.as_bytes()) {
+        return Err(bad(
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+        ));
+    }
     Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
@@ -195,6 +247,7 @@ async fn session<R, W>(
         conn: &conn,
         started: Instant::now(),
         last_seen: AtomicU64::new(0),
+        heard: AtomicBool::new(false),
         pong: parking_lot::Mutex::new(None),
         control: tokio::sync::Notify::new(),
         closing: std::sync::atomic::AtomicBool::new(false),
@@ -223,6 +276,8 @@ struct Session<'a> {
     started: Instant,
     /// Milliseconds since `started` when the peer was last heard from.
     last_seen: AtomicU64,
+    /// The peer has sent a frame.
+    heard: AtomicBool,
     /// The payload of a client ping still to be answered (only the latest one is owed).
     pong: parking_lot::Mutex<Option<Bytes>>,
     /// Wakes the writer for a pong.
@@ -251,6 +306,7 @@ impl From<std::io::Result<()>> for Write {
 
 impl Session<'_> {
     fn touch(&self) {
+        self.heard.store(true, Ordering::Relaxed);
         self.last_seen
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -363,13 +419,22 @@ impl Session<'_> {
         let too_old_at = config
             .max_connection_age_secs
             .map(|secs| now + Duration::from_secs(secs));
-        let mut next_ping = now + heartbeat;
-        let next_deadline = |next_ping| {
-            too_old_at
+        // The first ping goes out early, so that a client that never sends a frame (nor
+        // answers that ping) is gone within the handshake timeout.
+        let handshake = config.handshake_timeout();
+        let first_frame_by = now + handshake;
+        let mut next_ping = now + heartbeat.min(handshake / 2);
+        let next_deadline = |next_ping, heard: bool| {
+            let deadline = too_old_at
                 .map_or(next_ping, |t| t.min(next_ping))
-                .min(expires_at)
+                .min(expires_at);
+            if heard {
+                deadline
+            } else {
+                deadline.min(first_frame_by)
+            }
         };
-        let timer = tokio::time::sleep_until(next_deadline(next_ping));
+        let timer = tokio::time::sleep_until(next_deadline(next_ping, false));
         tokio::pin!(timer);
         let mut batch = Vec::new();
         let mut buffer = Vec::new();
@@ -416,11 +481,14 @@ impl Session<'_> {
                 }
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
+                    let heard = self.heard.load(Ordering::Relaxed);
                     if now >= expires_at {
                         outbox.close(CloseCode::Unauthorized, "token expired");
                     } else if too_old_at.is_some_and(|t| now >= t) {
                         outbox.close(CloseCode::Idle, "maximum connection age reached");
-                    } else {
+                    } else if !heard && now >= first_frame_by {
+                        outbox.close(CloseCode::Idle, "no frame within the handshake timeout");
+                    } else if now >= next_ping {
                         next_ping = now + heartbeat;
                         let silent = self.started.elapsed().as_millis() as u64 - self.last_seen.load(Ordering::Relaxed);
                         if silent > 2 * config.heartbeat_ms {
@@ -433,7 +501,8 @@ impl Session<'_> {
                         }
                     }
                     // After a close the timer is not needed again: the outbox ends the loop.
-                    timer.as_mut().reset(next_deadline(next_ping).max(now + heartbeat / 4));
+                    let heard = self.heard.load(Ordering::Relaxed);
+                    timer.as_mut().reset(next_deadline(next_ping, heard).max(now + heartbeat.min(handshake) / 4));
                 }
             }
         }

@@ -1,0 +1,383 @@
+//! Admission before the upgrade: connection caps (process, user, IP), the client address
+//! behind trusted proxies, and the allowed browser origins.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::{HeaderMap, header};
+use ipnet::IpNet;
+use parking_lot::Mutex;
+use relay_proto::UserId;
+
+/// The address of the TCP peer of a request. [`Relay`](crate::Relay) puts it in every
+/// request's extensions; an embedder serving [`App`](crate::App) in its own server inserts it
+/// the same way, or per-IP limits and forwarded-address handling do not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAddr(pub SocketAddr);
+
+/// The client's IP: the TCP peer, or, when the peer is a trusted proxy, the nearest address
+/// in `Forwarded` (RFC 7239) or `X-Forwarded-For` that is not itself a trusted proxy. Entries
+/// left of an untrusted one are ignored: anyone can write them.
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let chain = forwarded_chain(headers);
+    let mut client = peer;
+    for hop in chain.iter().rev() {
+        match hop {
+            Some(ip) => {
+                client = *ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            // An entry we cannot read (`unknown`, an obfuscated name): stop at the last
+            // address we could.
+            None => break,
+        }
+    }
+    client
+}
+
+/// The addresses a request passed through, client first: `Forwarded: for=` when present,
+/// else `X-Forwarded-For`.
+fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let joined = |name: header::HeaderName| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let forwarded = joined(header::FORWARDED);
+    if !forwarded.trim().is_empty() {
+        return forwarded
+            .split(',')
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| parse_node(value.trim().trim_matches('"')))
+                })
+            })
+            .collect();
+    }
+    joined(http::HeaderName::from_static("x-forwarded-for"))
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_node)
+        .collect()
+}
+
+/// `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1` or `[2001:db8::1]:4711`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    node.strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|ip| ip.parse().ok())
+}
+
+/// Connection caps from the configuration; `0` means no limit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caps {
+    pub(crate) process: usize,
+    pub(crate) per_user: usize,
+    pub(crate) per_ip: usize,
+}
+
+/// Which cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Process,
+    User,
+    Ip,
+}
+
+impl Refusal {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Process => "max_connections",
+            Self::User => "max_connections_per_user",
+            Self::Ip => "max_connections_per_ip",
+        }
+    }
+}
+
+/// Open WebSocket sessions, counted per process, user and IP.
+#[derive(Default)]
+pub(crate) struct ConnectionCounts {
+    total: AtomicUsize,
+    users: Mutex<HashMap<UserId, usize>>,
+    ips: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted session; its counts are given back when it drops.
+pub(crate) struct Slot {
+    counts: Arc<ConnectionCounts>,
+    user: Option<UserId>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionCounts {
+    /// Admits a session of `user` (none for a token about to be refused, or a service token,
+    /// which user caps do not apply to) from `ip` (none where the address is unknown), or
+    /// says which cap it would exceed.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        caps: Caps,
+        user: Option<&UserId>,
+        ip: Option<IpAddr>,
+    ) -> Result<Slot, Refusal> {
+        let over = |count: usize, cap: usize| cap != 0 && count >= cap;
+        // Locks in one order (users, then IPs), each held only for a map update.
+        let mut users = self.users.lock();
+        let mut ips = self.ips.lock();
+        if over(self.total.load(Ordering::Relaxed), caps.process) {
+            return Err(Refusal::Process);
+        }
+        if let Some(user) = user
+            && over(users.get(user).copied().unwrap_or(0), caps.per_user)
+        {
+            return Err(Refusal::User);
+        }
+        if let Some(ip) = ip
+            && over(ips.get(&ip).copied().unwrap_or(0), caps.per_ip)
+        {
+            return Err(Refusal::Ip);
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if let Some(user) = user {
+            *users.entry(user.clone()).or_default() += 1;
+        }
+        if let Some(ip) = ip {
+            *ips.entry(ip).or_default() += 1;
+        }
+        Ok(Slot {
+            counts: self.clone(),
+            user: user.cloned(),
+            ip,
+        })
+    }
+
+    /// Sessions open now.
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let counts = &self.counts;
+        let mut users = counts.users.lock();
+        let mut ips = counts.ips.lock();
+        counts.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(user) = &self.user {
+            release(&mut users, user);
+        }
+        if let Some(ip) = &self.ip {
+            release(&mut ips, ip);
+        }
+    }
+}
+
+/// Decrements a count, removing the entry at zero so that the maps hold only live keys.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = map.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// The browser origins allowed to open WebSockets and call the REST API: exact origins
+/// (`https://app.example.com`) and subdomain patterns (`https://*.example.com`, or
+/// `*.example.com` for any scheme). Unset: any origin.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AllowedOrigins {
+    /// `None`: any origin.
+    rules: Option<Vec<OriginRule>>,
+}
+
+#[derive(Debug, Clone)]
+enum OriginRule {
+    Exact(String),
+    /// A scheme (or any) and a host suffix starting with `.`.
+    Subdomains {
+        scheme: Option<String>,
+        suffix: String,
+    },
+}
+
+impl AllowedOrigins {
+    /// Parses the configured list; `None` allows any origin.
+    pub(crate) fn new(list: Option<&[String]>) -> Result<Self, String> {
+        let Some(list) = list else {
+            return Ok(Self { rules: None });
+        };
+        let rules = list
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim().trim_end_matches('/').to_ascii_lowercase();
+                let (scheme, host) = match entry.split_once("://") {
+                    Some((scheme, host)) => (Some(scheme.to_owned()), host),
+                    None => (None, entry.as_str()),
+                };
+                if let Some(suffix) = host.strip_prefix("*.") {
+                    if suffix.is_empty() || suffix.contains('*') {
+                        return Err(format!("allowed_origins: bad pattern {entry:?}"));
+                    }
+                    return Ok(OriginRule::Subdomains {
+                        scheme,
+                        suffix: format!(".{suffix}"),
+                    });
+                }
+                if scheme.is_none() || host.is_empty() || host.contains(['*', '/']) {
+                    return Err(format!(
+                        "allowed_origins: {entry:?} is neither an origin (https://app.example.com) nor a pattern (*.example.com)"
+                    ));
+                }
+                Ok(OriginRule::Exact(entry))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { rules: Some(rules) })
+    }
+
+    /// Whether any origin is allowed.
+    pub(crate) fn any(&self) -> bool {
+        self.rules.is_none()
+    }
+
+    /// Whether a request with this `Origin` header may proceed.
+    pub(crate) fn allows(&self, origin: &str) -> bool {
+        let Some(rules) = &self.rules else {
+            return true;
+        };
+        let origin = origin.trim().to_ascii_lowercase();
+        let Some((scheme, host)) = origin.split_once("://") else {
+            return false;
+        };
+        rules.iter().any(|rule| match rule {
+            OriginRule::Exact(exact) => *exact == origin,
+            OriginRule::Subdomains {
+                scheme: want,
+                suffix,
+            } => {
+                want.as_deref().is_none_or(|want| want == scheme)
+                    && host.len() > suffix.len()
+                    && host.ends_with(suffix.as_str())
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.9")]);
+        // From an untrusted peer the header is ignored.
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &xff, &trusted),
+            ip("198.51.100.1")
+        );
+        // From a trusted proxy: the nearest untrusted hop, not the forgeable leftmost one.
+        assert_eq!(client_ip(ip("10.0.0.1"), &xff, &trusted), ip("203.0.113.7"));
+        let forwarded = headers(&[(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.1.1.1",
+        )]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &forwarded, &trusted),
+            ip("2001:db8::7")
+        );
+        let unknown = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &unknown, &trusted),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn caps_count_and_give_back() {
+        let counts = Arc::new(ConnectionCounts::default());
+        let caps = Caps {
+            process: 3,
+            per_user: 2,
+            per_ip: 2,
+        };
+        let alice = UserId::parse("alice").unwrap();
+        let a = ip("192.0.2.1");
+        let first = counts.admit(caps, Some(&alice), Some(a)).unwrap();
+        let _second = counts.admit(caps, Some(&alice), None).unwrap();
+        assert_eq!(
+            counts.admit(caps, Some(&alice), None).err(),
+            Some(Refusal::User)
+        );
+        let _third = counts.admit(caps, None, Some(a)).unwrap();
+        assert_eq!(counts.admit(caps, None, None).err(), Some(Refusal::Process));
+        drop(first);
+        assert_eq!(counts.total(), 2);
+        assert_eq!(counts.admit(caps, None, Some(a)).err(), None);
+        assert!(counts.users.lock().len() == 1 && counts.ips.lock().len() == 1);
+    }
+
+    #[test]
+    fn origins_match_exactly_or_by_subdomain() {
+        let any = AllowedOrigins::new(None).unwrap();
+        assert!(any.allows("https://evil.test"));
+        let list = [
+            "https://app.example.com".to_owned(),
+            "https://*.example.org".to_owned(),
+            "*.example.net".to_owned(),
+        ];
+        let origins = AllowedOrigins::new(Some(&list)).unwrap();
+        assert!(origins.allows("https://app.example.com"));
+        assert!(origins.allows("HTTPS://App.Example.com"));
+        assert!(!origins.allows("http://app.example.com"));
+        assert!(!origins.allows("https://app.example.com.evil.test"));
+        assert!(origins.allows("https://a.b.example.org"));
+        assert!(!origins.allows("https://example.org"));
+        assert!(!origins.allows("https://evilexample.org"));
+        assert!(!origins.allows("http://a.example.org"));
+        assert!(origins.allows("http://a.example.net"));
+        assert!(!origins.allows("null"));
+        assert!(AllowedOrigins::new(Some(&["example.com".to_owned()])).is_err());
+        assert!(AllowedOrigins::new(Some(&["https://*.".to_owned()])).is_err());
+    }
+}
