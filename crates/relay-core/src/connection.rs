@@ -5,17 +5,18 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use relay_proto::{
-    ChannelName, ClientFrame, DecodeError, EncodedFrame, ErrorCode, FrameId, Payload, Seq,
-    ServerFrame, UserId,
+    ChannelName, ClientFrame, CloseCode, DecodeError, EncodedFrame, ErrorCode, FrameId, Payload,
+    Seq, ServerFrame, UserId,
 };
 use relay_store::HistoryQuery;
 
 use crate::error::HubError;
 use crate::hub::{Action, Hub};
-use crate::identity::Identity;
+use crate::identity::{Identity, Role};
 use crate::outbox::Outbox;
 use crate::policy::Persistence;
 use crate::publish::Publish;
+use crate::rate::{FrameKind, Limiter, Verdict};
 use crate::subscriber::ConnId;
 use crate::subscribers::Start;
 
@@ -28,6 +29,8 @@ pub struct Connection {
     identity: Arc<Identity>,
     peer: Arc<Peer>,
     outbox: Arc<Outbox>,
+    /// Rate-limit buckets, allocated on the first limited frame.
+    limiter: Mutex<Option<Box<Limiter>>>,
 }
 
 /// The hub's handle on a connection: its outbox, and the channels it is subscribed to (which
@@ -78,6 +81,7 @@ impl Connection {
             identity: Arc::new(identity),
             outbox: peer.outbox.clone(),
             peer,
+            limiter: Mutex::new(None),
         }
     }
 
@@ -140,6 +144,20 @@ impl Connection {
     pub async fn handle(&self, frame: ClientFrame) {
         let channel = frame.channel().cloned();
         let id = frame.id().cloned();
+        match self.rate_check(&frame) {
+            Verdict::Allow => {}
+            Verdict::Refuse => {
+                let message = "rate limit exceeded: slow down".to_owned();
+                self.reply_error(id, ErrorCode::RateLimited, message, channel);
+                return;
+            }
+            Verdict::Close => {
+                self.hub.inner.counters.error(ErrorCode::RateLimited);
+                self.outbox
+                    .close(CloseCode::RateLimited, "rate limit exceeded repeatedly");
+                return;
+            }
+        }
         let result = match frame {
             ClientFrame::Subscribe { id, channel, since } => {
                 self.subscribe(id, channel, since).await
@@ -171,6 +189,30 @@ impl Connection {
             }
             self.reply_error(id, e.code(), e.to_string(), channel);
         }
+    }
+
+    /// Charges a `publish`, `subscribe` or `signal` frame to its bucket.
+    fn rate_check(&self, frame: &ClientFrame) -> Verdict {
+        let (kind, channel) = match frame {
+            ClientFrame::Publish { channel, .. } => (FrameKind::Publish, channel),
+            ClientFrame::Subscribe { channel, .. } => (FrameKind::Subscribe, channel),
+            ClientFrame::Signal { channel, .. } => (FrameKind::Signal, channel),
+            _ => return Verdict::Allow,
+        };
+        let config = self.hub.config();
+        let (limits, namespace) = match self.identity.role {
+            Role::Service => (&config.service_limits, None),
+            Role::User => match &self.hub.policy(channel).rate_limits {
+                Some(own) => (own, Some(channel.namespace())),
+                None => (&config.user_limits, None),
+            },
+        };
+        self.limiter.lock().get_or_insert_with(Box::default).check(
+            kind,
+            limits,
+            namespace,
+            config.close_multiple,
+        )
     }
 
     fn reply_error(

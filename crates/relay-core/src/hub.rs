@@ -19,6 +19,7 @@ use crate::error::HubError;
 use crate::identity::Identity;
 use crate::outbox::Outbox;
 use crate::policy::{NamespacePolicy, Policies, PublishRule, SubscribeRule};
+use crate::rate::FrameLimits;
 use crate::subscriber::{ChannelState, ConnId};
 
 /// Tuning of a [`Hub`].
@@ -37,6 +38,13 @@ pub struct HubConfig {
     /// How long a subscriber waits on a gap in the sequence (messages that arrived out of
     /// order) before the hub reads the missing ones from the store.
     pub repair_delay: Duration,
+    /// Frame rate limits of user connections (a namespace may set its own).
+    pub user_limits: FrameLimits,
+    /// Frame rate limits of service connections.
+    pub service_limits: FrameLimits,
+    /// A connection sending past this many times its rate limit (and burst) is closed with
+    /// 4029.
+    pub close_multiple: u32,
 }
 
 impl Default for HubConfig {
@@ -48,6 +56,9 @@ impl Default for HubConfig {
             max_subscriptions: 1024,
             max_recovery: 1000,
             repair_delay: Duration::from_millis(20),
+            user_limits: FrameLimits::USERS,
+            service_limits: FrameLimits::SERVICES,
+            close_multiple: 4,
         }
     }
 }

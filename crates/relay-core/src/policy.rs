@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use crate::rate::FrameLimits;
+
 /// Who may subscribe to (and read the history of) a namespace's channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SubscribeRule {
@@ -72,6 +74,9 @@ pub struct NamespacePolicy {
     pub max_payload_bytes: usize,
     /// Keep at most this many messages per channel (older ones are trimmed); `None` keeps all.
     pub max_history: Option<u64>,
+    /// Frame rate limits of user connections in this namespace, instead of the hub's
+    /// (counted in buckets of their own); service connections keep the service limits.
+    pub rate_limits: Option<FrameLimits>,
 }
 
 impl Default for NamespacePolicy {
@@ -86,6 +91,7 @@ impl Default for NamespacePolicy {
             echo: true,
             max_payload_bytes: 64 * 1024,
             max_history: None,
+            rate_limits: None,
         }
     }
 }

@@ -324,6 +324,8 @@ fn timestamp(payload: &[u8]) -> Option<u64> {
     any.then_some(v)
 }
 
+/// A token for `user`; publishers (`publisher…`) get service tokens, as the backends that
+/// feed a fan-out would, so they run under the service rate limits.
 fn token(flags: &Flags, user: &str) -> Option<String> {
     let secret = flags.text("secret")?;
     let auth = relay_server::Authenticator::from_config(&relay_server::AuthConfig {
@@ -331,10 +333,11 @@ fn token(flags: &Flags, user: &str) -> Option<String> {
         ..Default::default()
     })
     .ok()?;
-    auth.mint(&relay_server::Claims::new(
-        user,
-        Duration::from_secs(24 * 3600),
-    ))
+    let mut claims = relay_server::Claims::new(user, Duration::from_secs(24 * 3600));
+    if user.starts_with("publisher") {
+        claims.role = Some("service".into());
+    }
+    auth.mint(&claims)
 }
 
 async fn subscribe(ws: &mut RawWs, channel: &str) -> std::io::Result<()> {

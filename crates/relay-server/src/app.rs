@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use relay_core::{Hub, Identity};
+use relay_core::{Hub, Identity, Role};
 use relay_proto::ErrorCode;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
-use crate::limits::{AllowedOrigins, ConnectionCounts, RemoteAddr};
+use crate::limits::{AllowedOrigins, ConnectionCounts, KeyedBuckets, RemoteAddr};
 use crate::metrics::Metrics;
 use crate::{rest, ws};
 
@@ -40,6 +40,12 @@ pub(crate) struct AppInner {
     pub(crate) counts: Arc<ConnectionCounts>,
     /// Browser origins allowed in.
     pub(crate) origins: AllowedOrigins,
+    /// REST requests per user token.
+    rest_users: KeyedBuckets<relay_proto::UserId>,
+    /// REST requests per service token.
+    rest_services: KeyedBuckets<relay_proto::UserId>,
+    /// Bad tokens per client IP.
+    auth_failures: KeyedBuckets<std::net::IpAddr>,
 }
 
 impl App {
@@ -57,7 +63,12 @@ impl App {
             tracing::error!(error = %e, "allowed_origins is invalid: refusing every browser origin");
             AllowedOrigins::new(Some(&[])).unwrap_or_default()
         });
+        let (rest_users, rest_services) = config.rest_limits();
+        let auth_failures = KeyedBuckets::new(config.auth_failure_limit());
         let inner = AppInner {
+            rest_users: KeyedBuckets::new(rest_users),
+            rest_services: KeyedBuckets::new(rest_services),
+            auth_failures,
             hub,
             auth,
             config,
@@ -199,19 +210,54 @@ impl App {
         ))
     }
 
-    /// Verifies the request's token: `Authorization: Bearer …` or `?token=…`.
+    /// Verifies the request's token: `Authorization: Bearer …` or `?token=…`. The outer
+    /// error (429) refuses a client IP that sent too many bad tokens, before its token is
+    /// even read; each bad token counts against its IP.
     pub(crate) fn authenticate<B>(
         &self,
         req: &Request<B>,
-    ) -> Result<(Identity, std::time::SystemTime), AuthError> {
+    ) -> Result<Result<(Identity, std::time::SystemTime), AuthError>, ApiError> {
+        let ip = self.client_ip(req);
+        if let Some(ip) = ip
+            && let Err(retry) = self.inner.auth_failures.check(&ip)
+        {
+            self.inner.metrics.connection_refused("auth_failures");
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many requests with bad tokens from this address",
+            )
+            .retry_after(retry));
+        }
         let result = bearer(req)
             .or_else(|| query_param(req, "token"))
             .ok_or(AuthError::Missing)
             .and_then(|token| self.inner.auth.verify_claims(&token));
         if result.is_err() {
             self.inner.metrics.handshakes_refused.inc();
+            if let Some(ip) = ip {
+                let _ = self.inner.auth_failures.take(&ip);
+            }
         }
-        result
+        Ok(result)
+    }
+
+    /// Authenticates a REST request and charges it to its token's bucket (429 with
+    /// `Retry-After` past the rate).
+    pub(crate) fn authenticate_rest<B>(&self, req: &Request<B>) -> Result<Identity, ApiError> {
+        let (identity, _) = self.authenticate(req)??;
+        let buckets = match identity.role {
+            Role::Service => &self.inner.rest_services,
+            Role::User => &self.inner.rest_users,
+        };
+        if let Err(retry) = buckets.take(&identity.user) {
+            self.inner.metrics.connection_refused("rest_rate");
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "REST rate limit exceeded: slow down",
+            )
+            .retry_after(retry));
+        }
+        Ok(identity)
     }
 
     /// Reads a whole request body, at most `max_frame_bytes`.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use relay_core::{
-    CreateRule, HubConfig, NamespacePolicy, Persistence, Policies, PublishRule, SubscribeRule,
+    CreateRule, FrameLimits, HubConfig, NamespacePolicy, Persistence, Policies, PublishRule,
+    RateLimit, SubscribeRule,
 };
 use serde::Deserialize;
 
@@ -103,6 +104,106 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// How long a REST request body may take to arrive (slow bodies get 408).
     pub request_timeout_ms: u64,
+    /// Rate limits of user tokens (unset entries keep their defaults).
+    pub rate_limits: RateLimitsConfig,
+    /// Rate limits of service tokens (unset entries keep their defaults, higher than users').
+    pub service_rate_limits: RateLimitsConfig,
+    /// A connection that sends past this many times its rate (and burst) is closed with 4029.
+    pub rate_limit_close_multiple: u32,
+    /// Requests and upgrades with a bad token, per client IP; past it the IP gets 429 before
+    /// its token is even checked.
+    pub auth_failure_limit: LimitConfig,
+}
+
+/// A rate limit as written in the config file: `{ per_second = 50, burst = 200 }`;
+/// `per_second = 0` turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Sustained rate.
+    pub per_second: u32,
+    /// Allowed at once after a quiet period (at least 1).
+    pub burst: u32,
+}
+
+impl LimitConfig {
+    fn resolve(self) -> Option<RateLimit> {
+        (self.per_second > 0).then(|| RateLimit::new(self.per_second, self.burst.max(1)))
+    }
+
+    fn from_limit(limit: Option<RateLimit>) -> Self {
+        limit.map_or(
+            Self {
+                per_second: 0,
+                burst: 0,
+            },
+            |l| Self {
+                per_second: l.per_second,
+                burst: l.burst,
+            },
+        )
+    }
+}
+
+/// Rate limits of one kind of token: WebSocket frames and REST requests. Unset entries keep
+/// the defaults (users: publish 50/s burst 200, subscribe 100/s burst 1000, signal 50/s
+/// burst 200, REST 20/s burst 100; services: publish and signal 20000/s burst 40000,
+/// subscribe 2000/s burst 10000, REST 20000/s burst 40000).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// `publish` frames per connection.
+    pub publish: Option<LimitConfig>,
+    /// `subscribe` frames per connection.
+    pub subscribe: Option<LimitConfig>,
+    /// `signal` frames per connection.
+    pub signal: Option<LimitConfig>,
+    /// REST requests per user.
+    pub rest: Option<LimitConfig>,
+}
+
+/// Default REST limit of user tokens.
+const USER_REST: RateLimit = RateLimit::new(20, 100);
+/// Default REST limit of service tokens.
+const SERVICE_REST: RateLimit = RateLimit::new(20_000, 40_000);
+
+impl RateLimitsConfig {
+    fn frames(&self, base: FrameLimits) -> FrameLimits {
+        FrameLimitsConfig {
+            publish: self.publish,
+            subscribe: self.subscribe,
+            signal: self.signal,
+        }
+        .over(base)
+    }
+
+    fn rest(&self, base: RateLimit) -> Option<RateLimit> {
+        self.rest.map_or(Some(base), LimitConfig::resolve)
+    }
+}
+
+/// A namespace's own frame limits for user connections.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrameLimitsConfig {
+    /// `publish` frames.
+    pub publish: Option<LimitConfig>,
+    /// `subscribe` frames.
+    pub subscribe: Option<LimitConfig>,
+    /// `signal` frames.
+    pub signal: Option<LimitConfig>,
+}
+
+impl FrameLimitsConfig {
+    /// `base` with the entries set here replaced.
+    fn over(self, base: FrameLimits) -> FrameLimits {
+        let pick = |set: Option<LimitConfig>, base| set.map_or(base, LimitConfig::resolve);
+        FrameLimits {
+            publish: pick(self.publish, base.publish),
+            subscribe: pick(self.subscribe, base.subscribe),
+            signal: pick(self.signal, base.signal),
+        }
+    }
 }
 
 /// Whether the server runs alone or as one node of a cluster.
@@ -146,6 +247,10 @@ impl Default for Config {
             allowed_origins: None,
             handshake_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
+            rate_limits: RateLimitsConfig::default(),
+            service_rate_limits: RateLimitsConfig::default(),
+            rate_limit_close_multiple: 4,
+            auth_failure_limit: LimitConfig::from_limit(Some(RateLimit::new(2, 20))),
         }
     }
 }
@@ -216,6 +321,9 @@ pub struct PolicyConfig {
     pub max_payload_bytes: Option<usize>,
     /// Messages kept per channel.
     pub max_history: Option<u64>,
+    /// Frame rate limits of user connections in this namespace (unset entries: the
+    /// `rate_limits` ones).
+    pub rate_limits: Option<FrameLimitsConfig>,
 }
 
 /// `subscribe` rule names.
@@ -258,7 +366,7 @@ pub enum PersistenceConfig {
 }
 
 impl PolicyConfig {
-    fn resolve(&self, base: &NamespacePolicy) -> NamespacePolicy {
+    fn resolve(&self, base: &NamespacePolicy, users: FrameLimits) -> NamespacePolicy {
         NamespacePolicy {
             subscribe: self.subscribe.map_or(base.subscribe, |r| match r {
                 SubscribeRuleConfig::Any => SubscribeRule::Any,
@@ -287,6 +395,10 @@ impl PolicyConfig {
             echo: self.echo.unwrap_or(base.echo),
             max_payload_bytes: self.max_payload_bytes.unwrap_or(base.max_payload_bytes),
             max_history: self.max_history.or(base.max_history),
+            rate_limits: self
+                .rate_limits
+                .map(|own| own.over(base.rate_limits.unwrap_or(users)))
+                .or(base.rate_limits),
         }
     }
 }
@@ -370,12 +482,15 @@ impl Config {
 
     /// The hub configuration these settings describe.
     pub fn hub_config(&self) -> HubConfig {
-        let default = self.default_policy.resolve(&NamespacePolicy::default());
+        let users = self.rate_limits.frames(FrameLimits::USERS);
+        let default = self
+            .default_policy
+            .resolve(&NamespacePolicy::default(), users);
         let policies = self
             .namespaces
             .iter()
             .fold(Policies::new(default.clone()), |p, (ns, cfg)| {
-                p.with(ns.clone(), cfg.resolve(&default))
+                p.with(ns.clone(), cfg.resolve(&default, users))
             });
         HubConfig {
             policies,
@@ -383,8 +498,24 @@ impl Config {
             outbox_max_bytes: self.outbox_max_bytes,
             max_subscriptions: self.max_subscriptions,
             max_recovery: self.max_recovery,
+            user_limits: users,
+            service_limits: self.service_rate_limits.frames(FrameLimits::SERVICES),
+            close_multiple: self.rate_limit_close_multiple.max(1),
             ..HubConfig::default()
         }
+    }
+
+    /// REST request limits of user and service tokens.
+    pub(crate) fn rest_limits(&self) -> (Option<RateLimit>, Option<RateLimit>) {
+        (
+            self.rate_limits.rest(USER_REST),
+            self.service_rate_limits.rest(SERVICE_REST),
+        )
+    }
+
+    /// The limit on bad-token attempts per client IP.
+    pub(crate) fn auth_failure_limit(&self) -> Option<RateLimit> {
+        self.auth_failure_limit.resolve()
     }
 
     /// The Postgres store options these settings describe (announcing commits to the

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::{HeaderMap, header};
 use ipnet::IpNet;
 use parking_lot::Mutex;
+use relay_core::{RateLimit, TokenBucket};
 use relay_proto::UserId;
+use std::time::Instant;
 
 /// The address of the TCP peer of a request. [`Relay`](crate::Relay) puts it in every
 /// request's extensions; an embedder serving [`App`](crate::App) in its own server inserts it
@@ -203,6 +205,78 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
     }
 }
 
+/// Token buckets by key (a user, a client IP), all under one limit. Buckets that refilled
+/// completely are forgotten now and then, so the map holds only recently active keys.
+pub(crate) struct KeyedBuckets<K> {
+    limit: Option<RateLimit>,
+    state: Mutex<Keyed<K>>,
+}
+
+struct Keyed<K> {
+    buckets: HashMap<K, TokenBucket>,
+    /// Sweep the map when it grows to this size.
+    sweep_at: usize,
+}
+
+/// Map size below which no sweep runs.
+const MIN_SWEEP: usize = 1024;
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
+    /// Buckets under `limit`; `None`: unlimited.
+    pub(crate) fn new(limit: Option<RateLimit>) -> Self {
+        Self {
+            limit,
+            state: Mutex::new(Keyed {
+                buckets: HashMap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
+        }
+    }
+
+    /// Takes a token for `key`; `Err(retry_after_secs)` when it has none.
+    pub(crate) fn take(&self, key: &K) -> Result<(), u64> {
+        self.with(key, |bucket, limit, now| {
+            if bucket.take(limit, now) {
+                Ok(())
+            } else {
+                Err(bucket.retry_after_secs(limit))
+            }
+        })
+    }
+
+    /// Whether `key` has a token now (without taking it); `Err(retry_after_secs)` if not.
+    pub(crate) fn check(&self, key: &K) -> Result<(), u64> {
+        self.with(key, |bucket, limit, now| {
+            if bucket.has_token(limit, now) {
+                Ok(())
+            } else {
+                Err(bucket.retry_after_secs(limit))
+            }
+        })
+    }
+
+    fn with(
+        &self,
+        key: &K,
+        f: impl FnOnce(&mut TokenBucket, RateLimit, Instant) -> Result<(), u64>,
+    ) -> Result<(), u64> {
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if state.buckets.len() >= state.sweep_at {
+            state.buckets.retain(|_, b| !b.is_full(limit, now));
+            state.sweep_at = (state.buckets.len() * 2).max(MIN_SWEEP);
+        }
+        let bucket = state
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::full(limit, now));
+        f(bucket, limit, now)
+    }
+}
+
 /// The browser origins allowed to open WebSockets and call the REST API: exact origins
 /// (`https://app.example.com`) and subdomain patterns (`https://*.example.com`, or
 /// `*.example.com` for any scheme). Unset: any origin.
@@ -355,6 +429,21 @@ mod tests {
         assert_eq!(counts.total(), 2);
         assert_eq!(counts.admit(caps, None, Some(a)).err(), None);
         assert!(counts.users.lock().len() == 1 && counts.ips.lock().len() == 1);
+    }
+
+    #[test]
+    fn keyed_buckets_limit_each_key_and_forget_idle_ones() {
+        let buckets = KeyedBuckets::new(Some(RateLimit::new(1, 2)));
+        assert!(buckets.take(&1).is_ok() && buckets.take(&1).is_ok());
+        assert_eq!(buckets.take(&1), Err(1));
+        assert_eq!(buckets.check(&1), Err(1));
+        assert!(buckets.take(&2).is_ok());
+        // Thousands of one-off keys do not pile up: full buckets are swept.
+        for key in 3..10_000 {
+            assert!(buckets.check(&key).is_ok());
+        }
+        assert!(buckets.state.lock().buckets.len() <= 2 * MIN_SWEEP);
+        assert!(KeyedBuckets::new(None).take(&1).is_ok());
     }
 
     #[test]

@@ -54,7 +54,10 @@ where
     }
     // A bad token still completes the upgrade, then closes with 4001: browsers cannot read
     // the HTTP status of a failed upgrade.
-    let auth = app.authenticate(&req);
+    let auth = match app.authenticate(&req) {
+        Ok(auth) => auth,
+        Err(e) => return e.into_response(),
+    };
     let slot = match admit(app, &req, &auth) {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),

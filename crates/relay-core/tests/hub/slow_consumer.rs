@@ -1,7 +1,7 @@
 //! A connection that never drains is closed with 4008; nobody else notices.
 
-use relay_core::{Batch, HubConfig};
-use relay_proto::CloseCode;
+use relay_core::{Batch, FrameLimits, HubConfig, RateLimit};
+use relay_proto::{CloseCode, ErrorCode, ServerFrame};
 use serde_json::json;
 
 use crate::support::*;
@@ -10,6 +10,8 @@ use crate::support::*;
 async fn slow_consumer_is_closed_with_4008_while_others_get_everything() {
     let t = TestHub::with_config(HubConfig {
         outbox_capacity: 32,
+        // The publisher floods on purpose: what is measured is the readers' side.
+        user_limits: FrameLimits::UNLIMITED,
         ..HubConfig::default()
     });
     let slow = t.connect("slow");
@@ -34,4 +36,48 @@ async fn slow_consumer_is_closed_with_4008_while_others_get_everything() {
         panic!("slow consumer should be closed")
     };
     assert_eq!(reason.code, CloseCode::SlowConsumer);
+}
+
+#[tokio::test]
+async fn a_flooding_publisher_is_refused_then_closed_with_4029_and_readers_see_only_what_passed() {
+    let t = TestHub::with_config(HubConfig {
+        user_limits: FrameLimits {
+            publish: Some(RateLimit::new(1, 10)),
+            ..FrameLimits::UNLIMITED
+        },
+        close_multiple: 3,
+        ..HubConfig::default()
+    });
+    let reader = t.connect("reader");
+    let flooder = t.connect("flooder");
+    reader.subscribe("feed:1").await;
+    for i in 0..100 {
+        flooder
+            .send(json!({"type": "publish", "channel": "feed:1", "payload": i}))
+            .await;
+    }
+    let frames = flooder.frames();
+    let acks = frames
+        .iter()
+        .filter(|f| matches!(f, ServerFrame::Ack { .. }))
+        .count();
+    let refused = frames
+        .iter()
+        .filter(|f| {
+            matches!(
+                f,
+                ServerFrame::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!((acks, refused), (10, 20), "{frames:?}");
+    let mut out = Vec::new();
+    let Batch::Closed(reason) = flooder.conn.outbox().next_batch(&mut out).await else {
+        panic!("the flooder should be closed")
+    };
+    assert_eq!(reason.code, CloseCode::RateLimited);
+    assert_eq!(message_seqs(&reader.frames()), (1..=10).collect::<Vec<_>>());
 }

@@ -375,3 +375,141 @@ async fn silent_and_trickling_clients_are_cut_off_and_others_stay() {
     // The well-behaved clients answered the early pings and are still here.
     still_served(&mut reader, &mut writer, "room").await;
 }
+
+fn limit(per_second: u32, burst: u32) -> Option<relay_server::LimitConfig> {
+    Some(relay_server::LimitConfig { per_second, burst })
+}
+
+#[tokio::test]
+async fn a_publisher_over_its_rate_gets_rate_limited_then_4029_and_others_are_unaffected() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.publish = limit(1, 3);
+        c.rate_limit_close_multiple = 2;
+    })
+    .await;
+    let (mut reader, mut writer) = bystanders(&server, "room").await;
+    let mut flooder = server.connect("flooder").await;
+    let publish = |i: usize| json!({"type": "publish", "id": format!("f{i}"), "channel": "room", "payload": i});
+    for i in 0..3 {
+        let ack = flooder.request(publish(i)).await;
+        assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+        assert!(matches!(reader.recv().await, ServerFrame::Message { .. }));
+    }
+    let refused = flooder.request(publish(3)).await;
+    assert!(
+        matches!(&refused, ServerFrame::Error { id: Some(id), code: relay_proto::ErrorCode::RateLimited, .. } if *id == relay_proto::FrameId::Text("f3".into())),
+        "{refused:?}"
+    );
+    // Refused means nothing happened: the next message the reader gets is the bystander's.
+    still_served(&mut reader, &mut writer, "room").await;
+    // Keeping on past twice the rate closes the connection.
+    for i in 4..20 {
+        if flooder.ws_send(publish(i)).await.is_err() {
+            break;
+        }
+    }
+    let close = flooder.recv_close().await;
+    assert_eq!(u16::from(close.code), 4029, "{close:?}");
+    still_served(&mut reader, &mut writer, "room").await;
+}
+
+#[tokio::test]
+async fn namespaces_and_service_tokens_have_their_own_frame_limits() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.publish = limit(1, 1);
+        c.namespaces.insert(
+            "typing".into(),
+            relay_server::PolicyConfig {
+                rate_limits: Some(relay_server::FrameLimitsConfig {
+                    publish: limit(100, 50),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let mut alice = server.connect("alice").await;
+    let publish = |channel: &str, i: usize| json!({"type": "publish", "id": format!("p{i}"), "channel": channel, "payload": i, "ephemeral": true});
+    // Keystroke-rate typing indicators pass in their own namespace...
+    for i in 0..30 {
+        let ack = alice.request(publish("typing:room", i)).await;
+        assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+    }
+    // ...and do not use up the default bucket.
+    assert!(matches!(
+        alice.request(publish("room", 0)).await,
+        ServerFrame::Ack { .. }
+    ));
+    let refused = alice.request(publish("room", 1)).await;
+    assert!(
+        matches!(
+            refused,
+            ServerFrame::Error {
+                code: relay_proto::ErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    // A backend with a service token is not held to user limits.
+    let mut backend = WsClient::connect(&server.ws_url(&server.service_token("feed"))).await;
+    assert!(matches!(backend.recv().await, ServerFrame::Welcome { .. }));
+    for i in 0..50 {
+        let ack = backend.request(publish("room", i)).await;
+        assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+    }
+}
+
+#[tokio::test]
+async fn rest_is_rate_limited_per_user_with_retry_after() {
+    let server = TestServer::start_with(|c| c.rate_limits.rest = limit(1, 2)).await;
+    let http = reqwest::Client::new();
+    let get = |token: String| {
+        let request = http
+            .get(server.url("/api/channels/room/messages"))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    for _ in 0..2 {
+        assert_eq!(get(server.token("alice")).await.status(), 200);
+    }
+    let refused = get(server.token("alice")).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Other users and services have their own buckets.
+    assert_eq!(get(server.token("bob")).await.status(), 200);
+    for _ in 0..5 {
+        assert_eq!(get(server.service_token("backend")).await.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn an_address_sending_bad_tokens_is_refused_before_its_tokens_are_read() {
+    let server = TestServer::start_with(|c| {
+        c.auth_failure_limit = relay_server::LimitConfig {
+            per_second: 1,
+            burst: 3,
+        };
+    })
+    .await;
+    let (mut reader, mut writer) = bystanders(&server, "room").await;
+    let http = reqwest::Client::new();
+    let get = |token: &str| {
+        let request = http
+            .get(server.url("/api/channels/room/messages"))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    for _ in 0..3 {
+        assert_eq!(get("not-a-token").await, 401);
+    }
+    assert_eq!(get("not-a-token").await, 429);
+    // While the address is refused, upgrades from it are too (before any token check).
+    let (status, _) = upgrade(&server.ws_url("bad"), &[]).await.err().unwrap();
+    assert_eq!(status, 429);
+    // Connections already open are not affected.
+    still_served(&mut reader, &mut writer, "room").await;
+}
