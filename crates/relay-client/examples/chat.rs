@@ -1,7 +1,7 @@
 //! A terminal chat: type a line to send it, see everyone's messages as they arrive.
 //!
 //! ```sh
-//! export RELAY_JWT_SECRET=dev-secret-change-me-0123456789
+//! export RELAY_JWT_SECRET=dev-secret-change-me-0123456789abcdef
 //! cargo run -p relay-server &
 //! TOKEN=$(cargo run -q -p relay-server -- gentoken --user alice)
 //! cargo run -p relay-client --example chat -- --url ws://127.0.0.1:8080/ws --channel chat:lobby --token "$TOKEN"

@@ -359,8 +359,9 @@ impl Client {
     }
 
     /// Sends a signal (WebRTC offer/answer/ICE) to every connection of `to` subscribed to
-    /// `channel`. Resolves once the server has relayed it; `not_found` if `to` has no such
-    /// connection.
+    /// `channel`. Resolves once the server has relayed it; `forbidden` unless this client is
+    /// subscribed to `channel`. Where the namespace shows presence, `not_found` if `to` has
+    /// no such connection; elsewhere that is not revealed (the signal resolves all the same).
     pub async fn signal<T: Serialize + ?Sized>(
         &self,
         channel: &str,

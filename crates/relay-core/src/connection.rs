@@ -392,10 +392,18 @@ impl Connection {
         payload: Payload,
         event: Option<String>,
     ) -> Result<(), HubError> {
+        // Only a subscriber may signal in a channel: knowing a user's name is not enough to
+        // reach them.
+        if !self.peer.subscriptions.lock().contains(&channel) {
+            return Err(HubError::Forbidden(format!(
+                "subscribe to {channel} before signalling in it"
+            )));
+        }
         self.hub
             .authorize(&self.identity, &channel, Action::Publish)
             .await?;
-        let limit = self.hub.policy(&channel).max_payload_bytes;
+        let policy = self.hub.policy(&channel);
+        let limit = policy.max_payload_bytes;
         if payload.len() > limit {
             return Err(HubError::TooLarge {
                 size: payload.len(),
@@ -410,7 +418,13 @@ impl Connection {
             event,
         }
         .encode();
-        self.hub.signal(&channel, &to, &frame, self.id)
+        let reveals_presence = policy.presence;
+        match self.hub.signal(&channel, &to, &frame, self.id) {
+            // Where presence is off, "not online" is not revealed: a signal to nobody is
+            // answered like one that was delivered (with nothing).
+            Err(HubError::NotFound(_)) if !reveals_presence => Ok(()),
+            result => result,
+        }
     }
 
     async fn presence(&self, id: Option<FrameId>, channel: ChannelName) -> Result<(), HubError> {

@@ -118,7 +118,7 @@ impl App {
             (&Method::GET, "/healthz") => {
                 json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
-            (&Method::GET, "/readyz") => self.ready().await,
+            (&Method::GET, "/readyz") => self.ready(&req).await,
             (&Method::GET, "/metrics") => {
                 let mut response = Response::new(Body::from(self.metrics_text()));
                 response.headers_mut().insert(
@@ -156,12 +156,37 @@ impl App {
         response
     }
 
-    async fn ready(&self) -> Response<Body> {
-        match self.inner.hub.store().ping().await {
-            Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
-            Err(e) => ApiError::new(ErrorCode::Unavailable, format!("store not reachable: {e}"))
-                .into_response(),
-        }
+    /// Ready when the store answers and token keys are loaded. Unauthenticated callers (load
+    /// balancers) learn only ready or not; a service token also gets the reason.
+    async fn ready<B>(&self, req: &Request<B>) -> Response<Body> {
+        let problem = if !self.inner.auth.has_keys() {
+            Some("no token verification keys loaded (JWKS not fetched yet)".to_owned())
+        } else {
+            self.inner
+                .hub
+                .store()
+                .ping()
+                .await
+                .err()
+                .map(|e| format!("store not reachable: {e}"))
+        };
+        let Some(problem) = problem else {
+            return json(StatusCode::OK, &serde_json::json!({"status": "ready"}));
+        };
+        let service = match bearer(req) {
+            Some(token) => self
+                .inner
+                .auth
+                .verify(&token)
+                .is_ok_and(|identity| identity.role == Role::Service),
+            None => false,
+        };
+        let body = if service {
+            serde_json::json!({"status": "unready", "reason": problem})
+        } else {
+            serde_json::json!({"status": "unready"})
+        };
+        json(StatusCode::SERVICE_UNAVAILABLE, &body)
     }
 
     /// Refuses a browser request from an origin not in `allowed_origins` (403); returns the
@@ -213,7 +238,7 @@ impl App {
     /// Verifies the request's token: `Authorization: Bearer …` or `?token=…`. The outer
     /// error (429) refuses a client IP that sent too many bad tokens, before its token is
     /// even read; each bad token counts against its IP.
-    pub(crate) fn authenticate<B>(
+    pub(crate) async fn authenticate<B>(
         &self,
         req: &Request<B>,
     ) -> Result<Result<(Identity, std::time::SystemTime), AuthError>, ApiError> {
@@ -228,10 +253,10 @@ impl App {
             )
             .retry_after(retry));
         }
-        let result = bearer(req)
-            .or_else(|| query_param(req, "token"))
-            .ok_or(AuthError::Missing)
-            .and_then(|token| self.inner.auth.verify_claims(&token));
+        let result = match bearer(req).or_else(|| query_param(req, "token")) {
+            Some(token) => self.inner.auth.verify_fresh(&token).await,
+            None => Err(AuthError::Missing),
+        };
         if result.is_err() {
             self.inner.metrics.handshakes_refused.inc();
             if let Some(ip) = ip {
@@ -243,8 +268,11 @@ impl App {
 
     /// Authenticates a REST request and charges it to its token's bucket (429 with
     /// `Retry-After` past the rate).
-    pub(crate) fn authenticate_rest<B>(&self, req: &Request<B>) -> Result<Identity, ApiError> {
-        let (identity, _) = self.authenticate(req)??;
+    pub(crate) async fn authenticate_rest<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<Identity, ApiError> {
+        let (identity, _) = self.authenticate(req).await??;
         let buckets = match identity.role {
             Role::Service => &self.inner.rest_services,
             Role::User => &self.inner.rest_users,

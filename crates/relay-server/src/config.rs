@@ -256,7 +256,7 @@ impl Default for Config {
 }
 
 /// How tokens are verified.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// The signing algorithm tokens must use.
@@ -268,6 +268,47 @@ pub struct AuthConfig {
     pub public_key_file: Option<PathBuf>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: Option<u64>,
+    /// Required `iss` claim.
+    pub issuer: Option<String>,
+    /// Required `aud` claim (one of the token's audiences); unset: `aud` is not checked.
+    pub audience: Option<String>,
+    /// A JSON Web Key Set file: tokens are verified with the key named by their `kid`
+    /// (instead of `secret`/`public_key_file`; `algorithm` is then the key's own).
+    pub jwks_file: Option<PathBuf>,
+    /// A JSON Web Key Set URL (an identity provider's `jwks_uri`), fetched at start,
+    /// refreshed every `jwks_refresh_secs` and on a token with an unknown `kid` (at most
+    /// once per 10 s).
+    pub jwks_url: Option<String>,
+    /// How often a JWKS is reloaded.
+    pub jwks_refresh_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: JwtAlgorithm::default(),
+            secret: None,
+            public_key_file: None,
+            leeway_secs: None,
+            issuer: None,
+            audience: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether tokens are verified with a key set.
+    pub fn uses_jwks(&self) -> bool {
+        self.jwks_file.is_some() || self.jwks_url.is_some()
+    }
+
+    /// Whether no key is configured, so that the server would generate a development secret.
+    pub fn needs_development_secret(&self) -> bool {
+        !self.uses_jwks() && self.algorithm == JwtAlgorithm::Hs256 && self.secret.is_none()
+    }
 }
 
 /// Accepted token algorithms.
@@ -471,7 +512,12 @@ impl Config {
             self.auth.algorithm,
             JwtAlgorithm::Rs256 | JwtAlgorithm::Es256
         );
-        if needs_key && self.auth.public_key_file.is_none() {
+        if self.auth.jwks_file.is_some() && self.auth.jwks_url.is_some() {
+            return Err(ConfigError::Invalid(
+                "set auth.jwks_file or auth.jwks_url, not both".into(),
+            ));
+        }
+        if needs_key && self.auth.public_key_file.is_none() && !self.auth.uses_jwks() {
             return Err(ConfigError::Invalid(format!(
                 "auth.algorithm {:?} needs auth.public_key_file",
                 self.auth.algorithm
@@ -582,14 +628,23 @@ impl Config {
     }
 }
 
-/// A database URL without its user and password, for logs.
+/// A database URL without its user, password and query (which may carry a password too),
+/// for logs. The user-info ends at the last `@` of the authority, never at one in the path
+/// or query.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<url>".into();
     };
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let host = host.split_once('?').map_or(host, |(h, _)| h);
-    format!("{scheme}://{host}")
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if path.is_empty() {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}/{path}")
+    }
 }
 
 #[cfg(test)]
@@ -651,6 +706,20 @@ mod tests {
             "postgres://db:5432/relay"
         );
         assert_eq!(redact("postgres://db/relay"), "postgres://db/relay");
+        // A password in the query, with an `@` in it: the host is not taken from the query.
+        assert_eq!(
+            redact("postgres://db/relay?user=u&password=p@ss"),
+            "postgres://db/relay"
+        );
+        assert_eq!(
+            redact("postgres://u:p%40ss@db:5432/relay?password=x@y"),
+            "postgres://db:5432/relay"
+        );
+        assert_eq!(
+            redact("postgres:///relay?host=/run&password=s"),
+            "postgres:///relay"
+        );
+        assert_eq!(redact("not a url"), "<url>");
     }
 
     #[test]

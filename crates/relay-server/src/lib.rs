@@ -13,7 +13,7 @@
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut config = Config::default();
-//! config.auth.secret = Some("a development secret, 16+ bytes".into());
+//! config.auth.secret = Some("a development secret of 32+ bytes, not this one".into());
 //! let auth = Authenticator::from_config(&config.auth)?;
 //! let hub = Hub::new(Arc::new(MemoryStore::new()), config.hub_config());
 //! let relay = Relay::bind(config, hub, auth).await?;

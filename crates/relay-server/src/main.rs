@@ -165,9 +165,18 @@ fn main() -> ExitCode {
         }
         Some(Command::Serve) | None => {
             init_logging(config.log_format);
-            let generated =
-                config.auth.algorithm == JwtAlgorithm::Hs256 && config.auth.secret.is_none();
+            let generated = config.auth.needs_development_secret();
             if generated {
+                if !config.listen.ip().is_loopback() {
+                    eprintln!(
+                        "relay-server: no JWT key configured, and a random development secret is \
+                         only allowed on a loopback address (listening on {}): set \
+                         --jwt-secret (RELAY_JWT_SECRET, at least 32 bytes), \
+                         auth.public_key_file or auth.jwks_url",
+                        config.listen
+                    );
+                    return ExitCode::from(2);
+                }
                 config.auth.secret = Some(development_secret());
             }
             match runtime(config.worker_threads) {
@@ -280,6 +289,14 @@ async fn serve(config: Config, generated_secret: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.auth.jwks_url.is_some() {
+        // Tokens are refused (and /readyz says unready) until the first fetch succeeds;
+        // a failed one is retried on the first token with an unknown key.
+        match auth.refresh().await {
+            Ok(keys) => tracing::info!(keys, "JWKS fetched"),
+            Err(e) => tracing::error!(error = %e, "cannot fetch the JWKS at start"),
+        }
+    }
     if generated_secret && let Some(secret) = &config.auth.secret {
         // Printed once, on purpose: a development server is useless without a token.
         tracing::warn!("no JWT secret configured: using a random development secret for this run");

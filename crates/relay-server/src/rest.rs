@@ -35,7 +35,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let identity = app.authenticate_rest(&req)?;
+    let identity = app.authenticate_rest(&req).await?;
     let segments: Vec<String> = req
         .uri()
         .path()

@@ -54,7 +54,7 @@ where
     }
     // A bad token still completes the upgrade, then closes with 4001: browsers cannot read
     // the HTTP status of a failed upgrade.
-    let auth = match app.authenticate(&req) {
+    let auth = match app.authenticate(&req).await {
         Ok(auth) => auth,
         Err(e) => return e.into_response(),
     };

@@ -64,7 +64,7 @@ async fn refusals_are_typed_errors() {
 }
 
 #[tokio::test]
-async fn signals_reach_the_peer_and_report_a_missing_one() {
+async fn signals_reach_the_peer_and_reveal_nothing_about_absent_ones() {
     let server = Server::start().await;
     let alice = server.client("alice").await;
     let bob = server.client("bob").await;
@@ -88,11 +88,18 @@ async fn signals_reach_the_peer_and_report_a_missing_one() {
     );
     drop(b);
     bob.ping().await.unwrap(); // the unsubscribe has been processed
-    let err = alice
+    // Presence is off here: a signal to someone not there is answered like one delivered,
+    // so signals cannot probe who is online.
+    alice
         .signal("dm:#alice,bob", "bob", None, &1)
         .await
+        .unwrap();
+    // Only subscribers of the channel may signal in it.
+    let err = bob
+        .signal("dm:#alice,bob", "alice", None, &1)
+        .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
 }
 
 #[tokio::test]

@@ -105,10 +105,19 @@ async fn signal_reaches_only_the_target_users_subscribed_connections() {
     assert!(carol.frames().is_empty());
     assert!(alice.frames().is_empty());
 
+    // Presence is off in `call`: a signal to a user who is not there gets the same answer
+    // (none) as one that was delivered, so signals cannot probe who is online.
     alice
         .send(json!({"type": "signal", "channel": "call:1", "to": "dave", "payload": {}}))
         .await;
-    assert_eq!(error_code(&alice.frames()), Some(ErrorCode::NotFound));
+    assert!(alice.frames().is_empty());
+    // Only subscribers signal.
+    let mallory = t.connect("mallory");
+    mallory
+        .send(json!({"type": "signal", "channel": "call:1", "to": "bob", "payload": {}}))
+        .await;
+    assert_eq!(error_code(&mallory.frames()), Some(ErrorCode::Forbidden));
+    assert!(bob_in.frames().is_empty());
     assert_eq!(
         t.store.count(&ch("call:1")).await.unwrap(),
         0,
@@ -117,3 +126,19 @@ async fn signal_reaches_only_the_target_users_subscribed_connections() {
 }
 
 use relay_store::Store;
+
+#[tokio::test]
+async fn where_presence_is_shown_a_signal_to_nobody_is_not_found() {
+    let policy = relay_core::NamespacePolicy {
+        presence: true,
+        ..relay_core::NamespacePolicy::default()
+    };
+    let t = TestHub::with_policies(relay_core::Policies::default().with("room", policy));
+    let alice = t.connect("alice");
+    alice.subscribe("room:1").await;
+    alice.frames();
+    alice
+        .send(json!({"type": "signal", "channel": "room:1", "to": "dave", "payload": {}}))
+        .await;
+    assert_eq!(error_code(&alice.frames()), Some(ErrorCode::NotFound));
+}
