@@ -13,7 +13,7 @@ use relay_store::HistoryQuery;
 use crate::error::HubError;
 use crate::hub::{Action, Hub};
 use crate::identity::{Identity, Role};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, ReplayBudget};
 use crate::policy::Persistence;
 use crate::publish::Publish;
 use crate::rate::{FrameKind, Limiter, Verdict};
@@ -50,7 +50,7 @@ impl Peer {
 }
 
 /// Where a new subscription starts, as read from the store.
-struct Recovery {
+struct Recovery<'a> {
     /// The channel's latest seq (the `subscribed` reply's `seq`).
     latest: Seq,
     /// Whether `since` could be honoured; `None` without `since`.
@@ -59,9 +59,37 @@ struct Recovery {
     cursor: Seq,
     /// The messages to replay, consecutive from `cursor + 1`.
     replay: Vec<(Seq, EncodedFrame)>,
+    /// The replay's bytes in the hub's budget, until the replay is in the outbox (which
+    /// counts them until they are written).
+    reservation: Option<Reservation<'a>>,
 }
 
-impl Recovery {
+/// Messages read per page of a recovery replay.
+const REPLAY_PAGE: usize = 100;
+
+/// Bytes reserved in the hub's replay budget; given back on drop.
+struct Reservation<'a> {
+    budget: &'a ReplayBudget,
+    bytes: usize,
+}
+
+impl Reservation<'_> {
+    fn grow(&mut self, bytes: usize) -> bool {
+        let granted = self.budget.try_reserve(bytes);
+        if granted {
+            self.bytes += bytes;
+        }
+        granted
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+impl Recovery<'_> {
     /// Nothing to replay: the subscription starts live at `latest`.
     fn live(latest: Seq, recovered: Option<bool>) -> Self {
         Self {
@@ -69,6 +97,7 @@ impl Recovery {
             recovered,
             cursor: latest,
             replay: Vec::new(),
+            reservation: None,
         }
     }
 }
@@ -269,6 +298,7 @@ impl Connection {
             recovered,
             cursor,
             replay,
+            reservation: _held_until_queued,
         } = recovery;
         let reply = |presence| ServerFrame::Subscribed {
             id: id.clone(),
@@ -291,7 +321,7 @@ impl Connection {
         &self,
         channel: &ChannelName,
         since: Option<Seq>,
-    ) -> Result<Recovery, HubError> {
+    ) -> Result<Recovery<'_>, HubError> {
         self.hub
             .authorize(&self.identity, channel, Action::Subscribe)
             .await?;
@@ -305,7 +335,7 @@ impl Connection {
         &self,
         channel: &ChannelName,
         since: Option<Seq>,
-    ) -> Result<Recovery, HubError> {
+    ) -> Result<Recovery<'_>, HubError> {
         if self.hub.policy(channel).persistence == Persistence::EphemeralOnly {
             return Ok(Recovery::live(Seq::ZERO, since.map(|s| s == Seq::ZERO)));
         }
@@ -320,27 +350,56 @@ impl Connection {
         if since == latest {
             return Ok(Recovery::live(latest, Some(true)));
         }
-        let limit = self.hub.config().max_recovery;
+        let config = self.hub.config();
+        let limit = config.max_recovery;
         let missed = (latest.0 - since.0) as usize;
         if missed > limit {
             return Ok(Recovery::live(latest, Some(false)));
         }
-        let history = store
-            .history(channel, HistoryQuery::after(since, limit))
-            .await?;
-        let complete = history.first().is_some_and(|m| m.seq == since.next())
-            && history.last().is_some_and(|m| m.seq >= latest);
-        if !complete {
+        // Read in pages, counting bytes as they arrive: a replay over this connection's
+        // allowance or the hub's budget stops at the page that crosses it, so the memory a
+        // recovery can pin is bounded in bytes, not only in messages.
+        let allowance = config
+            .max_replay_bytes
+            .saturating_sub(self.outbox.replayed_bytes());
+        let mut reservation = Reservation {
+            budget: &self.hub.inner.replay_budget,
+            bytes: 0,
+        };
+        let mut replay = Vec::with_capacity(missed.min(REPLAY_PAGE));
+        let mut cursor = since;
+        while cursor < latest {
+            let page = store
+                .history(channel, HistoryQuery::after(cursor, REPLAY_PAGE))
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            let mut page_bytes = 0;
+            for message in &page {
+                if message.seq != cursor.next() {
+                    // Trimmed meanwhile: the replay would have a hole.
+                    return Ok(Recovery::live(latest, Some(false)));
+                }
+                let frame = message.to_frame().encode();
+                page_bytes += frame.len();
+                cursor = message.seq;
+                replay.push((message.seq, frame));
+            }
+            if reservation.bytes + page_bytes > allowance || !reservation.grow(page_bytes) {
+                self.hub.inner.counters.replay_refused();
+                return Ok(Recovery::live(latest, Some(false)));
+            }
+        }
+        if cursor < latest {
             return Ok(Recovery::live(latest, Some(false)));
         }
         Ok(Recovery {
             latest,
             recovered: Some(true),
             cursor: since,
-            replay: history
-                .iter()
-                .map(|m| (m.seq, m.to_frame().encode()))
-                .collect(),
+            replay,
+            reservation: Some(reservation),
         })
     }
 

@@ -17,7 +17,7 @@ use crate::cluster::Backplane;
 use crate::connection::{Connection, Peer};
 use crate::error::HubError;
 use crate::identity::Identity;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, ReplayBudget};
 use crate::policy::{NamespacePolicy, Policies, PublishRule, SubscribeRule};
 use crate::rate::FrameLimits;
 use crate::subscriber::{ChannelState, ConnId};
@@ -45,6 +45,12 @@ pub struct HubConfig {
     /// A connection sending past this many times its rate limit (and burst) is closed with
     /// 4029.
     pub close_multiple: u32,
+    /// Bytes of history one connection may have replayed and not yet written; a
+    /// `subscribe {since}` whose replay would pass it answers `recovered: false`.
+    pub max_replay_bytes: usize,
+    /// Bytes of replayed history the whole hub holds at once; past it, recoveries answer
+    /// `recovered: false` until replays in flight are written.
+    pub replay_budget_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -59,6 +65,8 @@ impl Default for HubConfig {
             user_limits: FrameLimits::USERS,
             service_limits: FrameLimits::SERVICES,
             close_multiple: 4,
+            max_replay_bytes: 8 * 1024 * 1024,
+            replay_budget_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -74,6 +82,8 @@ pub struct HubStats {
     pub subscriptions: usize,
     /// Online (user, channel) pairs.
     pub presence_entries: usize,
+    /// Bytes of replayed history held (read for recoveries, or queued and not yet written).
+    pub replay_bytes: usize,
 }
 
 /// What a caller wants to do with a channel, for [`Hub::authorize`].
@@ -102,6 +112,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     /// Other nodes of a cluster; `None` on a single node.
     pub(crate) backplane: Option<Arc<dyn Backplane>>,
+    /// Replayed history held across the hub.
+    pub(crate) replay_budget: Arc<ReplayBudget>,
 }
 
 /// Running totals kept with relaxed atomics: one increment per publish or error, never per
@@ -109,6 +121,7 @@ pub(crate) struct Inner {
 #[derive(Default)]
 pub(crate) struct Counters {
     delivered: AtomicU64,
+    replays_refused: AtomicU64,
     errors: [AtomicU64; ERROR_CODES.len()],
 }
 
@@ -131,6 +144,10 @@ impl Counters {
         }
     }
 
+    pub(crate) fn replay_refused(&self) {
+        self.replays_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn delivered(&self, n: usize) {
         self.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -141,6 +158,9 @@ impl Counters {
 pub struct HubCounters {
     /// Messages handed to subscribers' outboxes (one per subscriber per message).
     pub delivered: u64,
+    /// `subscribe {since}` answered `recovered: false` because the replay was over the
+    /// connection's byte allowance or the hub's replay budget.
+    pub replays_refused: u64,
     /// `error` frames sent, by code.
     pub errors: Vec<(ErrorCode, u64)>,
 }
@@ -167,6 +187,7 @@ impl Hub {
         backplane: Option<Arc<dyn Backplane>>,
     ) -> Self {
         let inner = Inner {
+            replay_budget: Arc::new(ReplayBudget::new(config.replay_budget_bytes)),
             config,
             store,
             channels: DashMap::new(),
@@ -207,7 +228,8 @@ impl Hub {
             .saturating_mul(4)
             .max(config.outbox_capacity);
         let outbox = Outbox::with_limits(config.outbox_capacity, config.outbox_max_bytes)
-            .with_replay_limit(replay_limit);
+            .with_replay_limit(replay_limit)
+            .with_replay_budget(self.inner.replay_budget.clone());
         let peer = Arc::new(Peer::new(outbox));
         self.inner.connections.insert(id, peer.clone());
         Connection::new(self.clone(), id, identity, peer)
@@ -224,6 +246,7 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         let mut stats = HubStats {
             connections: self.inner.connections.len(),
+            replay_bytes: self.inner.replay_budget.used(),
             ..HubStats::default()
         };
         for channel in self.inner.channels.iter() {
@@ -239,6 +262,7 @@ impl Hub {
         let c = &self.inner.counters;
         HubCounters {
             delivered: c.delivered.load(Ordering::Relaxed),
+            replays_refused: c.replays_refused.load(Ordering::Relaxed),
             errors: ERROR_CODES
                 .iter()
                 .zip(&c.errors)

@@ -5,9 +5,55 @@
 //! 4008 (slow consumer) instead of blocking the publisher or growing without bound, so one
 //! stalled reader never slows anyone else.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use parking_lot::Mutex;
 use relay_proto::{CloseCode, EncodedFrame};
 use tokio::sync::Notify;
+
+/// Bytes of replayed history held in memory across a hub (read for a `subscribe {since}`,
+/// or queued in outboxes and not yet written), against a process-wide limit.
+#[derive(Debug)]
+pub struct ReplayBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl ReplayBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `bytes` if the budget has room.
+    pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Counts `bytes` whatever the limit (frames moving into an outbox, already reserved).
+    fn add(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+}
 
 /// Why an outbox was closed: the close code and a short reason for the close frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +91,8 @@ pub struct Outbox {
     capacity: usize,
     max_bytes: usize,
     max_replayed: usize,
+    /// Where replayed bytes are counted while queued.
+    replay_budget: Option<Arc<ReplayBudget>>,
 }
 
 struct State {
@@ -54,6 +102,8 @@ struct State {
     /// which bounds only live traffic (a recovery replay larger than the queue must not cut
     /// the connection it is recovering).
     replayed: usize,
+    /// Bytes of those replayed frames.
+    replayed_bytes: usize,
     /// Bytes of live frames queued.
     bytes: usize,
 }
@@ -72,13 +122,34 @@ impl Outbox {
                 queue: Vec::new(),
                 closed: None,
                 replayed: 0,
+                replayed_bytes: 0,
                 bytes: 0,
             }),
             ready: Notify::new(),
             capacity: capacity.max(1),
             max_bytes,
             max_replayed: usize::MAX,
+            replay_budget: None,
         }
+    }
+
+    /// Counts queued replayed bytes in `budget` until they are written.
+    pub(crate) fn with_replay_budget(mut self, budget: Arc<ReplayBudget>) -> Self {
+        self.replay_budget = Some(budget);
+        self
+    }
+
+    /// Bytes of replayed history queued now.
+    pub(crate) fn replayed_bytes(&self) -> usize {
+        self.state.lock().replayed_bytes
+    }
+
+    /// Forgets the replayed bytes of `state` (written or dropped).
+    fn release_replayed(&self, state: &mut State) {
+        if let Some(budget) = &self.replay_budget {
+            budget.release(state.replayed_bytes);
+        }
+        state.replayed_bytes = 0;
     }
 
     /// Bounds the replayed frames queued at once (several recoveries into a connection that
@@ -120,6 +191,7 @@ impl Outbox {
     fn overflow(&self, mut state: parking_lot::MutexGuard<'_, State>, reason: &'static str) {
         state.queue = Vec::new();
         state.replayed = 0;
+        self.release_replayed(&mut state);
         state.bytes = 0;
         state.closed = Some(CloseReason {
             code: CloseCode::SlowConsumer,
@@ -141,6 +213,10 @@ impl Outbox {
             return;
         }
         state.replayed += 1;
+        state.replayed_bytes += frame.len();
+        if let Some(budget) = &self.replay_budget {
+            budget.add(frame.len());
+        }
         self.enqueue(state, frame);
     }
 
@@ -183,6 +259,7 @@ impl Outbox {
                 out.append(&mut state.queue);
             }
             state.replayed = 0;
+            self.release_replayed(&mut state);
             state.bytes = 0;
             return Some(Batch::Frames);
         }
@@ -198,6 +275,22 @@ impl Outbox {
             }
             self.ready.notified().await;
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut state = std::mem::replace(
+            &mut *self.state.lock(),
+            State {
+                queue: Vec::new(),
+                closed: None,
+                replayed: 0,
+                replayed_bytes: 0,
+                bytes: 0,
+            },
+        );
+        self.release_replayed(&mut state);
     }
 }
 

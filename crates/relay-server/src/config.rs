@@ -66,6 +66,12 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Most messages a `subscribe {since}` replays.
     pub max_recovery: usize,
+    /// Bytes of history one connection may have replayed and not yet received; a recovery
+    /// past it answers `recovered: false` (the client pages through REST history instead).
+    pub max_replay_bytes: usize,
+    /// Bytes of replayed history the whole process holds at once; past it recoveries answer
+    /// `recovered: false` until replays in flight are written.
+    pub replay_budget_bytes: usize,
     /// How long graceful shutdown waits for connections and requests to finish.
     pub shutdown_timeout_ms: u64,
     /// Log format.
@@ -232,6 +238,8 @@ impl Default for Config {
             outbox_max_bytes: 16 * 1024 * 1024,
             max_subscriptions: 1024,
             max_recovery: 1000,
+            max_replay_bytes: 8 * 1024 * 1024,
+            replay_budget_bytes: 256 * 1024 * 1024,
             shutdown_timeout_ms: 10_000,
             log_format: LogFormat::Text,
             worker_threads: 0,
@@ -544,6 +552,8 @@ impl Config {
             outbox_max_bytes: self.outbox_max_bytes,
             max_subscriptions: self.max_subscriptions,
             max_recovery: self.max_recovery,
+            max_replay_bytes: self.max_replay_bytes,
+            replay_budget_bytes: self.replay_budget_bytes,
             user_limits: users,
             service_limits: self.service_rate_limits.frames(FrameLimits::SERVICES),
             close_multiple: self.rate_limit_close_multiple.max(1),

@@ -40,6 +40,8 @@ pub struct Metrics {
     subscriptions: Gauge,
     channels: Gauge,
     presence: Gauge,
+    replay_bytes: Gauge,
+    replays_refused: Counter,
     deliveries: Counter,
     pub(crate) frames_in: Counter,
     pub(crate) frames_out: Counter,
@@ -61,6 +63,8 @@ impl Metrics {
             subscriptions: Gauge::default(),
             channels: Gauge::default(),
             presence: Gauge::default(),
+            replay_bytes: Gauge::default(),
+            replays_refused: Counter::default(),
             deliveries: Counter::default(),
             frames_in: Counter::default(),
             frames_out: Counter::default(),
@@ -92,6 +96,16 @@ impl Metrics {
             "presence_entries",
             "Online (user, channel) pairs",
             metrics.presence.clone(),
+        );
+        registry.register(
+            "replay_bytes",
+            "Bytes of replayed history held (read for recoveries or queued, not yet written)",
+            metrics.replay_bytes.clone(),
+        );
+        registry.register(
+            "replays_refused",
+            "Recoveries answered recovered:false for the replay byte limits",
+            metrics.replays_refused.clone(),
         );
         registry.register(
             "deliveries",
@@ -188,8 +202,10 @@ impl Metrics {
         self.subscriptions.set(stats.subscriptions as i64);
         self.channels.set(stats.channels as i64);
         self.presence.set(stats.presence_entries as i64);
+        self.replay_bytes.set(stats.replay_bytes as i64);
         let counters = hub.counters();
         catch_up(&self.deliveries, counters.delivered);
+        catch_up(&self.replays_refused, counters.replays_refused);
         for (code, total) in counters.errors {
             if total > 0 {
                 let labels = ErrorLabels {

@@ -312,3 +312,90 @@ async fn a_publish_abandoned_after_its_commit_is_still_delivered() {
     store.gate.add_permits(1);
     assert_eq!(message_seqs(&bob.next_batch().await), vec![1]);
 }
+
+/// Publishes `n` messages of about `bytes` bytes each to `channel`.
+async fn publish_big(client: &Client, channel: &str, n: usize, bytes: usize) {
+    for i in 0..n {
+        let payload = format!("{i:0>width$}", width = bytes);
+        client.publish(channel, json!(payload)).await;
+    }
+}
+
+fn recovered(frames: &[ServerFrame]) -> Option<bool> {
+    frames.iter().find_map(|f| match f {
+        ServerFrame::Subscribed { recovered, .. } => *recovered,
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn a_replay_is_bounded_in_bytes_per_connection_including_what_it_has_not_read() {
+    let t = TestHub::with_config(HubConfig {
+        max_replay_bytes: 4_500,
+        ..HubConfig::default()
+    });
+    let alice = t.connect("alice");
+    publish_big(&alice, "chat:1", 10, 1_000).await;
+    publish_big(&alice, "chat:2", 10, 1_000).await;
+    let bob = t.connect("bob");
+    // Ten messages of ~1 KB: over the allowance, so not recovered (and nothing pinned).
+    bob.send(json!({"type": "subscribe", "channel": "chat:1", "since": 0}))
+        .await;
+    let frames = bob.frames();
+    assert_eq!(recovered(&frames), Some(false));
+    assert!(message_seqs(&frames).is_empty());
+    assert_eq!(t.hub.stats().replay_bytes, 0);
+    // Three fit; while they sit unread, another three do not.
+    bob.send(json!({"type": "subscribe", "channel": "chat:2", "since": 7}))
+        .await;
+    let carol = t.connect("carol");
+    carol
+        .send(json!({"type": "subscribe", "channel": "chat:2", "since": 7}))
+        .await;
+    assert!(t.hub.stats().replay_bytes > 6_000, "two replays queued");
+    bob.send(json!({"type": "unsubscribe", "channel": "chat:1"}))
+        .await;
+    bob.send(json!({"type": "subscribe", "channel": "chat:1", "since": 7}))
+        .await;
+    let frames = bob.frames();
+    assert_eq!(message_seqs(&frames), vec![8, 9, 10]);
+    assert_eq!(
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Subscribed { recovered, .. } => Some(*recovered),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        vec![Some(true), Some(false)]
+    );
+    assert_eq!(t.hub.counters().replays_refused, 2);
+    // Written (drained) replays leave the budget; a dropped connection's too.
+    drop(carol);
+    assert_eq!(t.hub.stats().replay_bytes, 0);
+}
+
+#[tokio::test]
+async fn the_hub_wide_replay_budget_refuses_recoveries_until_replays_are_written() {
+    let t = TestHub::with_config(HubConfig {
+        replay_budget_bytes: 4_500,
+        ..HubConfig::default()
+    });
+    let alice = t.connect("alice");
+    publish_big(&alice, "chat:1", 3, 1_000).await;
+    let (bob, carol) = (t.connect("bob"), t.connect("carol"));
+    let subscribe = json!({"type": "subscribe", "channel": "chat:1", "since": 0});
+    bob.send(subscribe.clone()).await;
+    // Bob has not read his replay: the budget is taken.
+    carol.send(subscribe.clone()).await;
+    assert_eq!(recovered(&carol.frames()), Some(false));
+    assert_eq!(message_seqs(&bob.frames()), vec![1, 2, 3]);
+    assert_eq!(t.hub.stats().replay_bytes, 0);
+    carol
+        .send(json!({"type": "unsubscribe", "channel": "chat:1"}))
+        .await;
+    carol.send(subscribe).await;
+    let frames = carol.frames();
+    assert_eq!(recovered(&frames), Some(true));
+    assert_eq!(message_seqs(&frames), vec![1, 2, 3]);
+}
