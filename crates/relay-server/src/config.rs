@@ -47,6 +47,12 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Database connection pool size.
     pub database_max_connections: u32,
+    /// Without a database: messages the memory store keeps per channel (older ones are
+    /// trimmed; `0`: no limit).
+    pub memory_max_history: u64,
+    /// Without a database: bytes of messages the memory store keeps in all, oldest trimmed
+    /// first across channels (`0`: no limit).
+    pub memory_max_bytes: usize,
     /// How long a store operation waits for a database connection before it fails with
     /// `unavailable` (503).
     pub database_timeout_ms: u64,
@@ -100,6 +106,7 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Proxies (addresses or CIDR ranges) whose `Forwarded` / `X-Forwarded-For` headers name
     /// the client's IP; from any other peer those headers are ignored.
+    #[serde(deserialize_with = "addresses_or_ranges")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Browser origins allowed to open WebSockets and call the REST API (exact origins such
     /// as `https://app.example.com`, or patterns such as `https://*.example.com`); unset:
@@ -119,6 +126,26 @@ pub struct Config {
     /// Requests and upgrades with a bad token, per client IP; past it the IP gets 429 before
     /// its token is even checked.
     pub auth_failure_limit: LimitConfig,
+}
+
+/// Reads `["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]`: CIDR ranges, or single addresses
+/// (a `/32` or `/128` range).
+fn addresses_or_ranges<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "trusted_proxies: {entry:?} is neither an address nor a CIDR range"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// A rate limit as written in the config file: `{ per_second = 50, burst = 200 }`;
@@ -229,6 +256,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
             database_max_connections: 16,
+            memory_max_history: 10_000,
+            memory_max_bytes: 256 * 1024 * 1024,
             database_timeout_ms: 3000,
             auth: AuthConfig::default(),
             heartbeat_ms: 25_000,
@@ -613,9 +642,20 @@ impl Config {
                 ))
             }
             None => Ok((
-                std::sync::Arc::new(relay_store::MemoryStore::new()),
+                std::sync::Arc::new(relay_store::MemoryStore::with_retention(
+                    self.memory_retention(),
+                )),
                 "memory".into(),
             )),
+        }
+    }
+
+    /// The memory store's retention.
+    pub fn memory_retention(&self) -> relay_store::MemoryRetention {
+        relay_store::MemoryRetention {
+            max_messages_per_channel: (self.memory_max_history > 0)
+                .then_some(self.memory_max_history),
+            max_bytes: (self.memory_max_bytes > 0).then_some(self.memory_max_bytes),
         }
     }
 
@@ -730,6 +770,18 @@ mod tests {
             "postgres:///relay"
         );
         assert_eq!(redact("not a url"), "<url>");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_ranges() {
+        let config =
+            Config::from_toml(r#"trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "2001:db8::1"]"#)
+                .unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let trusted = |s: &str| config.trusted_proxies.iter().any(|n| n.contains(&ip(s)));
+        assert!(trusted("10.1.2.3") && trusted("192.0.2.7") && trusted("2001:db8::1"));
+        assert!(!trusted("192.0.2.8"));
+        assert!(Config::from_toml(r#"trusted_proxies = ["proxy.local"]"#).is_err());
     }
 
     #[test]

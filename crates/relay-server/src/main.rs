@@ -50,7 +50,7 @@ struct Settings {
         hide_env_values = true
     )]
     database_url: Option<String>,
-    /// HS256 secret (at least 16 bytes). Without one, a random development secret is used.
+    /// HS256 secret (at least 32 bytes). Without one, a random development secret is used.
     #[arg(long, env = "RELAY_JWT_SECRET", global = true, hide_env_values = true)]
     jwt_secret: Option<String>,
     /// Token algorithm.

@@ -56,7 +56,7 @@ use relay_proto::{ChannelName, MemberRole, Seq, UserId};
 #[cfg(feature = "postgres")]
 pub use cluster::{FeedItem, Notice, NoticeBody, PgNotifier, Wanted};
 pub use error::StoreError;
-pub use memory::MemoryStore;
+pub use memory::{MemoryRetention, MemoryStore};
 pub use model::{
     ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange,
     StoredMessage,

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
@@ -15,10 +16,24 @@ use crate::{
 /// An in-memory [`Store`]. Cloning shares the same data.
 ///
 /// Each channel's message log has its own lock, so appends to different channels never
-/// contend beyond a brief read of the channel map.
+/// contend beyond a brief read of the channel map. [`MemoryStore::new`] keeps every message;
+/// [`MemoryStore::with_retention`] bounds the logs per channel and in total bytes.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+}
+
+/// How much history a [`MemoryStore`] keeps. Older messages are trimmed first: per channel
+/// beyond `max_messages_per_channel`, and across all channels, oldest append first, while
+/// the messages held pass `max_bytes`. A trimmed message is gone for history and recovery
+/// (`recovered: false`), exactly as with a namespace's `max_history`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryRetention {
+    /// Messages kept per channel.
+    pub max_messages_per_channel: Option<u64>,
+    /// Bytes of messages kept in all (payload, event, channel name and a fixed overhead per
+    /// message).
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Default)]
@@ -27,6 +42,14 @@ struct Inner {
     /// Members and roles per channel; one write lock makes every membership change atomic.
     members: RwLock<HashMap<ChannelName, BTreeMap<UserId, MemberRole>>>,
     logs: RwLock<HashMap<ChannelName, Arc<Mutex<Log>>>>,
+    retention: MemoryRetention,
+    /// Bytes of messages held, as counted by [`cost`].
+    bytes: AtomicUsize,
+    /// Messages held.
+    held: AtomicUsize,
+    /// Appends in order, oldest first, for trimming by total bytes (only with `max_bytes`);
+    /// entries of messages trimmed otherwise are skipped when reached, and compacted away.
+    order: Mutex<VecDeque<(ChannelName, Seq)>>,
 }
 
 /// One channel's messages. `messages` holds seqs `last - len + 1 ..= last`, consecutive.
@@ -34,6 +57,35 @@ struct Inner {
 struct Log {
     last: Seq,
     messages: VecDeque<StoredMessage>,
+}
+
+/// What a message counts against `max_bytes`: its variable parts plus a fixed overhead for
+/// the ids, timestamps and queue slot.
+fn cost(message: &StoredMessage) -> usize {
+    const OVERHEAD: usize = 160;
+    message.payload.len()
+        + message.event.as_ref().map_or(0, String::len)
+        + message.channel.as_str().len()
+        + OVERHEAD
+}
+
+impl Log {
+    /// Removes messages from the front while `remove` says so; returns their count and cost.
+    fn drain_front(
+        &mut self,
+        mut remove: impl FnMut(&StoredMessage, usize) -> bool,
+    ) -> (usize, usize) {
+        let (mut count, mut bytes) = (0, 0);
+        while let Some(first) = self.messages.front() {
+            if !remove(first, self.messages.len()) {
+                break;
+            }
+            bytes += cost(first);
+            count += 1;
+            self.messages.pop_front();
+        }
+        (count, bytes)
+    }
 }
 
 impl Log {
@@ -56,9 +108,53 @@ fn owners(roles: &BTreeMap<UserId, MemberRole>) -> usize {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store that keeps every message (until a namespace's `max_history` trims).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that keeps at most what `retention` allows.
+    pub fn with_retention(retention: MemoryRetention) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                retention,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Bytes of messages held, as counted against [`MemoryRetention::max_bytes`].
+    pub fn held_bytes(&self) -> usize {
+        self.inner.bytes.load(Ordering::Relaxed)
+    }
+
+    fn forget(&self, (count, bytes): (usize, usize)) {
+        self.inner.held.fetch_sub(count, Ordering::Relaxed);
+        self.inner.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Trims the oldest appends, across channels, until the held bytes fit `max_bytes`.
+    fn enforce_max_bytes(&self, max_bytes: usize) {
+        while self.inner.bytes.load(Ordering::Relaxed) > max_bytes {
+            let Some((channel, seq)) = self.inner.order.lock().pop_front() else {
+                break;
+            };
+            if let Some(log) = self.log(&channel) {
+                let removed = log.lock().drain_front(|m, _| m.seq <= seq);
+                self.forget(removed);
+            }
+        }
+        // Entries of messages trimmed another way (per channel, `trim`) are dropped once
+        // they outnumber the messages held, so the order list stays proportional.
+        let mut order = self.inner.order.lock();
+        let held = self.inner.held.load(Ordering::Relaxed);
+        if order.len() > 2 * held + 1024 {
+            let logs = self.inner.logs.read();
+            order.retain(|(channel, seq)| {
+                logs.get(channel)
+                    .is_some_and(|log| log.lock().first_seq() <= *seq)
+            });
+        }
     }
 
     fn log(&self, channel: &ChannelName) -> Option<Arc<Mutex<Log>>> {
@@ -235,12 +331,29 @@ impl Store for MemoryStore {
     }
 
     async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage> {
+        let retention = self.inner.retention;
         let log = self.log_or_create(&message.channel);
-        let mut log = log.lock();
-        let seq = log.last.next();
-        let stored = message.with_seq(seq);
-        log.messages.push_back(stored.clone());
-        log.last = seq;
+        let stored = {
+            let mut log = log.lock();
+            let seq = log.last.next();
+            let stored = message.with_seq(seq);
+            self.inner.held.fetch_add(1, Ordering::Relaxed);
+            self.inner.bytes.fetch_add(cost(&stored), Ordering::Relaxed);
+            log.messages.push_back(stored.clone());
+            log.last = seq;
+            if let Some(keep) = retention.max_messages_per_channel {
+                let removed = log.drain_front(|_, len| len as u64 > keep);
+                self.forget(removed);
+            }
+            stored
+        };
+        if let Some(max_bytes) = retention.max_bytes {
+            self.inner
+                .order
+                .lock()
+                .push_back((stored.channel.clone(), stored.seq));
+            self.enforce_max_bytes(max_bytes);
+        }
         Ok(stored)
     }
 
@@ -275,13 +388,97 @@ impl Store for MemoryStore {
         let Some(log) = self.log(channel) else {
             return Ok(0);
         };
-        let mut log = log.lock();
-        let excess = (log.messages.len() as u64).saturating_sub(keep);
-        log.messages.drain(..excess as usize);
-        Ok(excess)
+        let removed = log.lock().drain_front(|_, len| len as u64 > keep);
+        self.forget(removed);
+        Ok(removed.0 as u64)
     }
 
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use relay_proto::Payload;
+
+    use super::*;
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    async fn append(store: &MemoryStore, name: &str, bytes: usize) -> Seq {
+        let payload = Payload::from_value(&"x".repeat(bytes)).unwrap();
+        store
+            .append(NewMessage::new(channel(name), payload))
+            .await
+            .unwrap()
+            .seq
+    }
+
+    async fn seqs(store: &MemoryStore, name: &str) -> Vec<u64> {
+        store
+            .history(&channel(name), HistoryQuery::latest(1000))
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq.0)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_a_number_per_channel_and_seqs_stay_gap_free() {
+        let store = MemoryStore::with_retention(MemoryRetention {
+            max_messages_per_channel: Some(3),
+            max_bytes: None,
+        });
+        for _ in 0..5 {
+            append(&store, "a", 10).await;
+        }
+        assert_eq!(seqs(&store, "a").await, vec![3, 4, 5]);
+        assert_eq!(store.latest_seq(&channel("a")).await.unwrap(), Seq(5));
+        assert_eq!(append(&store, "a", 10).await, Seq(6));
+        assert_eq!(store.inner.held.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn retention_by_bytes_trims_the_oldest_appends_across_channels() {
+        let store = MemoryStore::with_retention(MemoryRetention {
+            max_messages_per_channel: None,
+            max_bytes: Some(4 * (1000 + 200)),
+        });
+        append(&store, "a", 1000).await; // oldest
+        append(&store, "b", 1000).await;
+        append(&store, "a", 1000).await;
+        append(&store, "b", 1000).await;
+        assert_eq!(seqs(&store, "a").await, vec![1, 2]);
+        append(&store, "c", 1000).await;
+        // The oldest append (a:1) went first, whatever channel the new one is in.
+        assert_eq!(seqs(&store, "a").await, vec![2]);
+        assert_eq!(seqs(&store, "b").await, vec![1, 2]);
+        assert!(store.held_bytes() <= 4 * 1200);
+        for _ in 0..20 {
+            append(&store, "d", 1000).await;
+        }
+        assert!(seqs(&store, "a").await.is_empty() && seqs(&store, "b").await.is_empty());
+        assert_eq!(seqs(&store, "d").await, vec![17, 18, 19, 20]);
+        // Trimming by policy gives bytes back too.
+        store.trim(&channel("d"), 1).await.unwrap();
+        assert!(store.held_bytes() < 1300, "{}", store.held_bytes());
+    }
+
+    #[tokio::test]
+    async fn the_order_list_stays_proportional_to_what_is_held() {
+        let store = MemoryStore::with_retention(MemoryRetention {
+            max_messages_per_channel: Some(1),
+            max_bytes: Some(1 << 30),
+        });
+        for _ in 0..10_000 {
+            append(&store, "a", 1).await;
+        }
+        assert!(store.inner.order.lock().len() <= 2 * 1 + 1024 + 1);
     }
 }
