@@ -479,6 +479,7 @@ mod tests {
         for _ in 0..10_000 {
             append(&store, "a", 1).await;
         }
-        assert!(store.inner.order.lock().len() <= 2 * 1 + 1024 + 1);
+        // One message held: at most twice that plus the compaction slack.
+        assert!(store.inner.order.lock().len() <= 2 + 1024 + 1);
     }
 }
