@@ -157,6 +157,9 @@ impl Hub {
             });
         }
         let created_by = (!who.is_service()).then(|| who.user.clone());
+        if let Some(creator) = &created_by {
+            self.check_creation_quota(creator, &name).await?;
+        }
         let mut requested: BTreeSet<UserId> = members.iter().cloned().collect();
         requested.extend(created_by.clone());
         let created = self
@@ -184,6 +187,28 @@ impl Hub {
             }
         }
         Ok(created)
+    }
+
+    /// Refuses a user's new record past `max_channels_per_user` (recreating an existing
+    /// record is not counted). Checked before the insert: concurrent creates of one user may
+    /// pass the quota by their number.
+    async fn check_creation_quota(
+        &self,
+        user: &UserId,
+        name: &ChannelName,
+    ) -> Result<(), HubError> {
+        let Some(quota) = self.config().max_channels_per_user else {
+            return Ok(());
+        };
+        if self.store().get_channel(name).await?.is_some() {
+            return Ok(());
+        }
+        if self.store().count_created_by(user).await? >= quota {
+            return Err(HubError::Forbidden(format!(
+                "channel quota reached: a user may create at most {quota} channels"
+            )));
+        }
+        Ok(())
     }
 
     /// One record, for a caller with the subscribe right.

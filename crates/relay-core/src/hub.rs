@@ -51,6 +51,8 @@ pub struct HubConfig {
     /// Bytes of replayed history the whole hub holds at once; past it, recoveries answer
     /// `recovered: false` until replays in flight are written.
     pub replay_budget_bytes: usize,
+    /// Channel records one user may create (services are not counted); `None`: no quota.
+    pub max_channels_per_user: Option<u64>,
 }
 
 impl Default for HubConfig {
@@ -67,6 +69,7 @@ impl Default for HubConfig {
             close_multiple: 4,
             max_replay_bytes: 8 * 1024 * 1024,
             replay_budget_bytes: 256 * 1024 * 1024,
+            max_channels_per_user: Some(1000),
         }
     }
 }

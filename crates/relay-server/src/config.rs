@@ -70,6 +70,8 @@ pub struct Config {
     pub outbox_max_bytes: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
+    /// Channel records one user may create (`0`: no quota; services are not counted).
+    pub max_channels_per_user: u64,
     /// Most messages a `subscribe {since}` replays.
     pub max_recovery: usize,
     /// Bytes of history one connection may have replayed and not yet received; a recovery
@@ -266,6 +268,7 @@ impl Default for Config {
             outbox_capacity: 4096,
             outbox_max_bytes: 16 * 1024 * 1024,
             max_subscriptions: 1024,
+            max_channels_per_user: 1000,
             max_recovery: 1000,
             max_replay_bytes: 8 * 1024 * 1024,
             replay_budget_bytes: 256 * 1024 * 1024,
@@ -582,6 +585,8 @@ impl Config {
             max_subscriptions: self.max_subscriptions,
             max_recovery: self.max_recovery,
             max_replay_bytes: self.max_replay_bytes,
+            max_channels_per_user: (self.max_channels_per_user > 0)
+                .then_some(self.max_channels_per_user),
             replay_budget_bytes: self.replay_budget_bytes,
             user_limits: users,
             service_limits: self.service_rate_limits.frames(FrameLimits::SERVICES),

@@ -45,7 +45,8 @@ macro_rules! conformance_tests {
             count_and_latest_seq_follow_appends,
             trim_keeps_the_newest_and_never_reuses_seqs,
             payload_and_fields_are_kept_exactly,
-            ping_succeeds);
+            ping_succeeds,
+            records_are_counted_per_creator);
     };
     ($make:expr) => {
         $crate::conformance_tests!([] $make);
@@ -146,6 +147,31 @@ pub async fn create_channel_is_idempotent(store: Arc<dyn Store>) {
             .is_member(&name, &user("mallory"))
             .await
             .expect("is_member")
+    );
+}
+
+/// Records count for their creator once, however often they are created again.
+pub async fn records_are_counted_per_creator(store: Arc<dyn Store>) {
+    for name in ["group:1", "group:2", "group:1"] {
+        store
+            .create_channel(NewChannel {
+                created_by: Some(user("alice")),
+                ..NewChannel::named(channel(name))
+            })
+            .await
+            .expect("create");
+    }
+    store
+        .create_channel(NewChannel::named(channel("group:3")))
+        .await
+        .expect("create by a service");
+    assert_eq!(
+        store.count_created_by(&user("alice")).await.expect("count"),
+        2
+    );
+    assert_eq!(
+        store.count_created_by(&user("bob")).await.expect("count"),
+        0
     );
 }
 
@@ -668,6 +694,9 @@ impl<T: AppendHook> Store for T {
         name: &ChannelName,
     ) -> crate::StoreResult<Option<crate::ChannelRecord>> {
         self.inner().get_channel(name).await
+    }
+    async fn count_created_by(&self, user: &UserId) -> crate::StoreResult<u64> {
+        self.inner().count_created_by(user).await
     }
     async fn query_channels(
         &self,

@@ -81,6 +81,9 @@ pub trait Store: Send + Sync + 'static {
     /// One channel record.
     async fn get_channel(&self, name: &ChannelName) -> StoreResult<Option<ChannelRecord>>;
 
+    /// How many channel records `user` created (for the per-user quota).
+    async fn count_created_by(&self, user: &UserId) -> StoreResult<u64>;
+
     /// The records that exist among `names`, in the order of `names`, without duplicates.
     async fn query_channels(&self, names: &[ChannelName]) -> StoreResult<Vec<ChannelRecord>>;
 

@@ -42,6 +42,8 @@ struct Inner {
     /// Members and roles per channel; one write lock makes every membership change atomic.
     members: RwLock<HashMap<ChannelName, BTreeMap<UserId, MemberRole>>>,
     logs: RwLock<HashMap<ChannelName, Arc<Mutex<Log>>>>,
+    /// Records created per user.
+    created: Mutex<HashMap<UserId, u64>>,
     retention: MemoryRetention,
     /// Bytes of messages held, as counted by [`cost`].
     bytes: AtomicUsize,
@@ -188,6 +190,14 @@ impl Store for MemoryStore {
             created_at: Timestamp::now(),
         };
         channels.insert(new.name.clone(), record.clone());
+        if let Some(creator) = &new.created_by {
+            *self
+                .inner
+                .created
+                .lock()
+                .entry(creator.clone())
+                .or_default() += 1;
+        }
         let mut members = self.inner.members.write();
         let roles = members.entry(new.name).or_default();
         for user in new.members {
@@ -197,6 +207,10 @@ impl Store for MemoryStore {
             roles.insert(creator, MemberRole::Owner);
         }
         Ok(Created::New(record))
+    }
+
+    async fn count_created_by(&self, user: &UserId) -> StoreResult<u64> {
+        Ok(self.inner.created.lock().get(user).copied().unwrap_or(0))
     }
 
     async fn get_channel(&self, name: &ChannelName) -> StoreResult<Option<ChannelRecord>> {

@@ -379,6 +379,15 @@ fn limit(n: usize) -> i64 {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn count_created_by(&self, user: &UserId) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM channels WHERE created_by = $1")
+            .bind(user.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(count.max(0) as u64)
+    }
+
     async fn create_channel(&self, new: NewChannel) -> StoreResult<Created> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let inserted = sqlx::query(&format!(

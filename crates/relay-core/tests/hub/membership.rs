@@ -502,3 +502,34 @@ async fn remove_from(t: &TestHub, channel: &str, by: &str, target: &str) {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_user_creates_at_most_max_channels_per_user_records_and_services_any_number() {
+    let t = TestHub::with_config(relay_core::HubConfig {
+        policies: policies(),
+        max_channels_per_user: Some(2),
+        ..relay_core::HubConfig::default()
+    });
+    for name in ["thread:1", "thread:2", "thread:1"] {
+        t.hub
+            .create_channel(&who("alice"), CreateChannel::named(ch(name)))
+            .await
+            .unwrap();
+    }
+    let refused = t
+        .hub
+        .create_channel(&who("alice"), CreateChannel::named(ch("thread:3")))
+        .await;
+    assert_eq!(code(refused), ErrorCode::Forbidden);
+    // Others keep their own quota; services have none.
+    t.hub
+        .create_channel(&who("bob"), CreateChannel::named(ch("thread:3")))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        t.hub
+            .create_channel(&service(), CreateChannel::named(ch(&format!("team:{i}"))))
+            .await
+            .unwrap();
+    }
+}
