@@ -98,20 +98,24 @@ const BENCH_CONFIG: &str = "\
 max_connections = 0
 max_connections_per_ip = 0
 max_connections_per_user = 0
+connect_rate_limit = { per_second = 0, burst = 0 }
 ";
 
-/// Writes [`BENCH_CONFIG`] to a file the server reads with `--config`.
-fn bench_config() -> Result<String, String> {
-    let path = std::env::temp_dir().join(format!("relay-bench-{}.toml", std::process::id()));
-    std::fs::write(&path, BENCH_CONFIG)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+/// The abuse benchmark runs with every limit at its default: well-behaved clients and
+/// abusers each come from their own loopback addresses, as they would from their own hosts.
+const ABUSE_CONFIG: &str = "# Written by `cargo xtask bench abuse`: the defaults.\n";
+
+/// Writes a bench configuration to a file the server reads with `--config`.
+fn bench_config(name: &str, text: &str) -> Result<String, String> {
+    let path = std::env::temp_dir().join(format!("relay-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path.to_string_lossy().into_owned())
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
     let Some(scenario) = args.first() else {
         return Err(
-            "name a scenario: fanout | baseline | compare | idle | persist | cluster | micro"
+            "name a scenario: fanout | baseline | compare | idle | abuse | persist | cluster | micro"
                 .into(),
         );
     };
@@ -164,6 +168,16 @@ fn bench(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        "abuse" => {
+            let tools = Tools::build()?;
+            let server = tools.start_configured(Target::Relay, ("abuse", ABUSE_CONFIG), &[])?;
+            let mut run = vec!["abuse".to_owned()];
+            run.extend(server.args());
+            run.extend(flags.iter().cloned());
+            let result = tools.generator(&run);
+            server.stop();
+            result.map(|_| ())
+        }
         "idle" => {
             let tools = Tools::build()?;
             let counts =
@@ -181,7 +195,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         other => Err(format!(
-            "unknown scenario {other:?}; known: fanout baseline compare idle persist cluster micro"
+            "unknown scenario {other:?}; known: fanout baseline compare idle abuse persist cluster micro"
         )),
     }
 }
@@ -330,6 +344,16 @@ impl Tools {
     /// Starts the server under test on core 0 (with `extra` flags for the relay) and waits for
     /// its address.
     fn start(&self, target: Target, extra: &[String]) -> Result<Server, String> {
+        self.start_configured(target, ("bench", BENCH_CONFIG), extra)
+    }
+
+    /// Like [`start`](Self::start), with a configuration file of `(name, text)`.
+    fn start_configured(
+        &self,
+        target: Target,
+        config: (&str, &str),
+        extra: &[String],
+    ) -> Result<Server, String> {
         let mut command = match target {
             Target::Relay => {
                 let mut c = self.command("0", &self.server);
@@ -343,7 +367,7 @@ impl Tools {
                     "--jwt-secret",
                     BENCH_SECRET,
                     "--config",
-                    &bench_config()?,
+                    &bench_config(config.0, config.1)?,
                 ])
                 .args(extra)
                 .env("RUST_LOG", "info")

@@ -148,9 +148,57 @@ impl Connection {
         self.peer.subscriptions.lock().iter().cloned().collect()
     }
 
+    /// Charges one incoming frame, of any type, to the connection's `frames` rate limit
+    /// before the transport decodes it. `false`: do not handle it (an `error` frame with
+    /// `rate_limited` was sent, or, past the close multiple, the connection is closing with
+    /// 4029).
+    pub fn charge_frame(&self) -> bool {
+        let config = self.hub.config();
+        let limits = match self.identity.role {
+            Role::Service => &config.service_limits,
+            Role::User => &config.user_limits,
+        };
+        if limits.frames.is_none() {
+            return true;
+        }
+        let verdict = self.limiter.lock().get_or_insert_with(Box::default).check(
+            FrameKind::Any,
+            limits,
+            None,
+            config.close_multiple,
+        );
+        self.enforce(verdict, None, None, "too many frames: slow down")
+    }
+
+    /// Acts on a rate-limit verdict; `true` when the frame may be handled.
+    fn enforce(
+        &self,
+        verdict: Verdict,
+        id: Option<FrameId>,
+        channel: Option<ChannelName>,
+        message: &str,
+    ) -> bool {
+        match verdict {
+            Verdict::Allow => true,
+            Verdict::Refuse => {
+                self.reply_error(id, ErrorCode::RateLimited, message.to_owned(), channel);
+                false
+            }
+            Verdict::Close => {
+                self.hub.inner.counters.error(ErrorCode::RateLimited);
+                self.outbox
+                    .close(CloseCode::RateLimited, "rate limit exceeded repeatedly");
+                false
+            }
+        }
+    }
+
     /// Decodes one text frame and handles it; a frame that does not decode gets an `error`
     /// reply (`bad_request`) and changes nothing else.
     pub async fn handle_text(&self, text: &[u8]) {
+        if !self.charge_frame() {
+            return;
+        }
         match ClientFrame::decode(text) {
             Ok(frame) => self.handle(frame).await,
             Err(e) => self.reject(e),
@@ -173,19 +221,14 @@ impl Connection {
     pub async fn handle(&self, frame: ClientFrame) {
         let channel = frame.channel().cloned();
         let id = frame.id().cloned();
-        match self.rate_check(&frame) {
-            Verdict::Allow => {}
-            Verdict::Refuse => {
-                let message = "rate limit exceeded: slow down".to_owned();
-                self.reply_error(id, ErrorCode::RateLimited, message, channel);
-                return;
-            }
-            Verdict::Close => {
-                self.hub.inner.counters.error(ErrorCode::RateLimited);
-                self.outbox
-                    .close(CloseCode::RateLimited, "rate limit exceeded repeatedly");
-                return;
-            }
+        let verdict = self.rate_check(&frame);
+        if !self.enforce(
+            verdict,
+            id.clone(),
+            channel.clone(),
+            "rate limit exceeded: slow down",
+        ) {
+            return;
         }
         let result = match frame {
             ClientFrame::Subscribe { id, channel, since } => {

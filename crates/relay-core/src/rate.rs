@@ -1,8 +1,8 @@
 //! Rate limits: token buckets per connection for `publish`, `subscribe` and `signal` frames.
 //!
 //! A frame over its rate gets `error {code: "rate_limited"}` and has no other effect. A
-//! connection that keeps sending past `close_multiple` times its rate (and burst) is closed
-//! with 4029. A connection's buckets are allocated on its first limited frame, so idle
+//! connection that keeps sending past `close_multiple` times its rate, or a whole burst past
+//! its burst, is closed with 4029. A connection's buckets are allocated on its first limited frame, so idle
 //! connections pay nothing, and the fan-out path never touches them.
 
 use std::time::Instant;
@@ -22,11 +22,12 @@ impl RateLimit {
         Self { per_second, burst }
     }
 
-    /// The same limit `factor` times larger.
-    fn times(self, factor: u32) -> Self {
+    /// The limit past which a connection is closed: `factor` times the rate, and twice the
+    /// burst (a client that ignores `rate_limited` for a whole burst is not slowing down).
+    fn hard(self, factor: u32) -> Self {
         Self {
             per_second: self.per_second.saturating_mul(factor),
-            burst: self.burst.saturating_mul(factor),
+            burst: self.burst.saturating_mul(2),
         }
     }
 }
@@ -40,6 +41,9 @@ pub struct FrameLimits {
     pub subscribe: Option<RateLimit>,
     /// `signal` frames.
     pub signal: Option<RateLimit>,
+    /// Every frame, of any type (including ones that do not decode and binary ones); counted
+    /// per connection, never per namespace.
+    pub frames: Option<RateLimit>,
 }
 
 impl FrameLimits {
@@ -48,6 +52,7 @@ impl FrameLimits {
         publish: None,
         subscribe: None,
         signal: None,
+        frames: None,
     };
 
     /// The defaults for user tokens: a chat burst, typing indicators at keystroke rate, a
@@ -57,6 +62,7 @@ impl FrameLimits {
         publish: Some(RateLimit::new(50, 200)),
         subscribe: Some(RateLimit::new(100, 1000)),
         signal: Some(RateLimit::new(50, 200)),
+        frames: Some(RateLimit::new(200, 1000)),
     };
 
     /// The defaults for service tokens: backends publishing thousands of messages a second.
@@ -64,6 +70,7 @@ impl FrameLimits {
         publish: Some(RateLimit::new(20_000, 40_000)),
         subscribe: Some(RateLimit::new(2_000, 10_000)),
         signal: Some(RateLimit::new(20_000, 40_000)),
+        frames: Some(RateLimit::new(50_000, 100_000)),
     };
 
     fn get(&self, kind: FrameKind) -> Option<RateLimit> {
@@ -71,6 +78,7 @@ impl FrameLimits {
             FrameKind::Publish => self.publish,
             FrameKind::Subscribe => self.subscribe,
             FrameKind::Signal => self.signal,
+            FrameKind::Any => self.frames,
         }
     }
 }
@@ -87,6 +95,8 @@ pub(crate) enum FrameKind {
     Publish,
     Subscribe,
     Signal,
+    /// Any frame at all.
+    Any,
 }
 
 impl FrameKind {
@@ -175,8 +185,8 @@ struct Pair {
 /// with limits of its own (a fixed set, from the configuration).
 #[derive(Debug, Default)]
 pub(crate) struct Limiter {
-    kinds: [Option<Pair>; 3],
-    namespaces: Vec<(Box<str>, [Option<Pair>; 3])>,
+    kinds: [Option<Pair>; 4],
+    namespaces: Vec<(Box<str>, [Option<Pair>; 4])>,
 }
 
 impl Limiter {
@@ -197,14 +207,14 @@ impl Limiter {
             Some(ns) => match self.namespaces.iter().position(|(n, _)| &**n == ns) {
                 Some(i) => &mut self.namespaces[i].1,
                 None => {
-                    self.namespaces.push((ns.into(), [None; 3]));
+                    self.namespaces.push((ns.into(), [None; 4]));
                     let last = self.namespaces.len() - 1;
                     &mut self.namespaces[last].1
                 }
             },
         };
         let now = Instant::now();
-        let hard_limit = limit.times(close_multiple.max(1));
+        let hard_limit = limit.hard(close_multiple.max(1));
         let pair = pairs[kind.index()].get_or_insert_with(|| Pair {
             rate: TokenBucket::full(limit, now),
             hard: TokenBucket::full(hard_limit, now),
@@ -230,12 +240,13 @@ mod tests {
             ..FrameLimits::UNLIMITED
         };
         let mut limiter = Limiter::default();
-        let verdicts: Vec<Verdict> = (0..25)
+        let verdicts: Vec<Verdict> = (0..12)
             .map(|_| limiter.check(FrameKind::Publish, &limits, None, 4))
             .collect();
+        // The burst, then a burst's worth refused, then closed.
         assert!(verdicts[..5].iter().all(|v| *v == Verdict::Allow));
-        assert!(verdicts[5..20].iter().all(|v| *v == Verdict::Refuse));
-        assert_eq!(verdicts[20], Verdict::Close);
+        assert!(verdicts[5..10].iter().all(|v| *v == Verdict::Refuse));
+        assert_eq!(verdicts[10], Verdict::Close);
         // Other kinds are not limited here.
         assert_eq!(
             limiter.check(FrameKind::Subscribe, &limits, None, 4),

@@ -5,6 +5,7 @@
 //! ```text
 //! loadgen fanout --addr A [--publish-addr B] [--publishers N] [--secret S] --subscribers 1000 --payload 100 --rates 1000,2000 ...
 //! loadgen idle --addr A --secret S --connections 10000
+//! loadgen abuse --addr A --secret S [--subscribers 1000] [--abusers 200] [--rate 100] [--step-secs 10]
 //! loadgen baseline-server [--listen 127.0.0.1:0]
 //! ```
 //!
@@ -85,6 +86,7 @@ fn main() {
     match command.as_str() {
         "fanout" => runtime.block_on(fanout(&flags)),
         "idle" => runtime.block_on(idle(&flags)),
+        "abuse" => runtime.block_on(abuse(&flags)),
         "baseline-server" => runtime.block_on(baseline_server(&flags)),
         other => {
             eprintln!("unknown command {other}");
@@ -428,13 +430,7 @@ async fn fanout(flags: &Flags) {
         latency: Histogram::new(),
     });
     let started = Instant::now();
-    for i in 0..subscribers {
-        let mut ws = RawWs::connect(addr, token(flags, &format!("sub{i}")).as_deref())
-            .await
-            .unwrap();
-        subscribe(&mut ws, channel).await.unwrap();
-        tokio::spawn(subscriber_loop(ws, counters.clone()));
-    }
+    connect_subscribers(addr, flags, subscribers, channel, &counters).await;
     let setup = started.elapsed();
     eprintln!(
         "{label}: {subscribers} subscribers ready in {:.2}s",
@@ -449,24 +445,7 @@ async fn fanout(flags: &Flags) {
     // connection's persistent publishes one after the other (each waits for its commit), so
     // one connection caps persistent publishes at one per commit round trip.
     let publishers = flags.get("publishers", 1usize).max(1);
-    let mut writers = Vec::with_capacity(publishers);
-    for p in 0..publishers {
-        let mut publisher = RawWs::connect(
-            publish_addr,
-            token(flags, &format!("publisher{p}")).as_deref(),
-        )
-        .await
-        .unwrap();
-        let _ = publisher.next_text().await.unwrap(); // welcome
-        let (mut reader, writer) = publisher.stream.into_split();
-        tokio::spawn(async move {
-            // Acks and pings: read and discard (the server's pings only need an answer after
-            // 2 heartbeats of silence, and the publisher is never silent).
-            let mut sink = vec![0u8; 64 * 1024];
-            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
-        });
-        writers.push(writer);
-    }
+    let mut writers = connect_publishers(publish_addr, flags, publishers).await;
 
     // A publish frame of `payload_bytes` of payload: {"t":<16 digits>,"p":"xxx…"}.
     let pad = payload_bytes.saturating_sub(r#"{"t":1234567890123456,"p":""}"#.len());
@@ -489,62 +468,31 @@ async fn fanout(flags: &Flags) {
         );
     }
     for rate in rates {
-        counters.delivered.store(0, Ordering::Relaxed);
-        counters.latency.reset();
-        let (srv0, gen0) = (cpu_seconds(&server_pid), cpu_seconds("self"));
-        let t0 = Instant::now();
-        let total = rate * step.as_secs();
-        let mut sent = 0u64;
-        let mut ticker = tokio::time::interval(Duration::from_millis(1));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut batches: Vec<Vec<u8>> = (0..publishers)
-            .map(|_| Vec::with_capacity(16 * 1024))
-            .collect();
-        'publishing: while sent < total {
-            ticker.tick().await;
-            let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-            while sent < due {
-                let body = format!(
-                    r#"{{"type":"publish","channel":"{channel}","payload":{{"t":{},"p":"{padding}"}}}}"#,
-                    now_micros()
-                );
-                let batch = &mut batches[(sent % publishers as u64) as usize];
-                batch.extend_from_slice(&client_frame(1, body.as_bytes()));
-                sent += 1;
-            }
-            for (writer, batch) in writers.iter_mut().zip(&mut batches) {
-                if !batch.is_empty() && writer.write_all(batch).await.is_err() {
-                    eprintln!("publisher connection lost");
-                    break 'publishing;
-                }
-                batch.clear();
-            }
-        }
-        let publish_time = t0.elapsed();
-        let expected = sent * subscribers as u64;
-        // Let the last deliveries arrive (bounded).
-        let drain_deadline = Instant::now() + Duration::from_secs(3);
-        while counters.delivered.load(Ordering::Relaxed) < expected
-            && Instant::now() < drain_deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let wall = t0.elapsed().as_secs_f64();
-        let delivered = counters.delivered.load(Ordering::Relaxed);
-        let fraction = delivered as f64 / expected.max(1) as f64;
-        let per_sec = delivered as f64
-            / publish_time
-                .as_secs_f64()
-                .max(wall.min(publish_time.as_secs_f64() + 0.5));
-        let srv_cpu = srv0
-            .zip(cpu_seconds(&server_pid))
-            .map(|(a, b)| (b - a) / wall * 100.0);
-        let gen_cpu = gen0
-            .zip(cpu_seconds("self"))
-            .map(|(a, b)| (b - a) / wall * 100.0);
-        let rss = rss_bytes(&server_pid).unwrap_or(0);
-        let q = |x| counters.latency.quantile(x) as f64 / 1000.0;
-        let (p50, p90, p99, max) = (q(0.5), q(0.9), q(0.99), q(1.0));
+        let Some(step) = publish_step(
+            &mut writers,
+            channel,
+            rate,
+            step,
+            &padding,
+            &counters,
+            subscribers,
+            &server_pid,
+        )
+        .await
+        else {
+            break;
+        };
+        let Step {
+            fraction,
+            per_sec,
+            p50,
+            p90,
+            p99,
+            max,
+            srv_cpu,
+            gen_cpu,
+            rss,
+        } = step;
         let pass = fraction >= 0.99 && p99 <= 100.0;
         if json {
             println!(
@@ -582,6 +530,372 @@ async fn fanout(flags: &Flags) {
         }
         None => println!("{label}: no step passed"),
     }
+}
+
+/// Connects `n` subscribers (users `sub0`…) to `channel`, each read by a [`subscriber_loop`],
+/// from 16 loopback source addresses (127.0.0.2 to 127.0.0.17), as if from many hosts.
+async fn connect_subscribers(
+    addr: SocketAddr,
+    flags: &Flags,
+    n: usize,
+    channel: &str,
+    counters: &Arc<Counters>,
+) {
+    for i in 0..n {
+        let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 16) as u8]);
+        let mut ws = RawWs::connect_from(
+            addr,
+            Some(source),
+            token(flags, &format!("sub{i}")).as_deref(),
+        )
+        .await
+        .unwrap();
+        subscribe(&mut ws, channel).await.unwrap();
+        tokio::spawn(subscriber_loop(ws, counters.clone()));
+    }
+}
+
+/// Connects `n` publishers (service tokens); their acks are read and discarded.
+async fn connect_publishers(
+    addr: SocketAddr,
+    flags: &Flags,
+    n: usize,
+) -> Vec<tokio::net::tcp::OwnedWriteHalf> {
+    let mut writers = Vec::with_capacity(n);
+    for p in 0..n {
+        let mut publisher = RawWs::connect(addr, token(flags, &format!("publisher{p}")).as_deref())
+            .await
+            .unwrap();
+        let _ = publisher.next_text().await.unwrap(); // welcome
+        let (mut reader, writer) = publisher.stream.into_split();
+        tokio::spawn(async move {
+            // Acks and pings: read and discard (the server's pings only need an answer after
+            // 2 heartbeats of silence, and the publisher is never silent).
+            let mut sink = vec![0u8; 64 * 1024];
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        writers.push(writer);
+    }
+    writers
+}
+
+/// What one publishing step measured.
+struct Step {
+    fraction: f64,
+    per_sec: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    srv_cpu: Option<f64>,
+    gen_cpu: Option<f64>,
+    rss: u64,
+}
+
+/// Publishes `rate` messages a second to `channel` for `step` (round-robin over `writers`),
+/// waits (bounded) for the deliveries to `subscribers`, and measures; `None` when a publisher
+/// connection was lost.
+#[allow(clippy::too_many_arguments)]
+async fn publish_step(
+    writers: &mut [tokio::net::tcp::OwnedWriteHalf],
+    channel: &str,
+    rate: u64,
+    step: Duration,
+    padding: &str,
+    counters: &Counters,
+    subscribers: usize,
+    server_pid: &str,
+) -> Option<Step> {
+    counters.delivered.store(0, Ordering::Relaxed);
+    counters.latency.reset();
+    let publishers = writers.len();
+    let (srv0, gen0) = (cpu_seconds(server_pid), cpu_seconds("self"));
+    let t0 = Instant::now();
+    let total = rate * step.as_secs();
+    let mut sent = 0u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut batches: Vec<Vec<u8>> = (0..publishers)
+        .map(|_| Vec::with_capacity(16 * 1024))
+        .collect();
+    while sent < total {
+        ticker.tick().await;
+        let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            let body = format!(
+                r#"{{"type":"publish","channel":"{channel}","payload":{{"t":{},"p":"{padding}"}}}}"#,
+                now_micros()
+            );
+            let batch = &mut batches[(sent % publishers as u64) as usize];
+            batch.extend_from_slice(&client_frame(1, body.as_bytes()));
+            sent += 1;
+        }
+        for (writer, batch) in writers.iter_mut().zip(&mut batches) {
+            if !batch.is_empty() && writer.write_all(batch).await.is_err() {
+                eprintln!("publisher connection lost");
+                return None;
+            }
+            batch.clear();
+        }
+    }
+    let publish_time = t0.elapsed();
+    let expected = sent * subscribers as u64;
+    // Let the last deliveries arrive (bounded).
+    let drain_deadline = Instant::now() + Duration::from_secs(3);
+    while counters.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let delivered = counters.delivered.load(Ordering::Relaxed);
+    let per_sec = delivered as f64
+        / publish_time
+            .as_secs_f64()
+            .max(wall.min(publish_time.as_secs_f64() + 0.5));
+    let q = |x| counters.latency.quantile(x) as f64 / 1000.0;
+    Some(Step {
+        fraction: delivered as f64 / expected.max(1) as f64,
+        per_sec,
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        max: q(1.0),
+        srv_cpu: srv0
+            .zip(cpu_seconds(server_pid))
+            .map(|(a, b)| (b - a) / wall * 100.0),
+        gen_cpu: gen0
+            .zip(cpu_seconds("self"))
+            .map(|(a, b)| (b - a) / wall * 100.0),
+        rss: rss_bytes(server_pid).unwrap_or(0),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// abuse
+
+/// The kinds of abusive connection, one in five each.
+const ABUSES: [&str; 5] = ["flood", "garbage", "oversized", "storm", "slow-reader"];
+
+/// What the abusers did and what the server answered.
+#[derive(Default)]
+struct AbuseCounters {
+    connects: AtomicU64,
+    refused: AtomicU64,
+    frames: AtomicU64,
+}
+
+/// One abusive client: connects, misbehaves in its way until the server drops it, and comes
+/// back, until `stop`.
+async fn abuser(
+    addr: SocketAddr,
+    token: Option<String>,
+    kind: usize,
+    id: usize,
+    stop: Arc<AtomicBool>,
+    counters: Arc<AbuseCounters>,
+) {
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        // Abusers come from ten hosts of their own: 127.0.1.1 to 127.0.1.10.
+        let source = std::net::IpAddr::from([127, 0, 1, 1 + (id % 10) as u8]);
+        let Ok(mut ws) = RawWs::connect_from(addr, Some(source), token.as_deref()).await else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        counters.connects.fetch_add(1, Ordering::Relaxed);
+        if kind == 4 {
+            // Subscribes to the busy channel, then never reads; comes back after a while.
+            let _ = subscribe(&mut ws, "bench:abuse").await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            continue;
+        }
+        let (mut reader, mut writer) = ws.stream.into_split();
+        let drained = tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) && !drained.is_finished() {
+            let batch: Vec<u8> = match kind {
+                0 => (0..50)
+                    .flat_map(|_| {
+                        client_frame(
+                            1,
+                            format!(
+                                r#"{{"type":"publish","channel":"spam:{id}","payload":"{round}"}}"#
+                            )
+                            .as_bytes(),
+                        )
+                    })
+                    .collect(),
+                1 => (0..50)
+                    .flat_map(|i| match i % 3 {
+                        0 => client_frame(1, b"{\"type\":\"publish\",\"chan"),
+                        1 => client_frame(1, b"\xff not json at all"),
+                        _ => client_frame(2, &[0u8, 1, 2, 3]),
+                    })
+                    .collect(),
+                2 => client_frame(1, &vec![b'x'; 512 * 1024]),
+                _ => (0..20)
+                    .flat_map(|_| {
+                        n += 1;
+                        let channel = format!("storm:{id}:{n}");
+                        let mut frames = client_frame(
+                            1,
+                            format!(r#"{{"type":"subscribe","channel":"{channel}","since":0}}"#)
+                                .as_bytes(),
+                        );
+                        frames.extend(client_frame(
+                            1,
+                            format!(r#"{{"type":"unsubscribe","channel":"{channel}"}}"#).as_bytes(),
+                        ));
+                        frames
+                    })
+                    .collect(),
+            };
+            if writer.write_all(&batch).await.is_err() {
+                break;
+            }
+            counters.frames.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drained.abort();
+    }
+}
+
+/// `loadgen abuse`: well-behaved subscribers receive a steady fan-out, first alone, then
+/// while abusive connections flood publishes, garbage, oversized frames and subscribe storms
+/// and read slowly; reports the subscribers' delivery ratio and latency in both phases and
+/// the server's peak memory.
+async fn abuse(flags: &Flags) {
+    let addr: SocketAddr = flags.text("addr").expect("--addr").parse().unwrap();
+    let subscribers = flags.get("subscribers", 1000usize);
+    let abusers = flags.get("abusers", 200usize);
+    let rate = flags.get("rate", 100u64);
+    let step = Duration::from_secs(flags.get("step-secs", 10u64));
+    let payload_bytes = flags.get("payload", 100usize);
+    let server_pid = flags.text("server-pid").unwrap_or("0").to_owned();
+    let channel = "bench:abuse";
+
+    let counters = Arc::new(Counters {
+        delivered: AtomicU64::new(0),
+        closed: AtomicUsize::new(0),
+        latency: Histogram::new(),
+    });
+    connect_subscribers(addr, flags, subscribers, channel, &counters).await;
+    let mut writers = connect_publishers(addr, flags, 1).await;
+    let pad = payload_bytes.saturating_sub(r#"{"t":1234567890123456,"p":""}"#.len());
+    let padding = "x".repeat(pad);
+    println!(
+        "{:<14} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}",
+        "phase",
+        "rate/s",
+        "delivered",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "srv cpu",
+        "srv rss",
+        "gen cpu"
+    );
+    let report = |phase: &str, step: &Step| {
+        println!(
+            "{phase:<14} {rate:>7} {:>9.3}% {:>8.2} {:>8.2} {:>8.2} {:>8.0}% {:>7.1}MB {:>7.0}%",
+            step.fraction * 100.0,
+            step.p50,
+            step.p99,
+            step.max,
+            step.srv_cpu.unwrap_or(f64::NAN),
+            step.rss as f64 / 1e6,
+            step.gen_cpu.unwrap_or(f64::NAN),
+        );
+    };
+    let Some(calm) = publish_step(
+        &mut writers,
+        channel,
+        rate,
+        step,
+        &padding,
+        &counters,
+        subscribers,
+        &server_pid,
+    )
+    .await
+    else {
+        return;
+    };
+    report("without abuse", &calm);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let abuse_counters = Arc::new(AbuseCounters::default());
+    let mut tasks = Vec::new();
+    for i in 0..abusers {
+        let kind = i % ABUSES.len();
+        tasks.push(tokio::spawn(abuser(
+            addr,
+            token(flags, &format!("abuser{i}")),
+            kind,
+            i,
+            stop.clone(),
+            abuse_counters.clone(),
+        )));
+    }
+    // Let the abuse reach its steady state before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let closed_before = counters.closed.load(Ordering::Relaxed);
+    let Some(abused) = publish_step(
+        &mut writers,
+        channel,
+        rate,
+        step,
+        &padding,
+        &counters,
+        subscribers,
+        &server_pid,
+    )
+    .await
+    else {
+        return;
+    };
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    report("under abuse", &abused);
+    let peak = peak_rss_bytes(&server_pid).unwrap_or(0);
+    println!(
+        "abusers: {abusers} ({}), {} connections made, {} refused at connect, {} batches sent",
+        ABUSES.join(", "),
+        abuse_counters.connects.load(Ordering::Relaxed),
+        abuse_counters.refused.load(Ordering::Relaxed),
+        abuse_counters.frames.load(Ordering::Relaxed),
+    );
+    println!(
+        "well-behaved subscribers closed during the abuse: {}",
+        counters.closed.load(Ordering::Relaxed) - closed_before
+    );
+    println!(
+        "p99 under abuse / without: {:.2}x; server peak RSS {:.1} MB",
+        abused.p99 / calm.p99.max(0.001),
+        peak as f64 / 1e6
+    );
+    let pass = abused.fraction >= 1.0 && abused.p99 <= 2.0 * calm.p99.max(1.0);
+    println!(
+        "target (100% delivered, p99 within 2x): {}",
+        if pass { "met" } else { "NOT met" }
+    );
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 // ---------------------------------------------------------------------------------------------

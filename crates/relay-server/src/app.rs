@@ -46,6 +46,8 @@ pub(crate) struct AppInner {
     rest_services: KeyedBuckets<relay_proto::UserId>,
     /// Bad tokens per client IP.
     auth_failures: KeyedBuckets<std::net::IpAddr>,
+    /// New WebSocket connections per client IP.
+    pub(crate) connects: KeyedBuckets<std::net::IpAddr>,
 }
 
 impl App {
@@ -69,6 +71,7 @@ impl App {
             rest_users: KeyedBuckets::new(rest_users),
             rest_services: KeyedBuckets::new(rest_services),
             auth_failures,
+            connects: KeyedBuckets::new(config.connect_rate_limit()),
             hub,
             auth,
             config,

@@ -128,6 +128,9 @@ pub struct Config {
     /// Requests and upgrades with a bad token, per client IP; past it the IP gets 429 before
     /// its token is even checked.
     pub auth_failure_limit: LimitConfig,
+    /// New WebSocket connections per client IP (service tokens exempt); past it upgrades get
+    /// 429, so that a client reconnecting in a loop costs a refusal, not a session.
+    pub connect_rate_limit: LimitConfig,
 }
 
 /// Reads `["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]`: CIDR ranges, or single addresses
@@ -182,8 +185,9 @@ impl LimitConfig {
 
 /// Rate limits of one kind of token: WebSocket frames and REST requests. Unset entries keep
 /// the defaults (users: publish 50/s burst 200, subscribe 100/s burst 1000, signal 50/s
-/// burst 200, REST 20/s burst 100; services: publish and signal 20000/s burst 40000,
-/// subscribe 2000/s burst 10000, REST 20000/s burst 40000).
+/// burst 200, frames 200/s burst 1000, REST 20/s burst 100; services: publish and signal
+/// 20000/s burst 40000, subscribe 2000/s burst 10000, frames 50000/s burst 100000, REST
+/// 20000/s burst 40000).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitsConfig {
@@ -193,6 +197,8 @@ pub struct RateLimitsConfig {
     pub subscribe: Option<LimitConfig>,
     /// `signal` frames per connection.
     pub signal: Option<LimitConfig>,
+    /// Every frame per connection, of any type.
+    pub frames: Option<LimitConfig>,
     /// REST requests per user.
     pub rest: Option<LimitConfig>,
 }
@@ -204,12 +210,16 @@ const SERVICE_REST: RateLimit = RateLimit::new(20_000, 40_000);
 
 impl RateLimitsConfig {
     fn frames(&self, base: FrameLimits) -> FrameLimits {
-        FrameLimitsConfig {
-            publish: self.publish,
-            subscribe: self.subscribe,
-            signal: self.signal,
+        let pick = |set: Option<LimitConfig>, base| set.map_or(base, LimitConfig::resolve);
+        FrameLimits {
+            frames: pick(self.frames, base.frames),
+            ..FrameLimitsConfig {
+                publish: self.publish,
+                subscribe: self.subscribe,
+                signal: self.signal,
+            }
+            .over(base)
         }
-        .over(base)
     }
 
     fn rest(&self, base: RateLimit) -> Option<RateLimit> {
@@ -237,6 +247,7 @@ impl FrameLimitsConfig {
             publish: pick(self.publish, base.publish),
             subscribe: pick(self.subscribe, base.subscribe),
             signal: pick(self.signal, base.signal),
+            frames: base.frames,
         }
     }
 }
@@ -291,6 +302,7 @@ impl Default for Config {
             service_rate_limits: RateLimitsConfig::default(),
             rate_limit_close_multiple: 4,
             auth_failure_limit: LimitConfig::from_limit(Some(RateLimit::new(2, 20))),
+            connect_rate_limit: LimitConfig::from_limit(Some(RateLimit::new(20, 200))),
         }
     }
 }
@@ -601,6 +613,11 @@ impl Config {
             self.rate_limits.rest(USER_REST),
             self.service_rate_limits.rest(SERVICE_REST),
         )
+    }
+
+    /// The limit on new connections per client IP.
+    pub(crate) fn connect_rate_limit(&self) -> Option<RateLimit> {
+        self.connect_rate_limit.resolve()
     }
 
     /// The limit on bad-token attempts per client IP.

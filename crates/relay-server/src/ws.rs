@@ -117,6 +117,16 @@ fn admit<B>(
         _ => None,
     };
     let ip = if service { None } else { app.client_ip(req) };
+    if let Some(ip) = ip
+        && let Err(retry) = app.inner.connects.take(&ip)
+    {
+        app.inner.metrics.connection_refused("connect_rate");
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many new connections from this address",
+        )
+        .retry_after(retry));
+    }
     app.inner
         .counts
         .admit(app.inner.config.caps(), user, ip)
@@ -360,6 +370,9 @@ impl Session<'_> {
             match message {
                 Ok(Message::Text(text)) => {
                     metrics.frames_in.inc();
+                    if !self.conn.charge_frame() {
+                        continue;
+                    }
                     match ClientFrame::decode(text.as_bytes()) {
                         Ok(frame) => {
                             let publish = matches!(frame, ClientFrame::Publish { .. });
@@ -376,6 +389,9 @@ impl Session<'_> {
                 }
                 Ok(Message::Binary(_)) => {
                     metrics.frames_in.inc();
+                    if !self.conn.charge_frame() {
+                        continue;
+                    }
                     let message = "binary frames are not supported: send JSON in text frames";
                     self.conn.error(ErrorCode::BadRequest, message);
                 }

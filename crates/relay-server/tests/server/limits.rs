@@ -513,3 +513,80 @@ async fn an_address_sending_bad_tokens_is_refused_before_its_tokens_are_read() {
     // Connections already open are not affected.
     still_served(&mut reader, &mut writer, "room").await;
 }
+
+#[tokio::test]
+async fn an_address_reconnecting_in_a_loop_is_refused_before_the_upgrade() {
+    let server = TestServer::start_with(|c| {
+        c.connect_rate_limit = relay_server::LimitConfig {
+            per_second: 1,
+            burst: 3,
+        };
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let url = server.ws_url(&server.token("looper"));
+    let from = [("x-forwarded-for", "203.0.113.9")];
+    for _ in 0..3 {
+        welcomed(upgrade(&url, &from).await.unwrap()).await;
+    }
+    let (status, body) = upgrade(&url, &from).await.err().expect("refused");
+    assert_eq!(status, 429);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("new connections")
+    );
+    // Another address, and services, are not held back.
+    welcomed(
+        upgrade(&url, &[("x-forwarded-for", "203.0.113.10")])
+            .await
+            .unwrap(),
+    )
+    .await;
+    let service = server.ws_url(&server.service_token("backend"));
+    welcomed(upgrade(&service, &from).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn garbage_counts_against_the_frame_limit_and_a_flood_of_it_is_closed_with_4029() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start_with(|c| c.rate_limits.frames = limit(1, 5)).await;
+    let (mut reader, mut writer) = bystanders(&server, "room").await;
+    let mut garbage = server.connect("garbage").await;
+    for _ in 0..5 {
+        garbage.send_raw(Message::Text("not json".into())).await;
+        let reply = garbage.recv().await;
+        assert!(
+            matches!(
+                reply,
+                ServerFrame::Error {
+                    code: relay_proto::ErrorCode::BadRequest,
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+    }
+    garbage
+        .send_raw(Message::Binary(vec![1, 2, 3].into()))
+        .await;
+    let reply = garbage.recv().await;
+    assert!(
+        matches!(
+            reply,
+            ServerFrame::Error {
+                code: relay_proto::ErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    for _ in 0..10 {
+        if garbage.ws_send(json!("more")).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(u16::from(garbage.recv_close().await.code), 4029);
+    still_served(&mut reader, &mut writer, "room").await;
+}
