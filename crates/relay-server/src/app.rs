@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
-use crate::limits::{AllowedOrigins, ConnectionCounts, KeyedBuckets, RemoteAddr};
+use crate::limits::{AllowedOrigins, ConnectionCounts, Cooldowns, KeyedBuckets, RemoteAddr};
 use crate::metrics::Metrics;
 use crate::{rest, ws};
 
@@ -48,6 +48,8 @@ pub(crate) struct AppInner {
     auth_failures: KeyedBuckets<std::net::IpAddr>,
     /// New WebSocket connections per client IP.
     pub(crate) connects: KeyedBuckets<std::net::IpAddr>,
+    /// Users whose last connection was closed for abuse, barred for a while.
+    pub(crate) cooldowns: Cooldowns<relay_proto::UserId>,
 }
 
 impl App {
@@ -72,6 +74,7 @@ impl App {
             rest_services: KeyedBuckets::new(rest_services),
             auth_failures,
             connects: KeyedBuckets::new(config.connect_rate_limit()),
+            cooldowns: Cooldowns::new(std::time::Duration::from_secs(config.abuse_cooldown_secs)),
             hub,
             auth,
             config,

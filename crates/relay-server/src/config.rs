@@ -131,6 +131,10 @@ pub struct Config {
     /// New WebSocket connections per client IP (service tokens exempt); past it upgrades get
     /// 429, so that a client reconnecting in a loop costs a refusal, not a session.
     pub connect_rate_limit: LimitConfig,
+    /// After a user's connection is closed for abuse (4029 rate limit, 1009 oversized frame,
+    /// 1002/1007 protocol violations), that user's upgrades get 429 for this many seconds
+    /// (`0`: off; services are never barred).
+    pub abuse_cooldown_secs: u64,
 }
 
 /// Reads `["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]`: CIDR ranges, or single addresses
@@ -303,6 +307,7 @@ impl Default for Config {
             rate_limit_close_multiple: 4,
             auth_failure_limit: LimitConfig::from_limit(Some(RateLimit::new(2, 20))),
             connect_rate_limit: LimitConfig::from_limit(Some(RateLimit::new(20, 200))),
+            abuse_cooldown_secs: 10,
         }
     }
 }

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use relay_core::{RateLimit, TokenBucket};
 use relay_proto::UserId;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The address of the TCP peer of a request. [`Relay`](crate::Relay) puts it in every
 /// request's extensions; an embedder serving [`App`](crate::App) in its own server inserts it
@@ -212,8 +212,8 @@ pub(crate) struct KeyedBuckets<K> {
     state: Mutex<Keyed<K>>,
 }
 
-struct Keyed<K> {
-    buckets: HashMap<K, TokenBucket>,
+struct Keyed<K, V = TokenBucket> {
+    buckets: HashMap<K, V>,
     /// Sweep the map when it grows to this size.
     sweep_at: usize,
 }
@@ -274,6 +274,47 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
             .entry(key.clone())
             .or_insert_with(|| TokenBucket::full(limit, now));
         f(bucket, limit, now)
+    }
+}
+
+/// Keys (users) barred from reconnecting for a while after their connection was closed for
+/// abuse; expired entries are swept now and then.
+pub(crate) struct Cooldowns<K> {
+    length: Duration,
+    state: Mutex<Keyed<K, Instant>>,
+}
+
+impl<K: std::hash::Hash + Eq> Cooldowns<K> {
+    /// Cooldowns of `length`; zero turns them off.
+    pub(crate) fn new(length: Duration) -> Self {
+        Self {
+            length,
+            state: Mutex::new(Keyed {
+                buckets: HashMap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
+        }
+    }
+
+    /// Bars `key` for the cooldown's length from now.
+    pub(crate) fn start(&self, key: K) {
+        if self.length.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if state.buckets.len() >= state.sweep_at {
+            state.buckets.retain(|_, until| *until > now);
+            state.sweep_at = (state.buckets.len() * 2).max(MIN_SWEEP);
+        }
+        state.buckets.insert(key, now + self.length);
+    }
+
+    /// Whole seconds (at least 1) until `key` may come back, if it is barred.
+    pub(crate) fn remaining(&self, key: &K) -> Option<u64> {
+        let until = *self.state.lock().buckets.get(key)?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some(left.as_secs().max(1))
     }
 }
 
@@ -444,6 +485,19 @@ mod tests {
         }
         assert!(buckets.state.lock().buckets.len() <= 2 * MIN_SWEEP);
         assert!(KeyedBuckets::new(None).take(&1).is_ok());
+    }
+
+    #[test]
+    fn cooldowns_bar_a_key_until_they_expire() {
+        let cooldowns = Cooldowns::new(Duration::from_millis(50));
+        cooldowns.start("mallory");
+        assert_eq!(cooldowns.remaining(&"mallory"), Some(1));
+        assert_eq!(cooldowns.remaining(&"alice"), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(cooldowns.remaining(&"mallory"), None);
+        let off = Cooldowns::new(Duration::ZERO);
+        off.start("mallory");
+        assert_eq!(off.remaining(&"mallory"), None);
     }
 
     #[test]

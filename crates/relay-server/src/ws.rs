@@ -13,6 +13,7 @@ use relay_core::{Batch, Connection, Identity};
 use relay_proto::{ClientFrame, CloseCode, ErrorCode, SUBPROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -116,6 +117,16 @@ fn admit<B>(
         Ok((identity, _)) if !service => Some(&identity.user),
         _ => None,
     };
+    if let Some(user) = user
+        && let Some(retry) = app.inner.cooldowns.remaining(user)
+    {
+        app.inner.metrics.connection_refused("abuse_cooldown");
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "this user's last connection was closed for abuse: wait before reconnecting",
+        )
+        .retry_after(retry));
+    }
     let ip = if service { None } else { app.client_ip(req) };
     if let Some(ip) = ip
         && let Err(retry) = app.inner.connects.take(&ip)
@@ -280,6 +291,20 @@ async fn session<R, W>(
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
         }
     }
+    // A user whose connection was closed for abuse waits before coming back: reconnecting
+    // must not refill the buckets the close was for.
+    let abusive = conn.outbox().closed().is_some_and(|r| {
+        matches!(
+            r.code,
+            CloseCode::RateLimited
+                | CloseCode::TooBig
+                | CloseCode::ProtocolError
+                | CloseCode::InvalidPayload
+        )
+    });
+    if abusive && conn.identity().role == relay_core::Role::User {
+        app.inner.cooldowns.start(conn.identity().user.clone());
+    }
     tracing::debug!(connection = conn.id(), "disconnected");
 }
 
@@ -407,6 +432,10 @@ impl Session<'_> {
                 }
                 Err(WsError::Utf8(_)) => {
                     return (CloseCode::InvalidPayload, "text frame is not UTF-8");
+                }
+                // The peer went away without a close frame: gone, not misbehaving.
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    return (CloseCode::Normal, "connection lost");
                 }
                 Err(WsError::Protocol(e)) => {
                     tracing::debug!(connection = self.conn.id(), error = %e, "protocol error");

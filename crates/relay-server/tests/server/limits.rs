@@ -410,7 +410,30 @@ async fn a_publisher_over_its_rate_gets_rate_limited_then_4029_and_others_are_un
     }
     let close = flooder.recv_close().await;
     assert_eq!(u16::from(close.code), 4029, "{close:?}");
+    // Reconnecting does not refill the buckets: the user waits out the abuse cooldown.
+    let again = server.ws_url(&server.token("flooder"));
+    let (status, body) = eventually_refused(&again).await;
+    assert_eq!(status, 429);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("closed for abuse"),
+        "{body}"
+    );
     still_served(&mut reader, &mut writer, "room").await;
+}
+
+/// The refusal of an upgrade to `url`, once the session before it has ended (its end is what
+/// starts a cooldown, shortly after the client saw the close).
+async fn eventually_refused(url: &str) -> (u16, Value) {
+    for _ in 0..200 {
+        if let Err(refusal) = upgrade(url, &[]).await {
+            return refusal;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never refused");
 }
 
 #[tokio::test]
