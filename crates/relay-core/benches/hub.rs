@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use relay_core::{Connection, Hub, HubConfig, Identity, Publish};
+use relay_core::{Connection, FrameLimits, Hub, HubConfig, Identity, Publish, RateLimit};
 use relay_proto::{
     ChannelName, ClientFrame, MessageId, Payload, Seq, ServerFrame, Timestamp, UserId,
 };
-use relay_store::MemoryStore;
+use relay_store::{MemoryRetention, MemoryStore};
 
 const PUBLISH: &[u8] = br#"{"type":"publish","id":17,"channel":"chat:42","payload":{"t":1763719200123456,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
 
@@ -86,5 +86,45 @@ fn frames(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout, frames);
+/// The cost of rate limiting on a client's publish: the same frame handled by a service
+/// connection under the default service limits and with no limits (the token buckets are
+/// checked per client frame, never per delivery).
+fn limits(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("limits");
+    for (name, limits) in [
+        ("handle_publish_limited", FrameLimits::SERVICES),
+        ("handle_publish_unlimited", FrameLimits::UNLIMITED),
+    ] {
+        let store = MemoryStore::with_retention(MemoryRetention {
+            max_messages_per_channel: Some(1000),
+            max_bytes: None,
+        });
+        let config = HubConfig {
+            service_limits: FrameLimits {
+                // Far above what the loop reaches, so that every frame is allowed.
+                publish: limits.publish.map(|_| RateLimit::new(u32::MAX, u32::MAX)),
+                frames: limits.frames.map(|_| RateLimit::new(u32::MAX, u32::MAX)),
+                ..limits
+            },
+            ..HubConfig::default()
+        };
+        let hub = Hub::new(Arc::new(store), config);
+        let conn = hub.connect(Identity::service(UserId::parse("backend").unwrap()));
+        let mut drained = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                runtime.block_on(conn.handle_text(PUBLISH));
+                drained.clear();
+                conn.outbox().try_drain(&mut drained);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout, frames, limits);
 criterion_main!(benches);
