@@ -613,3 +613,95 @@ async fn garbage_counts_against_the_frame_limit_and_a_flood_of_it_is_closed_with
     assert_eq!(u16::from(garbage.recv_close().await.code), 4029);
     still_served(&mut reader, &mut writer, "room").await;
 }
+
+#[tokio::test]
+async fn replays_are_bounded_in_bytes_channel_records_are_counted_and_the_memory_store_trims() {
+    let mut config = TestServer::config(|c| {
+        c.max_replay_bytes = 4_000;
+        c.max_channels_per_user = 1;
+        c.memory_max_history = 5;
+    });
+    let store = std::sync::Arc::new(relay_store::MemoryStore::with_retention(
+        config.memory_retention(),
+    ));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let hub = relay_core::Hub::new(store, config.hub_config());
+    let server = TestServer::start_with_hub(hub, config).await;
+    let mut writer = server.connect("writer").await;
+    for i in 0..5 {
+        let payload = format!("{i:0>1000}");
+        let ack = writer
+            .request(json!({"type": "publish", "id": i, "channel": "room", "payload": payload}))
+            .await;
+        assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+    }
+    // Five ~1.2 KB messages: over a 4,000-byte replay allowance, so not recovered.
+    let mut late = server.connect("late").await;
+    let reply = late
+        .request(json!({"type": "subscribe", "channel": "room", "since": 0}))
+        .await;
+    assert!(
+        matches!(
+            reply,
+            ServerFrame::Subscribed {
+                recovered: Some(false),
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    // Two fit.
+    let mut recent = server.connect("recent").await;
+    let reply = recent
+        .request(json!({"type": "subscribe", "channel": "room", "since": 3}))
+        .await;
+    assert!(
+        matches!(
+            reply,
+            ServerFrame::Subscribed {
+                recovered: Some(true),
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    for expected in [4, 5] {
+        let message = recent.recv().await;
+        assert!(
+            matches!(message, ServerFrame::Message { seq: Some(seq), .. } if seq.0 == expected),
+            "{message:?}"
+        );
+    }
+
+    // The memory store keeps the newest `memory_max_history` per channel.
+    for i in 5..8 {
+        writer
+            .request(json!({"type": "publish", "id": i, "channel": "room", "payload": i}))
+            .await;
+    }
+    let http = server.http(&server.token("writer"));
+    let (status, body) = http.get("/api/channels/room/messages?limit=100").await;
+    assert_eq!(status, 200);
+    let seqs: Vec<u64> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
+
+    // One channel record per user here.
+    let (status, _) = http
+        .post("/api/channels", json!({"name": "thread:a"}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = http
+        .post("/api/channels", json!({"name": "thread:b"}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("quota"));
+    let (status, _) = http
+        .post("/api/channels", json!({"name": "thread:a"}))
+        .await;
+    assert_eq!(status, 200, "recreating an existing record is not counted");
+}
