@@ -37,8 +37,8 @@ pub enum ConfigError {
 }
 
 /// The server's configuration. `Config::default()` runs out of the box: `127.0.0.1:8080`,
-/// memory store, a random development secret.
-#[derive(Debug, Clone, Deserialize)]
+/// memory store, a random development secret. Its `Debug` output leaves out credentials.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -312,8 +312,8 @@ impl Default for Config {
     }
 }
 
-/// How tokens are verified.
-#[derive(Debug, Clone, Deserialize)]
+/// How tokens are verified. Its `Debug` output leaves out the secret.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// The signing algorithm tokens must use.
@@ -353,6 +353,36 @@ impl Default for AuthConfig {
             jwks_url: None,
             jwks_refresh_secs: 300,
         }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_file", &self.public_key_file)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url.as_deref().map(redact))
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &self.database_url.as_deref().map(redact))
+            .field("auth", &self.auth)
+            .field("cluster", &self.cluster)
+            .field("node_id", &self.node_id)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .finish_non_exhaustive()
     }
 }
 
@@ -809,6 +839,19 @@ mod tests {
         assert!(trusted("10.1.2.3") && trusted("192.0.2.7") && trusted("2001:db8::1"));
         assert!(!trusted("192.0.2.8"));
         assert!(Config::from_toml(r#"trusted_proxies = ["proxy.local"]"#).is_err());
+    }
+
+    #[test]
+    fn debug_output_leaves_out_credentials() {
+        let mut config = Config::default();
+        config.auth.secret = Some("a-secret-that-must-not-be-logged-0123".into());
+        config.database_url = Some("postgres://u:hunter2@db/relay?password=x".into());
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("must-not-be-logged") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://db/relay"), "{shown}");
     }
 
     #[test]
