@@ -670,6 +670,7 @@ impl Config {
         relay_store::PgStoreOptions {
             max_connections: self.database_max_connections.max(1),
             acquire_timeout: Duration::from_millis(self.database_timeout_ms),
+            statement_timeout: Duration::from_millis(self.database_timeout_ms),
             cluster_node,
             ..relay_store::PgStoreOptions::default()
         }

@@ -35,6 +35,39 @@ const KEEP_BATCH: usize = 256;
 const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long a closing session waits for the peer's close reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Frames read ahead while an earlier one is handled, and their bytes: past either, reading
+/// waits (TCP pushes back on the client).
+const READ_AHEAD: usize = 32;
+const READ_AHEAD_BYTES: usize = 256 * 1024;
+
+/// A client frame being handled. Boxed: the handling future is large and rarely alive, and
+/// inline it would sit in every idle connection's task.
+type Handling<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Decoded frames waiting for their turn.
+#[derive(Default)]
+struct ReadAhead {
+    frames: std::collections::VecDeque<(ClientFrame, usize)>,
+    bytes: usize,
+}
+
+impl ReadAhead {
+    fn has_room(&self) -> bool {
+        self.frames.len() < READ_AHEAD && self.bytes < READ_AHEAD_BYTES
+    }
+
+    fn push(&mut self, frame: ClientFrame, bytes: usize) {
+        self.bytes += bytes;
+        self.frames.push_back((frame, bytes));
+    }
+
+    fn pop(&mut self) -> Option<ClientFrame> {
+        let (frame, bytes) = self.frames.pop_front()?;
+        self.bytes -= bytes;
+        Some(frame)
+    }
+}
+
 /// `Retry-After` of a connection refused by a cap.
 const ADMISSION_RETRY_SECS: u64 = 5;
 
@@ -378,73 +411,122 @@ impl Session<'_> {
     }
 
     /// Reads client frames until the peer closes; returns the close code to answer with.
+    ///
+    /// Frames are handled one at a time, in order, but reading does not wait for them: while
+    /// a frame waits (a publish for its commit), the next ones are read ahead (up to
+    /// [`READ_AHEAD`] frames and [`READ_AHEAD_BYTES`]), and pings, pongs and closes keep
+    /// flowing, so a slow database never makes a healthy client look silent.
     async fn read<R: AsyncRead + Unpin>(
         &self,
         mut stream: WebSocketStream<wire::ReadOnly<R>>,
     ) -> (CloseCode, &'static str) {
-        let metrics = &self.app.inner.metrics;
-        while let Some(message) = stream.next().await {
-            self.touch();
-            if self.closing.load(Ordering::Relaxed) {
-                // Our close frame is out: nothing more is handled, only the reply awaited.
-                if matches!(message, Ok(Message::Close(_)) | Err(_)) {
-                    return (CloseCode::Normal, "bye");
-                }
-                continue;
+        let mut ahead = ReadAhead::default();
+        let mut current: Option<Handling<'_>> = None;
+        let end = loop {
+            if current.is_none()
+                && let Some(frame) = ahead.pop()
+            {
+                current = Some(Box::pin(self.handle(frame)));
             }
-            match message {
-                Ok(Message::Text(text)) => {
-                    metrics.frames_in.inc();
-                    if !self.conn.charge_frame() {
-                        continue;
+            let step = tokio::select! {
+                () = async {
+                    if let Some(handling) = current.as_mut() {
+                        handling.await;
                     }
+                }, if current.is_some() => None,
+                message = stream.next(), if ahead.has_room() => Some(message),
+            };
+            match step {
+                None => current = None,
+                Some(None) => break (CloseCode::Normal, "connection lost"),
+                Some(Some(message)) => {
+                    if let Some(end) = self.on_message(message, &mut ahead) {
+                        break end;
+                    }
+                }
+            }
+        };
+        // Frames that arrived before the peer's close are still handled, in order (each
+        // bounded by the database timeout); after our own close nothing more is.
+        if !self.closing.load(Ordering::Relaxed) {
+            if let Some(handling) = current {
+                handling.await;
+            }
+            while let Some(frame) = ahead.pop() {
+                self.handle(frame).await;
+            }
+        }
+        end
+    }
+
+    /// Handles one client frame, timing publishes.
+    async fn handle(&self, frame: ClientFrame) {
+        let publish = matches!(frame, ClientFrame::Publish { .. });
+        let started = Instant::now();
+        self.conn.handle(frame).await;
+        if publish {
+            self.app
+                .inner
+                .metrics
+                .publish_latency(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Takes one message off the socket: control frames are answered at once, data frames
+    /// decoded and queued; `Some` ends the session with that close.
+    fn on_message(
+        &self,
+        message: Result<Message, WsError>,
+        ahead: &mut ReadAhead,
+    ) -> Option<(CloseCode, &'static str)> {
+        let metrics = &self.app.inner.metrics;
+        self.touch();
+        if self.closing.load(Ordering::Relaxed) {
+            // Our close frame is out: nothing more is handled, only the reply awaited.
+            return matches!(message, Ok(Message::Close(_)) | Err(_))
+                .then_some((CloseCode::Normal, "bye"));
+        }
+        match message {
+            Ok(Message::Text(text)) => {
+                metrics.frames_in.inc();
+                if self.conn.charge_frame() {
                     match ClientFrame::decode(text.as_bytes()) {
-                        Ok(frame) => {
-                            let publish = matches!(frame, ClientFrame::Publish { .. });
-                            let started = Instant::now();
-                            // Boxed: the handling future is large and rarely alive, and
-                            // inline it would sit in every idle connection's task.
-                            Box::pin(self.conn.handle(frame)).await;
-                            if publish {
-                                metrics.publish_latency(started.elapsed().as_secs_f64());
-                            }
-                        }
+                        Ok(frame) => ahead.push(frame, text.len()),
                         Err(e) => self.conn.reject(e),
                     }
                 }
-                Ok(Message::Binary(_)) => {
-                    metrics.frames_in.inc();
-                    if !self.conn.charge_frame() {
-                        continue;
-                    }
+                None
+            }
+            Ok(Message::Binary(_)) => {
+                metrics.frames_in.inc();
+                if self.conn.charge_frame() {
                     let message = "binary frames are not supported: send JSON in text frames";
                     self.conn.error(ErrorCode::BadRequest, message);
                 }
-                Ok(Message::Ping(payload)) => {
-                    *self.pong.lock() = Some(payload);
-                    self.control.notify_one();
-                }
-                Ok(Message::Close(_)) => return (CloseCode::Normal, "bye"),
-                Ok(Message::Pong(_) | Message::Frame(_)) => {}
-                Err(WsError::Capacity(e)) => {
-                    tracing::debug!(connection = self.conn.id(), error = %e, "frame over the size limit");
-                    return (CloseCode::TooBig, "frame over the size limit");
-                }
-                Err(WsError::Utf8(_)) => {
-                    return (CloseCode::InvalidPayload, "text frame is not UTF-8");
-                }
-                // The peer went away without a close frame: gone, not misbehaving.
-                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
-                    return (CloseCode::Normal, "connection lost");
-                }
-                Err(WsError::Protocol(e)) => {
-                    tracing::debug!(connection = self.conn.id(), error = %e, "protocol error");
-                    return (CloseCode::ProtocolError, "websocket protocol error");
-                }
-                Err(_) => return (CloseCode::Normal, "connection lost"),
+                None
             }
+            Ok(Message::Ping(payload)) => {
+                *self.pong.lock() = Some(payload);
+                self.control.notify_one();
+                None
+            }
+            Ok(Message::Close(_)) => Some((CloseCode::Normal, "bye")),
+            Ok(Message::Pong(_) | Message::Frame(_)) => None,
+            Err(WsError::Capacity(e)) => {
+                tracing::debug!(connection = self.conn.id(), error = %e, "frame over the size limit");
+                Some((CloseCode::TooBig, "frame over the size limit"))
+            }
+            Err(WsError::Utf8(_)) => Some((CloseCode::InvalidPayload, "text frame is not UTF-8")),
+            // The peer went away without a close frame: gone, not misbehaving.
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                Some((CloseCode::Normal, "connection lost"))
+            }
+            Err(WsError::Protocol(e)) => {
+                tracing::debug!(connection = self.conn.id(), error = %e, "protocol error");
+                Some((CloseCode::ProtocolError, "websocket protocol error"))
+            }
+            Err(_) => Some((CloseCode::Normal, "connection lost")),
         }
-        (CloseCode::Normal, "connection lost")
     }
 
     /// Drains the outbox to the socket, pings every heartbeat, answers pings, and closes on

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use relay_proto::{ChannelName, MemberRole, MessageId, Payload, Seq, Timestamp, UserId};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +35,11 @@ pub struct PgStoreOptions {
     pub max_connections: u32,
     /// How long an operation waits for a pooled connection before failing `unavailable`.
     pub acquire_timeout: Duration,
+    /// The deadline of every database operation: each statement (`statement_timeout` on
+    /// every pooled connection, which also bounds lock waits), each group commit, and each
+    /// publish's wait for its commit. Past it the operation fails `unavailable`; a publish
+    /// that gave up before its commit started is never stored.
+    pub statement_timeout: Duration,
     /// Most messages committed in one transaction.
     pub max_batch: usize,
     /// Publishes waiting for the committer before new ones are pushed back (`unavailable`).
@@ -48,6 +54,7 @@ impl Default for PgStoreOptions {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(3),
             max_batch: 1024,
             queue: 16 * 1024,
             cluster_node: None,
@@ -60,6 +67,8 @@ impl Default for PgStoreOptions {
 pub struct PgStore {
     pool: PgPool,
     appends: mpsc::Sender<Append>,
+    /// How long a publish waits for its commit.
+    timeout: Duration,
 }
 
 struct Append {
@@ -102,13 +111,28 @@ impl PgStore {
     /// Like [`connect`](Self::connect), with options.
     pub async fn connect_with(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
         let connect = PgConnectOptions::from_str(url).map_err(map_err)?;
+        // Migrations run on a connection of their own, without the statement timeout: an
+        // index build on a large table may take longer than any publish should.
+        let mut migrating = PgConnection::connect_with(&connect)
+            .await
+            .map_err(map_err)?;
+        MIGRATOR.run(&mut migrating).await.map_err(unavailable)?;
+        let _ = migrating.close().await;
+        let timeout_ms = options.statement_timeout.as_millis().max(1).to_string();
+        let connect = connect.options([
+            ("statement_timeout", timeout_ms.as_str()),
+            // The server probes idle connections, so that a vanished peer does not keep a
+            // transaction (and its locks) open.
+            ("tcp_keepalives_idle", "10"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_keepalives_count", "3"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
             .map_err(map_err)?;
-        MIGRATOR.run(&pool).await.map_err(unavailable)?;
         Ok(Self::with_pool(pool, &options))
     }
 
@@ -121,8 +145,13 @@ impl PgStore {
             queue,
             options.max_batch.max(1),
             options.cluster_node.clone(),
+            options.statement_timeout,
         ));
-        Self { pool, appends }
+        Self {
+            pool,
+            appends,
+            timeout: options.statement_timeout,
+        }
     }
 
     /// The connection pool.
@@ -137,11 +166,25 @@ async fn committer(
     mut queue: mpsc::Receiver<Append>,
     max_batch: usize,
     node: Option<String>,
+    deadline: Duration,
 ) {
     let node = node.as_deref();
     let mut batch = Vec::with_capacity(max_batch);
     while queue.recv_many(&mut batch, max_batch).await > 0 {
-        match commit(&pool, &batch, node).await {
+        // A publish that stopped waiting (its deadline passed while an earlier commit was
+        // stuck) is dropped here, before its commit: it failed, so it must not be stored.
+        batch.retain(|append: &Append| !append.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let committed = tokio::time::timeout(deadline, commit(&pool, &batch, node))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    format!("the group commit did not finish within {deadline:?}").into(),
+                ))
+            });
+        match committed {
             Ok(seqs) => {
                 for (append, seq) in batch.drain(..).zip(seqs) {
                     let _ = append.reply.send(Ok(seq));
@@ -610,8 +653,13 @@ impl Store for PgStore {
                 StoreError::Unavailable("committer stopped".into())
             }
         })?;
-        let seq = answer
+        let seq = tokio::time::timeout(self.timeout, answer)
             .await
+            .map_err(|_| {
+                StoreError::Unavailable(
+                    format!("the database did not commit within {:?}", self.timeout).into(),
+                )
+            })?
             .map_err(|_| StoreError::Unavailable("committer stopped".into()))??;
         Ok(message.with_seq(seq))
     }

@@ -216,3 +216,80 @@ async fn a_postgres_outage_gives_unavailable_then_service_resumes() {
         "no gap from the failed publishes"
     );
 }
+
+#[tokio::test]
+#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+async fn a_stuck_transaction_turns_into_unavailable_in_time_and_nobody_is_closed_for_silence() {
+    use sqlx::Connection;
+    let db = TestDatabase::create().await;
+    let config = TestServer::config(|c| {
+        c.database_timeout_ms = 500;
+        c.heartbeat_ms = 150;
+    });
+    let store = db.store_with(config.store_options()).await;
+    let hub = relay_core::Hub::new(std::sync::Arc::new(store), config.hub_config());
+    let server = TestServer::start_with_hub(hub, config).await;
+    let mut alice = server.connect("alice").await;
+    alice.subscribe("room").await;
+    let mut bob = server.connect("bob").await;
+    let ack = bob
+        .request(serde_json::json!({"type": "publish", "id": 0, "channel": "room", "payload": 0}))
+        .await;
+    assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+    assert!(matches!(alice.recv().await, ServerFrame::Message { .. }));
+    // Alice keeps reading (and answering pings) in the background, as any live client does.
+    let alice = tokio::spawn(async move {
+        loop {
+            if let ServerFrame::Message { seq: Some(seq), .. } = alice.recv().await {
+                return seq.0;
+            }
+        }
+    });
+
+    // Another client of the database holds a lock on the messages table.
+    let mut locker = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let publish = |id: u64| serde_json::json!({"type": "publish", "id": id, "channel": "room", "payload": id});
+    bob.send(publish(1)).await;
+    bob.send(publish(2)).await;
+    bob.send(serde_json::json!({"type": "ping", "id": "still-there"}))
+        .await;
+    let mut unavailable = 0;
+    let mut pong = false;
+    while unavailable < 2 || !pong {
+        match bob.recv().await {
+            ServerFrame::Error { code, .. } => {
+                assert_eq!(code, relay_proto::ErrorCode::Unavailable);
+                unavailable += 1;
+            }
+            ServerFrame::Pong { .. } => pong = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let waited = started.elapsed();
+    // Each publish gives up within the database timeout (500 ms), the second not held
+    // behind the first for longer than that.
+    assert!(
+        waited < std::time::Duration::from_millis(2_000),
+        "{waited:?}"
+    );
+    // More than two heartbeats passed while bob's publishes waited: his pongs were read
+    // all along, so neither he nor alice was closed for silence.
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let ack = bob.request(publish(3)).await;
+    assert!(
+        matches!(ack, ServerFrame::Ack { seq: Some(seq), .. } if seq.0 == 2),
+        "full service after the lock, and the publishes that failed were not stored: {ack:?}"
+    );
+    assert_eq!(
+        alice.await.unwrap(),
+        2,
+        "alice was not closed, and sees the next message"
+    );
+}
