@@ -205,6 +205,20 @@ impl Hub {
         self.schedule_tail_check(channel, self.inner.config.repair_delay);
     }
 
+    /// Checks the channel's tail after `delay`, whatever repair is scheduled meanwhile.
+    fn check_tail_after(&self, channel: &ChannelName, delay: std::time::Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (hub, channel) = (std::sync::Arc::downgrade(&self.inner), channel.clone());
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(inner) = hub.upgrade() {
+                Hub { inner }.schedule_tail_check(&channel, std::time::Duration::ZERO);
+            }
+        });
+    }
+
     /// Delivers a committed message to local subscribers, in seq order.
     ///
     /// For code that learns of committed messages by its own means (a cluster on Postgres uses
@@ -286,6 +300,13 @@ impl Drop for TailGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
             self.hub.check_tail(&self.channel);
+            // A store whose commits run on their own may land this one as late as its
+            // commit deadline: look again then, so that a committed message reaches live
+            // subscribers however late its commit lands.
+            if let Some(deadline) = self.hub.inner.store.commit_deadline() {
+                let delay = deadline + self.hub.inner.config.repair_delay;
+                self.hub.check_tail_after(&self.channel, delay);
+            }
         }
     }
 }

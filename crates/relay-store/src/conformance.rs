@@ -682,6 +682,10 @@ pub trait AppendHook: Send + Sync + 'static {
     fn inner(&self) -> &Self::Inner;
     /// The intercepted append.
     async fn append(&self, message: NewMessage) -> crate::StoreResult<crate::StoredMessage>;
+    /// See [`Store::commit_deadline`]; the inner store's by default.
+    fn commit_deadline(&self) -> Option<std::time::Duration> {
+        self.inner().commit_deadline()
+    }
 }
 
 #[async_trait::async_trait]
@@ -767,5 +771,8 @@ impl<T: AppendHook> Store for T {
     }
     async fn ping(&self) -> crate::StoreResult<()> {
         self.inner().ping().await
+    }
+    fn commit_deadline(&self) -> Option<std::time::Duration> {
+        AppendHook::commit_deadline(self)
     }
 }

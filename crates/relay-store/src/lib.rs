@@ -162,4 +162,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store is reachable (readiness).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// How late a commit can land after its `append` call was abandoned (the caller's future
+    /// dropped mid-commit), for stores whose commits run on their own; `None` when dropping
+    /// `append` ends it (the memory store). The hub checks the channel again after this long,
+    /// so that a commit that lands late still reaches live subscribers.
+    fn commit_deadline(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -639,6 +639,11 @@ impl Store for PgStore {
         row.map(|(role,)| member_role(&role)).transpose()
     }
 
+    fn commit_deadline(&self) -> Option<Duration> {
+        // A group commit runs in the committer task, bounded by this deadline.
+        Some(self.timeout)
+    }
+
     async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage> {
         let (reply, answer) = oneshot::channel();
         let append = Append {

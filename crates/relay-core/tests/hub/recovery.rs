@@ -313,6 +313,55 @@ async fn a_publish_abandoned_after_its_commit_is_still_delivered() {
     assert_eq!(message_seqs(&bob.next_batch().await), vec![1]);
 }
 
+/// A store whose commits run in a task of their own (as the Postgres committer does) and land
+/// `delay` after the append is called, whether or not its caller is still waiting.
+struct LateCommit {
+    inner: Arc<MemoryStore>,
+    delay: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl AppendHook for LateCommit {
+    type Inner = MemoryStore;
+
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
+    async fn append(&self, m: NewMessage) -> StoreResult<StoredMessage> {
+        let (inner, delay) = (self.inner.clone(), self.delay);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            inner.append(m).await
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("committer stopped".into()))?
+    }
+
+    fn commit_deadline(&self) -> Option<std::time::Duration> {
+        Some(self.delay + std::time::Duration::from_millis(50))
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_lands_long_after_its_publisher_left_is_still_delivered() {
+    let store = Arc::new(LateCommit {
+        inner: Arc::new(MemoryStore::new()),
+        delay: std::time::Duration::from_millis(300),
+    });
+    let hub = Hub::new(store, HubConfig::default());
+    let (alice, bob) = (client(&hub, "alice"), client(&hub, "bob"));
+    bob.subscribe("chat:1").await;
+    {
+        let publish = alice.send(json!({"type": "publish", "channel": "chat:1", "payload": 1}));
+        // The caller goes away long before the commit (and after the first tail check).
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(50), publish).await;
+        assert!(abandoned.is_err(), "the commit is still running");
+    }
+    // Nothing else is published on the channel: only the hub's own late check can deliver it.
+    assert_eq!(message_seqs(&bob.next_batch().await), vec![1]);
+}
+
 /// Publishes `n` messages of about `bytes` bytes each to `channel`.
 async fn publish_big(client: &Client, channel: &str, n: usize, bytes: usize) {
     for i in 0..n {
