@@ -27,9 +27,10 @@ fn main() -> ExitCode {
         "lint" => lint(),
         "ci" => lint().and_then(|()| test(&[])),
         "bench" => bench(&args[1..]),
+        "fuzz" => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|ci|bench <scenario> [--json]>"
+                "usage: cargo xtask <test [cargo test args]|lint|ci|bench <scenario> [--json]|fuzz [--cases N]>"
             );
             return if task == "help" {
                 ExitCode::SUCCESS
@@ -74,6 +75,37 @@ fn test(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
+}
+
+/// The fuzz targets of `crates/relay-server/tests/fuzz.rs` in release mode, 1,000,000 cases
+/// each unless `--cases N` says otherwise (the test suite runs them briefly).
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let cases = flag_value(args, "--cases").unwrap_or_else(|| "1000000".into());
+    if cases.parse::<u64>().is_err() {
+        return Err(format!("--cases {cases:?} is not a number"));
+    }
+    eprintln!("xtask fuzz: {cases} cases per target");
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo_bin)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "relay-server",
+            "--test",
+            "fuzz",
+            "--",
+            "--test-threads",
+            "2",
+        ])
+        .env("RELAY_FUZZ_CASES", &cases)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("a fuzz target failed".into())
+    }
 }
 
 fn lint() -> Result<(), String> {
