@@ -510,6 +510,13 @@ impl Session<'_> {
                 self.control.notify_one();
                 None
             }
+            // A close code the peer may not send (RFC 6455 section 7.4) arrives here as 1002
+            // (tungstenite's substitute); it is answered with 1002 too.
+            Ok(Message::Close(Some(frame)))
+                if frame.code == tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Protocol =>
+            {
+                Some((CloseCode::ProtocolError, "invalid close code"))
+            }
             Ok(Message::Close(_)) => Some((CloseCode::Normal, "bye")),
             Ok(Message::Pong(_) | Message::Frame(_)) => None,
             Err(WsError::Capacity(e)) => {

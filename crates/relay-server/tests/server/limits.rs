@@ -339,6 +339,24 @@ async fn an_invalid_websocket_key_is_refused() {
 }
 
 #[tokio::test]
+async fn a_peer_close_with_an_invalid_code_is_answered_with_1002() {
+    // Each refused close would bar the user for the abuse cooldown; not what is tested here.
+    let server = TestServer::start_with(|c| c.abuse_cooldown_secs = 0).await;
+    for (code, answer) in [
+        (999u16, 1002),
+        (1005, 1002),
+        (2999, 1002),
+        (1000, 1000),
+        (4000, 1000),
+    ] {
+        let mut request = upgrade_head(&server, "dGhlIHNhbXBsZSBub25jZQ==").into_bytes();
+        relay_server::frame::masked(&mut request, 8, &code.to_be_bytes(), [7, 7, 7, 7]);
+        let read = raw_exchange(&server, &request).await;
+        assert_eq!(close_code(&read), Some(answer), "peer close {code}");
+    }
+}
+
+#[tokio::test]
 async fn silent_and_trickling_clients_are_cut_off_and_others_stay() {
     let server = TestServer::start_with(|c| {
         c.handshake_timeout_ms = 300;
