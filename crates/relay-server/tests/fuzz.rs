@@ -278,8 +278,10 @@ fn socket_fuzz_never_stops_a_well_behaved_client() {
             tokio_tungstenite::connect_async(server.ws_url(&server.token("reader")))
                 .await
                 .unwrap();
+        // A backend (service token): it publishes on every tenth round, faster than a user
+        // may at a million cases.
         let (mut writer, _) =
-            tokio_tungstenite::connect_async(server.ws_url(&server.token("writer")))
+            tokio_tungstenite::connect_async(server.ws_url(&server.service_token("writer")))
                 .await
                 .unwrap();
         reader
