@@ -16,7 +16,7 @@ use crate::identity::{Identity, Role};
 use crate::outbox::{Outbox, ReplayBudget};
 use crate::policy::Persistence;
 use crate::publish::Publish;
-use crate::rate::{FrameKind, Limiter, Verdict};
+use crate::rate::{FrameKind, FrameLimits, Limiter, Verdict};
 use crate::subscriber::ConnId;
 use crate::subscribers::Start;
 
@@ -153,21 +153,31 @@ impl Connection {
     /// `rate_limited` was sent, or, past the close multiple, the connection is closing with
     /// 4029).
     pub fn charge_frame(&self) -> bool {
+        let verdict = self.charge(FrameKind::Any, self.own_limits(), None);
+        self.enforce(verdict, None, None, "too many frames: slow down")
+    }
+
+    /// The frame limits of this connection's kind of token.
+    fn own_limits(&self) -> &FrameLimits {
         let config = self.hub.config();
-        let limits = match self.identity.role {
+        match self.identity.role {
             Role::Service => &config.service_limits,
             Role::User => &config.user_limits,
-        };
-        if limits.frames.is_none() {
-            return true;
         }
-        let verdict = self.limiter.lock().get_or_insert_with(Box::default).check(
-            FrameKind::Any,
+    }
+
+    /// Charges one `kind` frame to its bucket under `limits` (a namespace's own buckets when
+    /// `namespace` is given); the buckets are allocated on the first limited frame.
+    fn charge(&self, kind: FrameKind, limits: &FrameLimits, namespace: Option<&str>) -> Verdict {
+        if limits.get(kind).is_none() {
+            return Verdict::Allow;
+        }
+        self.limiter.lock().get_or_insert_with(Box::default).check(
+            kind,
             limits,
-            None,
-            config.close_multiple,
-        );
-        self.enforce(verdict, None, None, "too many frames: slow down")
+            namespace,
+            self.hub.config().close_multiple,
+        )
     }
 
     /// Acts on a rate-limit verdict; `true` when the frame may be handled.
@@ -271,20 +281,10 @@ impl Connection {
             ClientFrame::Signal { channel, .. } => (FrameKind::Signal, channel),
             _ => return Verdict::Allow,
         };
-        let config = self.hub.config();
-        let (limits, namespace) = match self.identity.role {
-            Role::Service => (&config.service_limits, None),
-            Role::User => match &self.hub.policy(channel).rate_limits {
-                Some(own) => (own, Some(channel.namespace())),
-                None => (&config.user_limits, None),
-            },
-        };
-        self.limiter.lock().get_or_insert_with(Box::default).check(
-            kind,
-            limits,
-            namespace,
-            config.close_multiple,
-        )
+        match (&self.hub.policy(channel).rate_limits, self.identity.role) {
+            (Some(own), Role::User) => self.charge(kind, own, Some(channel.namespace())),
+            _ => self.charge(kind, self.own_limits(), None),
+        }
     }
 
     fn reply_error(

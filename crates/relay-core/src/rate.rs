@@ -73,7 +73,7 @@ impl FrameLimits {
         frames: Some(RateLimit::new(50_000, 100_000)),
     };
 
-    fn get(&self, kind: FrameKind) -> Option<RateLimit> {
+    pub(crate) fn get(&self, kind: FrameKind) -> Option<RateLimit> {
         match kind {
             FrameKind::Publish => self.publish,
             FrameKind::Subscribe => self.subscribe,

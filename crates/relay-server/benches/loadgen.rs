@@ -373,6 +373,21 @@ struct Counters {
     latency: Histogram,
 }
 
+impl Counters {
+    fn new() -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            closed: AtomicUsize::new(0),
+            latency: Histogram::new(),
+        }
+    }
+}
+
+/// The padding that makes a publish payload `{"t":<16 digits>,"p":"xxx…"}` `bytes` long.
+fn padding(bytes: usize) -> String {
+    "x".repeat(bytes.saturating_sub(r#"{"t":1234567890123456,"p":""}"#.len()))
+}
+
 async fn subscriber_loop(mut ws: RawWs, counters: Arc<Counters>) {
     loop {
         // One clock read and one counter update per read, not per frame.
@@ -424,11 +439,7 @@ async fn fanout(flags: &Flags) {
     let label = flags.text("label").unwrap_or("relay").to_owned();
     let channel = "bench:fanout";
 
-    let counters = Arc::new(Counters {
-        delivered: AtomicU64::new(0),
-        closed: AtomicUsize::new(0),
-        latency: Histogram::new(),
-    });
+    let counters = Arc::new(Counters::new());
     let started = Instant::now();
     connect_subscribers(addr, flags, subscribers, channel, &counters).await;
     let setup = started.elapsed();
@@ -448,8 +459,7 @@ async fn fanout(flags: &Flags) {
     let mut writers = connect_publishers(publish_addr, flags, publishers).await;
 
     // A publish frame of `payload_bytes` of payload: {"t":<16 digits>,"p":"xxx…"}.
-    let pad = payload_bytes.saturating_sub(r#"{"t":1234567890123456,"p":""}"#.len());
-    let padding = "x".repeat(pad);
+    let padding = padding(payload_bytes);
     let mut best: Option<(u64, f64)> = None;
     if !json {
         println!(
@@ -781,15 +791,10 @@ async fn abuse(flags: &Flags) {
     let server_pid = flags.text("server-pid").unwrap_or("0").to_owned();
     let channel = "bench:abuse";
 
-    let counters = Arc::new(Counters {
-        delivered: AtomicU64::new(0),
-        closed: AtomicUsize::new(0),
-        latency: Histogram::new(),
-    });
+    let counters = Arc::new(Counters::new());
     connect_subscribers(addr, flags, subscribers, channel, &counters).await;
     let mut writers = connect_publishers(addr, flags, 1).await;
-    let pad = payload_bytes.saturating_sub(r#"{"t":1234567890123456,"p":""}"#.len());
-    let padding = "x".repeat(pad);
+    let padding = padding(payload_bytes);
     println!(
         "{:<14} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}",
         "phase",

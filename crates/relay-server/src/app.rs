@@ -203,8 +203,8 @@ impl App {
         };
         let allowed = origin.to_str().is_ok_and(|o| self.inner.origins.allows(o));
         if !allowed {
-            self.inner.metrics.connection_refused("origin");
-            return Err(ApiError::new(
+            return Err(self.refuse(
+                "origin",
                 ErrorCode::Forbidden,
                 "this origin is not in the server's allowed_origins",
             ));
@@ -252,12 +252,13 @@ impl App {
         if let Some(ip) = ip
             && let Err(retry) = self.inner.auth_failures.check(&ip)
         {
-            self.inner.metrics.connection_refused("auth_failures");
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many requests with bad tokens from this address",
-            )
-            .retry_after(retry));
+            return Err(self
+                .refuse(
+                    "auth_failures",
+                    ErrorCode::RateLimited,
+                    "too many requests with bad tokens from this address",
+                )
+                .retry_after(retry));
         }
         let result = match bearer(req).or_else(|| query_param(req, "token")) {
             Some(token) => self.inner.auth.verify_fresh(&token).await,
@@ -284,14 +285,26 @@ impl App {
             Role::User => &self.inner.rest_users,
         };
         if let Err(retry) = buckets.take(&identity.user) {
-            self.inner.metrics.connection_refused("rest_rate");
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "REST rate limit exceeded: slow down",
-            )
-            .retry_after(retry));
+            return Err(self
+                .refuse(
+                    "rest_rate",
+                    ErrorCode::RateLimited,
+                    "REST rate limit exceeded: slow down",
+                )
+                .retry_after(retry));
         }
         Ok(identity)
+    }
+
+    /// A refusal by a limit or check, counted in `relay_refusals_total{reason}`.
+    pub(crate) fn refuse(
+        &self,
+        reason: &'static str,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> ApiError {
+        self.inner.metrics.connection_refused(reason);
+        ApiError::new(code, message)
     }
 
     /// Reads a whole request body, at most `max_frame_bytes`.

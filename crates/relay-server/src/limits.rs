@@ -221,6 +221,17 @@ struct Keyed<K, V = TokenBucket> {
 /// Map size below which no sweep runs.
 const MIN_SWEEP: usize = 1024;
 
+impl<K: std::hash::Hash + Eq, V> Keyed<K, V> {
+    /// Once the map has doubled since the last sweep, keeps only the entries `live` says are
+    /// still needed: amortised O(1) per insert, and the map stays proportional to them.
+    fn sweep(&mut self, mut live: impl FnMut(&mut V) -> bool) {
+        if self.buckets.len() >= self.sweep_at {
+            self.buckets.retain(|_, value| live(value));
+            self.sweep_at = (self.buckets.len() * 2).max(MIN_SWEEP);
+        }
+    }
+}
+
 impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
     /// Buckets under `limit`; `None`: unlimited.
     pub(crate) fn new(limit: Option<RateLimit>) -> Self {
@@ -265,10 +276,7 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
         };
         let now = Instant::now();
         let mut state = self.state.lock();
-        if state.buckets.len() >= state.sweep_at {
-            state.buckets.retain(|_, b| !b.is_full(limit, now));
-            state.sweep_at = (state.buckets.len() * 2).max(MIN_SWEEP);
-        }
+        state.sweep(|bucket| !bucket.is_full(limit, now));
         let bucket = state
             .buckets
             .entry(key.clone())
@@ -303,10 +311,7 @@ impl<K: std::hash::Hash + Eq> Cooldowns<K> {
         }
         let now = Instant::now();
         let mut state = self.state.lock();
-        if state.buckets.len() >= state.sweep_at {
-            state.buckets.retain(|_, until| *until > now);
-            state.sweep_at = (state.buckets.len() * 2).max(MIN_SWEEP);
-        }
+        state.sweep(|until| *until > now);
         state.buckets.insert(key, now + self.length);
     }
 

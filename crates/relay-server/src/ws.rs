@@ -153,35 +153,37 @@ fn admit<B>(
     if let Some(user) = user
         && let Some(retry) = app.inner.cooldowns.remaining(user)
     {
-        app.inner.metrics.connection_refused("abuse_cooldown");
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "this user's last connection was closed for abuse: wait before reconnecting",
-        )
-        .retry_after(retry));
+        return Err(app
+            .refuse(
+                "abuse_cooldown",
+                ErrorCode::RateLimited,
+                "this user's last connection was closed for abuse: wait before reconnecting",
+            )
+            .retry_after(retry));
     }
     let ip = if service { None } else { app.client_ip(req) };
     if let Some(ip) = ip
         && let Err(retry) = app.inner.connects.take(&ip)
     {
-        app.inner.metrics.connection_refused("connect_rate");
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many new connections from this address",
-        )
-        .retry_after(retry));
+        return Err(app
+            .refuse(
+                "connect_rate",
+                ErrorCode::RateLimited,
+                "too many new connections from this address",
+            )
+            .retry_after(retry));
     }
     app.inner
         .counts
         .admit(app.inner.config.caps(), user, ip)
         .map_err(|refusal| {
-            app.inner.metrics.connection_refused(refusal.label());
+            let code = match refusal {
+                Refusal::Process => ErrorCode::Unavailable,
+                Refusal::User | Refusal::Ip => ErrorCode::RateLimited,
+            };
             let message = format!("connection limit reached ({})", refusal.label());
-            match refusal {
-                Refusal::Process => ApiError::new(ErrorCode::Unavailable, message),
-                Refusal::User | Refusal::Ip => ApiError::new(ErrorCode::RateLimited, message),
-            }
-            .retry_after(ADMISSION_RETRY_SECS)
+            app.refuse(refusal.label(), code, message)
+                .retry_after(ADMISSION_RETRY_SECS)
         })
 }
 
