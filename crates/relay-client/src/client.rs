@@ -3,10 +3,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use relay_proto::{ChannelName, ClientFrame, MessageId, Payload, Seq, ServerFrame, UserId};
+use relay_proto::{
+    ChannelName, ClientFrame, IdempotencyKey, MessageId, Payload, Seq, ServerFrame, UserId,
+};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -293,12 +295,38 @@ impl Client {
     }
 
     /// Publishes a persistent message; resolves once it is stored, with its seq.
+    ///
+    /// Exactly once: the publish carries a fresh idempotency key, and if the connection drops
+    /// before its ack arrives, it is sent again (same key) after the reconnect, so the server
+    /// stores it once however often it arrives. It either resolves with the seq or fails
+    /// explicitly: a server refusal ([`ClientError::Server`]), [`ClientError::Timeout`] (never
+    /// sent, so not stored), or [`ClientError::Unconfirmed`] (sent, no ack in time: retry
+    /// with [`publish_with_key`](Self::publish_with_key) and its key to settle it).
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         channel: &str,
         payload: &T,
     ) -> Result<Ack, ClientError> {
-        self.publish_with(channel, None, false, payload).await
+        self.publish_with(channel, None, false, None, payload).await
+    }
+
+    /// Like [`publish`](Self::publish) with the application's own idempotency key (1 to 128
+    /// visible ASCII characters, e.g. the id of a row in its outbox), so that a retry after a
+    /// restart or an [`Unconfirmed`](ClientError::Unconfirmed) is stored at most once. The
+    /// server remembers a key for its `idempotency_window_secs` (10 minutes by default).
+    pub async fn publish_with_key<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        key: &str,
+        event: Option<&str>,
+        payload: &T,
+    ) -> Result<Ack, ClientError> {
+        let key = IdempotencyKey::parse(key).map_err(|e| ClientError::Server {
+            code: relay_proto::ErrorCode::BadRequest,
+            message: e.to_string(),
+        })?;
+        self.publish_with(channel, event, false, Some(key), payload)
+            .await
     }
 
     /// Publishes a persistent message with an event name (`"ADDED"`, …).
@@ -308,7 +336,7 @@ impl Client {
         event: &str,
         payload: &T,
     ) -> Result<Ack, ClientError> {
-        self.publish_with(channel, Some(event), false, payload)
+        self.publish_with(channel, Some(event), false, None, payload)
             .await
     }
 
@@ -319,7 +347,7 @@ impl Client {
         event: Option<&str>,
         payload: &T,
     ) -> Result<Ack, ClientError> {
-        self.publish_with(channel, event, true, payload).await
+        self.publish_with(channel, event, true, None, payload).await
     }
 
     /// Tells the channel this user is typing (an ephemeral `typing` event).
@@ -334,20 +362,50 @@ impl Client {
         channel: &str,
         event: Option<&str>,
         ephemeral: bool,
+        key: Option<IdempotencyKey>,
         payload: &T,
     ) -> Result<Ack, ClientError> {
         let channel = channel_name(channel)?;
         let payload = Payload::from_value(payload)?;
         let event = event.map(str::to_owned);
-        let reply = self
-            .request(|id| ClientFrame::Publish {
+        let reply = if ephemeral {
+            self.request(|id| ClientFrame::Publish {
                 id: Some(id.into()),
                 channel,
                 payload,
                 event,
                 ephemeral,
+                idempotency_key: None,
             })
-            .await?;
+            .await?
+        } else {
+            let key = key.unwrap_or_else(IdempotencyKey::random);
+            let id = self.next_id();
+            let frame = ClientFrame::Publish {
+                id: Some(id.into()),
+                channel,
+                payload,
+                event,
+                ephemeral,
+                idempotency_key: Some(key.clone()),
+            };
+            let sent = Arc::new(AtomicBool::new(false));
+            let (reply, answer) = oneshot::channel();
+            self.command(Command::Publish {
+                id,
+                frame,
+                reply,
+                sent: sent.clone(),
+            })?;
+            match self.wait(answer).await {
+                Err(ClientError::Timeout) if sent.load(Ordering::Relaxed) => {
+                    return Err(ClientError::Unconfirmed {
+                        idempotency_key: key.to_string(),
+                    });
+                }
+                reply => reply?,
+            }
+        };
         match reply {
             ServerFrame::Ack {
                 message_id, seq, ..

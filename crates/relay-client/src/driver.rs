@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::SplitSink;
@@ -36,6 +37,15 @@ pub(crate) enum Command {
         frame: ClientFrame,
         reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
     },
+    /// Send a persistent publish (it carries an idempotency key) and hand the ack to
+    /// `reply`; sent again after a reconnect until it is answered. `sent` records that it
+    /// went out at least once.
+    Publish {
+        id: u64,
+        frame: ClientFrame,
+        reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
+        sent: Arc<AtomicBool>,
+    },
     /// Send a signal, then a ping; the signal succeeded if no error for it precedes the pong.
     Signal {
         id: u64,
@@ -59,6 +69,12 @@ pub(crate) enum Command {
 
 enum Pending {
     Reply(oneshot::Sender<Result<ServerFrame, ClientError>>),
+    /// A persistent publish, kept whole so that it can be sent again.
+    Publish {
+        frame: ClientFrame,
+        reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
+        sent: Arc<AtomicBool>,
+    },
     Subscribe {
         channel: ChannelName,
         since: Option<Seq>,
@@ -388,6 +404,21 @@ impl Driver {
                 self.pending.insert(id, Pending::Reply(reply));
                 send(sink, &frame).await?;
             }
+            Command::Publish {
+                id,
+                frame,
+                reply,
+                sent,
+            } => {
+                if reply.is_closed() {
+                    return Ok(Flow::Continue);
+                }
+                // Set before the write: a write that fails may still have reached the server.
+                sent.store(true, Ordering::Relaxed);
+                let result = send(sink, &frame).await;
+                self.pending.insert(id, Pending::Publish { frame, reply, sent });
+                result?;
+            }
             Command::Signal {
                 id,
                 fence,
@@ -539,7 +570,7 @@ impl Driver {
             message: message.clone(),
         };
         match id.and_then(|id| self.pending.remove(&id).map(|p| (id, p))) {
-            Some((_, Pending::Reply(reply))) => {
+            Some((_, Pending::Reply(reply) | Pending::Publish { reply, .. })) => {
                 let _ = reply.send(Err(error()));
             }
             Some((_, Pending::Signal(reply))) => {
@@ -596,17 +627,32 @@ impl Driver {
             | ServerFrame::Unsubscribed { id, .. } => numeric(id),
             _ => None,
         };
-        if let Some(Pending::Reply(reply)) = id.and_then(|id| self.pending.remove(&id)) {
+        if let Some(Pending::Reply(reply) | Pending::Publish { reply, .. }) =
+            id.and_then(|id| self.pending.remove(&id))
+        {
             let _ = reply.send(Ok(frame));
         }
     }
 
-    /// The connection is gone: nobody will answer what is pending.
+    /// The connection is gone: nobody will answer what is pending. Persistent publishes
+    /// whose callers still wait go first on the next connection, in their original order;
+    /// their idempotency keys make the repeat safe.
     fn fail_pending(&mut self) {
+        let mut again = Vec::new();
         for (id, pending) in self.pending.drain() {
             match pending {
                 Pending::Reply(reply) => {
                     let _ = reply.send(Err(ClientError::Disconnected));
+                }
+                Pending::Publish { frame, reply, sent } => {
+                    if !reply.is_closed() {
+                        again.push(Command::Publish {
+                            id,
+                            frame,
+                            reply,
+                            sent,
+                        });
+                    }
                 }
                 Pending::Signal(reply) => {
                     let _ = reply.send(Err(ClientError::Disconnected));
@@ -621,6 +667,13 @@ impl Driver {
                 }
                 Pending::Subscribe { reply: None, .. } | Pending::Fence { .. } => {}
             }
+        }
+        again.sort_by_key(|command| match command {
+            Command::Publish { id, .. } => *id,
+            _ => 0,
+        });
+        for command in again.into_iter().rev() {
+            self.backlog.push_front(command);
         }
     }
 }

@@ -28,11 +28,22 @@ pub enum ClientError {
         /// The server's explanation.
         message: String,
     },
-    /// No reply within the request timeout.
+    /// No reply within the request timeout. For a publish: it was never sent (the client was
+    /// disconnected all along), so it is not stored.
     #[error("no reply within the request timeout")]
     Timeout,
-    /// The connection dropped before the reply arrived; a publish may or may not have been
-    /// stored (its seq will show up in the subscription if it was).
+    /// A persistent publish was sent (perhaps more than once, across reconnects) but no ack
+    /// arrived within the request timeout: it may or may not be stored. Publishing again
+    /// with this key ([`Client::publish_with_key`](crate::Client::publish_with_key)) is
+    /// safe: the server stores it at most once and answers with its seq.
+    #[error("publish not confirmed within the request timeout (idempotency key {idempotency_key})")]
+    Unconfirmed {
+        /// The publish's idempotency key.
+        idempotency_key: String,
+    },
+    /// The connection dropped before the reply arrived. Persistent publishes never fail with
+    /// this (they are sent again after the reconnect); an ephemeral one may or may not have
+    /// been delivered.
     #[error("disconnected before the reply arrived")]
     Disconnected,
     /// The client was closed.

@@ -101,7 +101,7 @@ fn limits(c: &mut Criterion) {
     ] {
         let store = MemoryStore::with_retention(MemoryRetention {
             max_messages_per_channel: Some(1000),
-            max_bytes: None,
+            ..MemoryRetention::default()
         });
         let config = HubConfig {
             service_limits: FrameLimits {

@@ -251,7 +251,18 @@ impl Connection {
                 payload,
                 event,
                 ephemeral,
-            } => self.publish(id, channel, payload, event, ephemeral).await,
+                idempotency_key,
+            } => {
+                let publish = Publish {
+                    channel,
+                    payload,
+                    event,
+                    ephemeral,
+                    from: Some(self.identity.user.clone()),
+                    idempotency_key,
+                };
+                self.publish(id, publish).await
+            }
             ClientFrame::Signal {
                 channel,
                 to,
@@ -459,24 +470,10 @@ impl Connection {
         Ok(())
     }
 
-    async fn publish(
-        &self,
-        id: Option<FrameId>,
-        channel: ChannelName,
-        payload: Payload,
-        event: Option<String>,
-        ephemeral: bool,
-    ) -> Result<(), HubError> {
+    async fn publish(&self, id: Option<FrameId>, publish: Publish) -> Result<(), HubError> {
         self.hub
-            .authorize(&self.identity, &channel, Action::Publish)
+            .authorize(&self.identity, &publish.channel, Action::Publish)
             .await?;
-        let publish = Publish {
-            channel,
-            payload,
-            event,
-            ephemeral,
-            from: Some(self.identity.user.clone()),
-        };
         let published = self.hub.publish_from(publish, Some(self.id)).await?;
         self.send(&ServerFrame::Ack {
             id,

@@ -5,9 +5,10 @@
 //! reference to the same bytes, under one channel shard lock and never across an `.await`.
 
 use relay_proto::{
-    ChannelName, EncodedFrame, MessageId, Payload, Seq, ServerFrame, Timestamp, UserId,
+    ChannelName, EncodedFrame, IdempotencyKey, MessageId, Payload, Seq, ServerFrame, Timestamp,
+    UserId,
 };
-use relay_store::{NewMessage, StoredMessage};
+use relay_store::{Appended, NewMessage, StoredMessage};
 
 use crate::error::HubError;
 use crate::hub::{Action, Hub};
@@ -28,6 +29,10 @@ pub struct Publish {
     pub ephemeral: bool,
     /// The user it is published as; `None` for the server itself.
     pub from: Option<UserId>,
+    /// Makes a persistent publish safe to retry: a repeat by the same publisher on the same
+    /// channel within the store's window stores nothing and gets the first one's
+    /// [`Published`]. Ignored for ephemeral publishes.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl Publish {
@@ -39,12 +44,19 @@ impl Publish {
             event: None,
             ephemeral: false,
             from: None,
+            idempotency_key: None,
         }
     }
 
     /// Sets the event name.
     pub fn event(mut self, event: impl Into<String>) -> Self {
         self.event = Some(event.into());
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency_key = Some(key);
         self
     }
 }
@@ -60,6 +72,9 @@ pub struct Published {
     pub seq: Option<Seq>,
     /// Server time of the publish.
     pub ts: Timestamp,
+    /// Whether this answers a repeat of an earlier publish with the same idempotency key
+    /// (nothing was stored or delivered now).
+    pub repeat: bool,
 }
 
 impl Hub {
@@ -112,6 +127,7 @@ impl Hub {
             event,
             ephemeral,
             from,
+            idempotency_key,
         } = publish;
         let policy = self.policy(&channel);
         if payload.len() > policy.max_payload_bytes {
@@ -134,6 +150,7 @@ impl Hub {
         let message = NewMessage {
             from,
             event,
+            idempotency_key: idempotency_key.filter(|_| !ephemeral),
             ..NewMessage::new(channel, payload)
         };
         if ephemeral {
@@ -142,6 +159,7 @@ impl Hub {
                 id: message.id,
                 seq: None,
                 ts: message.ts,
+                repeat: false,
             };
             let channel = message.channel.clone();
             if self.inner.backplane.is_none() && !self.inner.channels.contains_key(&channel) {
@@ -163,25 +181,39 @@ impl Hub {
             return Ok(published);
         }
         let max_history = policy.max_history;
-        let stored = self.commit_and_deliver(message, origin).await?;
+        let channel = message.channel.clone();
+        let published = match self.commit_and_deliver(message, origin).await? {
+            Appended::New(stored) => Published {
+                channel: stored.channel,
+                id: stored.id,
+                seq: Some(stored.seq),
+                ts: stored.ts,
+                repeat: false,
+            },
+            // Stored (and delivered) the first time; nothing to do now.
+            Appended::Repeat(original) => {
+                return Ok(Published {
+                    channel,
+                    id: original.id,
+                    seq: Some(original.seq),
+                    ts: original.ts,
+                    repeat: true,
+                });
+            }
+        };
         if let Some(keep) = max_history
-            && let Err(e) = self.inner.store.trim(&stored.channel, keep).await
+            && let Err(e) = self.inner.store.trim(&channel, keep).await
         {
-            tracing::warn!(channel = %stored.channel, error = %e, "trimming history failed");
+            tracing::warn!(%channel, error = %e, "trimming history failed");
         }
-        Ok(Published {
-            channel: stored.channel,
-            id: stored.id,
-            seq: Some(stored.seq),
-            ts: stored.ts,
-        })
+        Ok(published)
     }
 
     async fn commit_and_deliver(
         &self,
         message: NewMessage,
         origin: Option<ConnId>,
-    ) -> Result<StoredMessage, relay_store::StoreError> {
+    ) -> Result<Appended, relay_store::StoreError> {
         // Until the delivery below has happened, this guard stands for it: if the append
         // fails (it may still have committed: the connection broke on the way back) or the
         // caller goes away mid-append (its connection closed), dropping the guard checks the
@@ -193,10 +225,12 @@ impl Hub {
             channel: message.channel.clone(),
             armed: true,
         };
-        let stored = self.inner.store.append(message).await?;
-        self.deliver_from(&stored, origin);
+        let appended = self.inner.store.append(message).await?;
+        if let Appended::New(stored) = &appended {
+            self.deliver_from(stored, origin);
+        }
         guard.armed = false;
-        Ok(stored)
+        Ok(appended)
     }
 
     /// Schedules a repair that also brings live subscribers up to the store's latest seq.

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{ChannelName, UserId};
+use crate::key::IdempotencyKey;
 use crate::types::{FrameId, Payload, Seq};
 use crate::wire::{DecodeError, DecodeErrorKind, Fields, present};
 
@@ -62,6 +63,10 @@ pub enum ClientFrame {
         /// Live-only: not stored, no seq, not echoed to the publisher.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         ephemeral: bool,
+        /// Makes a persistent publish safe to retry: a repeat with the same key gets the
+        /// first one's ack and stores nothing (ignored for ephemeral publishes).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<IdempotencyKey>,
     },
     /// Send a payload to every connection of one user subscribed to the channel.
     Signal {
@@ -112,6 +117,8 @@ struct WireClientFrame<'a> {
     ephemeral: Option<bool>,
     #[serde(borrow, default)]
     to: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<Cow<'a, str>>,
 }
 
 impl ClientFrame {
@@ -162,6 +169,12 @@ impl ClientFrame {
                 payload: f.require("payload", wire.payload)?,
                 event,
                 ephemeral: wire.ephemeral.unwrap_or(false),
+                idempotency_key: wire
+                    .idempotency_key
+                    .as_deref()
+                    .map(IdempotencyKey::parse)
+                    .transpose()
+                    .map_err(|e| f.invalid("idempotency_key", e.to_string()))?,
                 id: wire.id,
             },
             "signal" => Self::Signal {
@@ -231,6 +244,7 @@ mod tests {
             payload,
             ephemeral,
             event,
+            idempotency_key,
         } = f
         else {
             panic!()
@@ -240,6 +254,27 @@ mod tests {
         assert_eq!(payload.as_str(), r#"{"ciphertext":"AA==","iv":"b"}"#);
         assert!(!ephemeral);
         assert_eq!(event, None);
+        assert_eq!(idempotency_key, None);
+    }
+
+    #[test]
+    fn publish_carries_its_idempotency_key() {
+        let f = ClientFrame::decode(
+            br#"{"type":"publish","channel":"c","payload":1,"idempotency_key":"k-1"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Publish { idempotency_key: Some(k), .. } if k.as_str() == "k-1"
+        ));
+        assert!(matches!(
+            kind(r#"{"type":"publish","channel":"c","payload":1,"idempotency_key":"a b"}"#),
+            DecodeErrorKind::InvalidField { field: "idempotency_key", .. }
+        ));
+        assert!(matches!(
+            kind(r#"{"type":"publish","channel":"c","payload":1,"idempotency_key":7}"#),
+            DecodeErrorKind::InvalidJson(_)
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use relay_proto::{
-    ChannelName, ClientFrame, ErrorCode, FrameId, MessageId, Payload, Seq, ServerFrame, Timestamp,
+    ChannelName, ClientFrame, ErrorCode, FrameId, IdempotencyKey, MessageId, Payload, Seq, ServerFrame, Timestamp,
     UserId,
 };
 
@@ -59,6 +59,13 @@ fn client_event() -> impl Strategy<Value = Option<String>> {
     proptest::option::of("[^\\p{Cc}]{0,20}")
 }
 
+/// Keys of visible ASCII, including the characters JSON escapes (`"`, `\\`).
+fn idempotency_key() -> impl Strategy<Value = Option<IdempotencyKey>> {
+    proptest::option::of(
+        "[!-~]{1,128}".prop_map(|s| IdempotencyKey::parse(&s).expect("valid key")),
+    )
+}
+
 fn seq() -> impl Strategy<Value = Seq> {
     any::<u64>().prop_map(Seq)
 }
@@ -73,15 +80,19 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             channel(),
             payload(),
             client_event(),
-            any::<bool>()
+            any::<bool>(),
+            idempotency_key(),
         )
             .prop_map(
-                |(id, channel, payload, event, ephemeral)| ClientFrame::Publish {
-                    id,
-                    channel,
-                    payload,
-                    event,
-                    ephemeral
+                |(id, channel, payload, event, ephemeral, idempotency_key)| {
+                    ClientFrame::Publish {
+                        id,
+                        channel,
+                        payload,
+                        event,
+                        ephemeral,
+                        idempotency_key,
+                    }
                 }
             ),
         (frame_id(), channel(), user(), payload(), client_event()).prop_map(

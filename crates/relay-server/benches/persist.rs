@@ -17,9 +17,7 @@ use relay_core::{Hub, HubConfig, Identity, Publish};
 use relay_proto::{ChannelName, ClientFrame, Payload, Seq, ServerFrame, UserId};
 use relay_store::conformance::AppendHook;
 use relay_store::testing::TestDatabase;
-use relay_store::{
-    NewMessage, PgStore, PgStoreOptions, Store, StoreError, StoreResult, StoredMessage,
-};
+use relay_store::{Appended, NewMessage, PgStore, PgStoreOptions, Store, StoreError, StoreResult};
 
 /// The baseline: each append is its own transaction (bump the counter, insert, commit), the
 /// way a hand-written relay would persist. Everything else delegates to `PgStore`.
@@ -35,7 +33,7 @@ impl AppendHook for OneInsertPerMessage {
         &self.inner
     }
 
-    async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage> {
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         let err = |e: sqlx::Error| StoreError::Unavailable(Box::new(e));
         let mut tx = self.inner.pool().begin().await.map_err(err)?;
         let (seq,): (i64,) = sqlx::query_as(
@@ -61,7 +59,7 @@ impl AppendHook for OneInsertPerMessage {
         .await
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
-        Ok(message.with_seq(Seq(seq as u64)))
+        Ok(Appended::New(message.with_seq(Seq(seq as u64))))
     }
 }
 

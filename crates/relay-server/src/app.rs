@@ -226,7 +226,7 @@ impl App {
         }
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Retry-After, Location"),
+            HeaderValue::from_static("Retry-After, Location, Idempotent-Replayed"),
         );
     }
 

@@ -53,6 +53,12 @@ pub struct Config {
     /// Without a database: bytes of messages the memory store keeps in all, oldest trimmed
     /// first across channels (`0`: no limit).
     pub memory_max_bytes: usize,
+    /// Without a database: idempotency keys the memory store remembers in all; past it the
+    /// oldest are forgotten before their window ends (`0`: no limit).
+    pub memory_max_idempotency_keys: usize,
+    /// How long a publish's idempotency key is honoured: a repeat within it gets the first
+    /// publish's ack and stores nothing.
+    pub idempotency_window_secs: u64,
     /// How long a store operation waits for a database connection before it fails with
     /// `unavailable` (503).
     pub database_timeout_ms: u64,
@@ -275,6 +281,8 @@ impl Default for Config {
             database_max_connections: 16,
             memory_max_history: 10_000,
             memory_max_bytes: 256 * 1024 * 1024,
+            memory_max_idempotency_keys: 1_000_000,
+            idempotency_window_secs: 600,
             database_timeout_ms: 3000,
             auth: AuthConfig::default(),
             heartbeat_ms: 25_000,
@@ -672,8 +680,14 @@ impl Config {
             acquire_timeout: Duration::from_millis(self.database_timeout_ms),
             statement_timeout: Duration::from_millis(self.database_timeout_ms),
             cluster_node,
+            idempotency_window: self.idempotency_window(),
             ..relay_store::PgStoreOptions::default()
         }
+    }
+
+    /// How long idempotency keys are honoured.
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.idempotency_window_secs)
     }
 
     /// The database URL without credentials, for logs.
@@ -714,6 +728,9 @@ impl Config {
             max_messages_per_channel: (self.memory_max_history > 0)
                 .then_some(self.memory_max_history),
             max_bytes: (self.memory_max_bytes > 0).then_some(self.memory_max_bytes),
+            idempotency_window: Some(self.idempotency_window()),
+            max_idempotency_keys: (self.memory_max_idempotency_keys > 0)
+                .then_some(self.memory_max_idempotency_keys),
         }
     }
 

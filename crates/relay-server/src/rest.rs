@@ -7,7 +7,8 @@ use http::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use relay_core::{CreateChannel, Identity, MAX_LISTED_NAMES, Publish};
 use relay_proto::{
-    ChannelName, ErrorCode, MemberRole, MessageId, Payload, Seq, Timestamp, UserId, validate_event,
+    ChannelName, ErrorCode, IdempotencyKey, MemberRole, MessageId, Payload, Seq, Timestamp, UserId,
+    validate_event,
 };
 use relay_store::{ChannelRecord, HistoryQuery, Member, StoredMessage};
 use serde::{Deserialize, Serialize};
@@ -51,7 +52,8 @@ where
     };
     match (&method, &segments[..]) {
         (&Method::POST, ["api", "publish"]) => {
-            api.service_publish(app.read_body(req.into_body()).await?)
+            let key = idempotency_key(&req)?;
+            api.service_publish(key, app.read_body(req.into_body()).await?)
                 .await
         }
         (&Method::POST, ["api", "channels"]) => {
@@ -78,8 +80,8 @@ where
             api.history(channel(name)?, query).await
         }
         (&Method::POST, ["api", "channels", name, "messages"]) => {
-            let name = channel(name)?;
-            api.post_message(name, app.read_body(req.into_body()).await?)
+            let (name, key) = (channel(name)?, idempotency_key(&req)?);
+            api.post_message(name, key, app.read_body(req.into_body()).await?)
                 .await
         }
         (&Method::GET, ["api", "channels", name, "messages", "count"]) => {
@@ -107,6 +109,23 @@ fn channel(name: &str) -> Result<ChannelName, ApiError> {
 fn user_id(id: &str) -> Result<UserId, ApiError> {
     UserId::parse(id).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad user id: {e}")))
 }
+
+/// The `Idempotency-Key` header of a publish, if any.
+fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |why: String| ApiError::new(ErrorCode::BadRequest, format!("`Idempotency-Key`: {why}"));
+    let text = value
+        .to_str()
+        .map_err(|_| bad("not visible ASCII".into()))?;
+    IdempotencyKey::parse(text)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// Marks the answer to a repeated idempotency key.
+const REPLAYED: &str = "idempotent-replayed";
 
 fn check_event(event: &Option<String>) -> Result<(), ApiError> {
     match event.as_deref().map(validate_event) {
@@ -372,11 +391,17 @@ impl Api<'_> {
         ))
     }
 
-    async fn post_message(&self, name: ChannelName, body: Bytes) -> ApiResult {
+    async fn post_message(
+        &self,
+        name: ChannelName,
+        key: Option<IdempotencyKey>,
+        body: Bytes,
+    ) -> ApiResult {
         let request: PostMessage = parse_body(&body)?;
         check_event(&request.event)?;
         let publish = Publish {
             event: request.event.clone(),
+            idempotency_key: key,
             ..Publish::new(name, request.payload.clone())
         };
         let published = self.hub().publish_as(self.identity, publish).await?;
@@ -396,10 +421,18 @@ impl Api<'_> {
             payload: request.payload,
             ts: published.ts,
         };
+        if published.repeat {
+            // Stored the first time; this answers with what that one got.
+            let mut response = json(StatusCode::OK, &MessageView::from(&stored));
+            response
+                .headers_mut()
+                .insert(REPLAYED, http::HeaderValue::from_static("true"));
+            return Ok(response);
+        }
         Ok(json(StatusCode::CREATED, &MessageView::from(&stored)))
     }
 
-    async fn service_publish(&self, body: Bytes) -> ApiResult {
+    async fn service_publish(&self, key: Option<IdempotencyKey>, body: Bytes) -> ApiResult {
         let request: ServicePublish = parse_body(&body)?;
         check_event(&request.event)?;
         let mut channels = request.channels;
@@ -421,15 +454,19 @@ impl Api<'_> {
             let publish = Publish {
                 event: request.event.clone(),
                 ephemeral: request.ephemeral,
+                idempotency_key: key.clone(),
                 ..Publish::new(channel, request.payload.clone())
             };
             let p = self
                 .hub()
                 .publish_for_service(self.identity, publish)
                 .await?;
-            published.push(
-                serde_json::json!({ "channel": p.channel, "message_id": p.id, "seq": p.seq }),
-            );
+            let mut entry =
+                serde_json::json!({ "channel": p.channel, "message_id": p.id, "seq": p.seq });
+            if p.repeat {
+                entry["repeat"] = true.into();
+            }
+            published.push(entry);
         }
         Ok(json(
             StatusCode::OK,

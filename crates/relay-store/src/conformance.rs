@@ -16,10 +16,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use relay_proto::{ChannelName, MemberRole, Payload, Seq, UserId};
+use relay_proto::{ChannelName, IdempotencyKey, MemberRole, Payload, Seq, UserId};
 
 use crate::{
-    Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange, Store, StoreError,
+    Appended, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange, Store, StoreError,
 };
 
 /// Generates one `#[tokio::test]` per conformance case; see the [module docs](self).
@@ -46,7 +46,10 @@ macro_rules! conformance_tests {
             trim_keeps_the_newest_and_never_reuses_seqs,
             payload_and_fields_are_kept_exactly,
             ping_succeeds,
-            records_are_counted_per_creator);
+            records_are_counted_per_creator,
+            a_repeated_key_stores_nothing_and_answers_the_original,
+            keys_are_scoped_by_channel_and_publisher,
+            concurrent_repeats_store_one_copy);
     };
     ($make:expr) => {
         $crate::conformance_tests!([] $make);
@@ -494,13 +497,13 @@ pub async fn appends_get_consecutive_seqs_per_channel(store: Arc<dyn Store>) {
             .append(NewMessage::new(a.clone(), payload(expected)))
             .await
             .expect("append");
-        assert_eq!(m.seq, Seq(expected));
+        assert_eq!(m.seq(), Seq(expected));
     }
     let m = store
         .append(NewMessage::new(b.clone(), payload(0)))
         .await
         .expect("append");
-    assert_eq!(m.seq, Seq(1), "an unrelated channel starts at 1");
+    assert_eq!(m.seq(), Seq(1), "an unrelated channel starts at 1");
 }
 
 /// Many tasks appending to one channel yield seq 1..=N, each exactly once.
@@ -516,7 +519,7 @@ pub async fn concurrent_appends_to_one_channel_are_gap_free(store: Arc<dyn Store
                 let m = store
                     .append(NewMessage::new(ch.clone(), payload(t * 1000 + i)))
                     .await;
-                got.push(m.expect("append").seq.0);
+                got.push(m.expect("append").seq().0);
             }
             got
         }));
@@ -634,14 +637,14 @@ pub async fn trim_keeps_the_newest_and_never_reuses_seqs(store: Arc<dyn Store>) 
         .append(NewMessage::new(ch.clone(), payload(7)))
         .await
         .expect("append");
-    assert_eq!(m.seq, Seq(7));
+    assert_eq!(m.seq(), Seq(7));
     assert_eq!(store.trim(&ch, 0).await.expect("trim all"), 3);
     assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(7));
     let m = store
         .append(NewMessage::new(ch.clone(), payload(8)))
         .await
         .expect("append");
-    assert_eq!(m.seq, Seq(8));
+    assert_eq!(m.seq(), Seq(8));
 }
 
 /// What goes in comes out: id, sender, event, timestamp and the payload's exact text.
@@ -653,7 +656,12 @@ pub async fn payload_and_fields_are_kept_exactly(store: Arc<dyn Store>) {
         event: Some("ADDED".into()),
         ..NewMessage::new(ch.clone(), Payload::from_json(text).expect("json"))
     };
-    let stored = store.append(message.clone()).await.expect("append");
+    let stored = store
+        .append(message.clone())
+        .await
+        .expect("append")
+        .into_new()
+        .expect("stored");
     let read = store
         .history(&ch, HistoryQuery::latest(1))
         .await
@@ -664,6 +672,108 @@ pub async fn payload_and_fields_are_kept_exactly(store: Arc<dyn Store>) {
     assert_eq!(read[0].from, message.from);
     assert_eq!(read[0].event, message.event);
     assert_eq!(read[0].ts, message.ts);
+}
+
+fn keyed(ch: &ChannelName, key: &str, from: Option<&str>, n: u64) -> NewMessage {
+    NewMessage {
+        from: from.map(user),
+        ..NewMessage::new(ch.clone(), payload(n))
+            .keyed(IdempotencyKey::parse(key).expect("valid test key"))
+    }
+}
+
+/// A second append with the same key stores nothing and answers the first one's seq, id and
+/// time, also after the message was trimmed; later appends continue the sequence.
+pub async fn a_repeated_key_stores_nothing_and_answers_the_original(store: Arc<dyn Store>) {
+    let ch = channel("keyed");
+    append_n(&*store, &ch, 2).await;
+    let first = store
+        .append(keyed(&ch, "k-1", Some("alice"), 1))
+        .await
+        .expect("append")
+        .into_new()
+        .expect("a new message");
+    assert_eq!(first.seq, Seq(3));
+    let again = store
+        .append(keyed(&ch, "k-1", Some("alice"), 2))
+        .await
+        .expect("repeat");
+    assert_eq!(again, Appended::Repeat(first.original()));
+    assert_eq!(store.count(&ch).await.expect("count"), 3);
+    assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(3));
+    let next = store
+        .append(keyed(&ch, "k-2", Some("alice"), 3))
+        .await
+        .expect("next");
+    assert!(!next.is_repeat());
+    assert_eq!(next.seq(), Seq(4), "a repeat takes no seq");
+    store.trim(&ch, 0).await.expect("trim");
+    let after_trim = store
+        .append(keyed(&ch, "k-1", Some("alice"), 4))
+        .await
+        .expect("repeat after trim");
+    assert_eq!(after_trim, Appended::Repeat(first.original()));
+    assert_eq!(store.count(&ch).await.expect("count"), 0);
+}
+
+/// The same key on another channel, or from another publisher (the server counts as one),
+/// is another message.
+pub async fn keys_are_scoped_by_channel_and_publisher(store: Arc<dyn Store>) {
+    let (a, b) = (channel("scoped:a"), channel("scoped:b"));
+    let mut seqs = Vec::new();
+    for (ch, from) in [
+        (&a, Some("alice")),
+        (&b, Some("alice")),
+        (&a, Some("bob")),
+        (&a, None),
+    ] {
+        let appended = store
+            .append(keyed(ch, "same", from, 0))
+            .await
+            .expect("append");
+        assert!(!appended.is_repeat(), "{ch} {from:?}");
+        seqs.push(appended.seq().0);
+    }
+    assert_eq!(seqs, [1, 1, 2, 3]);
+    let repeat = store
+        .append(keyed(&a, "same", None, 0))
+        .await
+        .expect("server repeat");
+    assert_eq!(repeat.seq(), Seq(3));
+    assert!(repeat.is_repeat());
+}
+
+/// Many tasks racing the same keys (a client retrying on several connections): each key is
+/// stored once, everyone gets its seq and id, and the sequence stays gap-free.
+pub async fn concurrent_repeats_store_one_copy(store: Arc<dyn Store>) {
+    let ch = channel("racing");
+    let mut handles = Vec::new();
+    for t in 0..16u64 {
+        let (store, ch) = (store.clone(), ch.clone());
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for k in 0..10u64 {
+                let key = format!("key-{k}");
+                let appended = store
+                    .append(keyed(&ch, &key, Some("alice"), t))
+                    .await
+                    .expect("append");
+                got.push((k, appended.seq(), appended.id()));
+            }
+            got
+        }));
+    }
+    let mut by_key = std::collections::BTreeMap::new();
+    for h in handles {
+        for (k, seq, id) in h.await.expect("task") {
+            let first = *by_key.entry(k).or_insert((seq, id));
+            assert_eq!(first, (seq, id), "every repeat of key-{k} answers the same");
+        }
+    }
+    let stored: BTreeSet<u64> = by_key.values().map(|(seq, _)| seq.0).collect();
+    assert_eq!(stored, (1..=10).collect());
+    assert_eq!(store.count(&ch).await.expect("count"), 10);
+    assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(10));
 }
 
 /// A reachable store answers `ping`.
@@ -681,7 +791,7 @@ pub trait AppendHook: Send + Sync + 'static {
     /// The inner store.
     fn inner(&self) -> &Self::Inner;
     /// The intercepted append.
-    async fn append(&self, message: NewMessage) -> crate::StoreResult<crate::StoredMessage>;
+    async fn append(&self, message: NewMessage) -> crate::StoreResult<crate::Appended>;
     /// See [`Store::commit_deadline`]; the inner store's by default.
     fn commit_deadline(&self) -> Option<std::time::Duration> {
         self.inner().commit_deadline()
@@ -750,7 +860,7 @@ impl<T: AppendHook> Store for T {
     ) -> crate::StoreResult<Option<MemberRole>> {
         self.inner().member_role(channel, user).await
     }
-    async fn append(&self, message: NewMessage) -> crate::StoreResult<crate::StoredMessage> {
+    async fn append(&self, message: NewMessage) -> crate::StoreResult<crate::Appended> {
         AppendHook::append(self, message).await
     }
     async fn history(

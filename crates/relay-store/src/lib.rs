@@ -24,7 +24,7 @@
 //! let channel = ChannelName::parse("chat:42").unwrap();
 //! let payload = Payload::from_json(r#"{"text":"hi"}"#).unwrap();
 //! let stored = store.append(NewMessage::new(channel.clone(), payload)).await.unwrap();
-//! assert_eq!(stored.seq, Seq(1));
+//! assert_eq!(stored.seq(), Seq(1));
 //! let page = store.history(&channel, HistoryQuery::latest(50)).await.unwrap();
 //! assert_eq!(page.len(), 1);
 //! # });
@@ -58,11 +58,14 @@ pub use cluster::{FeedItem, Notice, NoticeBody, PgNotifier, Wanted};
 pub use error::StoreError;
 pub use memory::{MemoryRetention, MemoryStore};
 pub use model::{
-    ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange,
-    StoredMessage,
+    Appended, ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Original,
+    Removal, RoleChange, StoredMessage,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{MIGRATOR, PgStore, PgStoreOptions};
+
+/// How long a store remembers idempotency keys unless configured otherwise: 10 minutes.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -141,7 +144,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends a message with the channel's next seq and returns it as stored. A channel
     /// record is not required: the message log of a channel exists on its own.
-    async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage>;
+    ///
+    /// With an [idempotency key](NewMessage::idempotency_key) that the same publisher used on
+    /// the same channel within the store's idempotency window (default
+    /// [`DEFAULT_IDEMPOTENCY_WINDOW`]), nothing is stored and the answer is
+    /// [`Appended::Repeat`] with the earlier append's seq, id and time, even if that message
+    /// was trimmed since. Keys are kept at least for the window, then forgotten.
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
 
     /// Messages of a channel, ascending by seq; see [`HistoryQuery`].
     async fn history(

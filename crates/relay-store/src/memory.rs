@@ -3,14 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use relay_proto::{ChannelName, MemberRole, Seq, Timestamp, UserId};
+use relay_proto::{ChannelName, IdempotencyKey, MemberRole, Seq, Timestamp, UserId};
 
 use crate::{
-    ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange,
-    Store, StoreError, StoreResult, StoredMessage,
+    Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member,
+    NewChannel, NewMessage, Original, Removal, RoleChange, Store, StoreError, StoreResult,
+    StoredMessage,
 };
 
 /// An in-memory [`Store`]. Cloning shares the same data.
@@ -27,6 +29,10 @@ pub struct MemoryStore {
 /// beyond `max_messages_per_channel`, and across all channels, oldest append first, while
 /// the messages held pass `max_bytes`. A trimmed message is gone for history and recovery
 /// (`recovered: false`), exactly as with a namespace's `max_history`.
+///
+/// Idempotency keys are kept for `idempotency_window` (default
+/// [`DEFAULT_IDEMPOTENCY_WINDOW`]), and at most `max_idempotency_keys` of them: past that
+/// the oldest are forgotten early, and a late retry of one of those stores a second copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryRetention {
     /// Messages kept per channel.
@@ -34,6 +40,10 @@ pub struct MemoryRetention {
     /// Bytes of messages kept in all (payload, event, channel name and a fixed overhead per
     /// message).
     pub max_bytes: Option<usize>,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Option<Duration>,
+    /// Idempotency keys remembered in all.
+    pub max_idempotency_keys: Option<usize>,
 }
 
 #[derive(Default)]
@@ -52,6 +62,18 @@ struct Inner {
     /// Appends in order, oldest first, for trimming by total bytes (only with `max_bytes`);
     /// entries of messages trimmed otherwise are skipped when reached, and compacted away.
     order: Mutex<VecDeque<(ChannelName, Seq)>>,
+    /// Idempotency keys in the order they were stored, oldest first, for expiry.
+    key_order: Mutex<VecDeque<KeyEntry>>,
+}
+
+/// An idempotency key's scope within a channel: the publisher and the key.
+type KeyScope = (Box<str>, IdempotencyKey);
+
+/// A stored idempotency key, in [`Inner::key_order`].
+struct KeyEntry {
+    at: Instant,
+    channel: ChannelName,
+    scope: KeyScope,
 }
 
 /// One channel's messages. `messages` holds seqs `last - len + 1 ..= last`, consecutive.
@@ -59,6 +81,8 @@ struct Inner {
 struct Log {
     last: Seq,
     messages: VecDeque<StoredMessage>,
+    /// Idempotency keys of this channel's appends, with when they were stored.
+    keys: HashMap<KeyScope, (Original, Instant)>,
 }
 
 /// What a message counts against `max_bytes`: its variable parts plus a fixed overhead for
@@ -157,6 +181,45 @@ impl MemoryStore {
                     .is_some_and(|log| log.lock().first_seq() <= *seq)
             });
         }
+    }
+
+    fn idempotency_window(&self) -> Duration {
+        self.inner
+            .retention
+            .idempotency_window
+            .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW)
+    }
+
+    /// Forgets idempotency keys past the window, and the oldest beyond
+    /// `max_idempotency_keys`. Never called with a log locked.
+    fn expire_keys(&self, now: Instant) {
+        let window = self.idempotency_window();
+        let max = self.inner.retention.max_idempotency_keys.unwrap_or(usize::MAX);
+        loop {
+            let entry = {
+                let mut order = self.inner.key_order.lock();
+                match order.front() {
+                    Some(e) if order.len() > max || now.duration_since(e.at) >= window => {
+                        order.pop_front()
+                    }
+                    _ => None,
+                }
+            };
+            let Some(entry) = entry else { break };
+            if let Some(log) = self.log(&entry.channel) {
+                let mut log = log.lock();
+                // A key stored again after it expired has a newer entry of its own.
+                if log.keys.get(&entry.scope).is_some_and(|(_, at)| *at == entry.at) {
+                    log.keys.remove(&entry.scope);
+                }
+            }
+        }
+    }
+
+    /// Idempotency keys held (for tests of the bound).
+    #[cfg(test)]
+    fn held_keys(&self) -> usize {
+        self.inner.key_order.lock().len()
     }
 
     fn log(&self, channel: &ChannelName) -> Option<Arc<Mutex<Log>>> {
@@ -344,13 +407,33 @@ impl Store for MemoryStore {
             .and_then(|roles| roles.get(user).copied()))
     }
 
-    async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage> {
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         let retention = self.inner.retention;
         let log = self.log_or_create(&message.channel);
+        let now = Instant::now();
+        let scope = message
+            .idempotency_key
+            .clone()
+            .map(|key| (Box::<str>::from(message.publisher()), key));
         let stored = {
             let mut log = log.lock();
+            if let Some(scope) = &scope
+                && let Some((original, at)) = log.keys.get(scope)
+                && now.duration_since(*at) < self.idempotency_window()
+            {
+                return Ok(Appended::Repeat(*original));
+            }
             let seq = log.last.next();
             let stored = message.with_seq(seq);
+            if let Some(scope) = &scope {
+                log.keys.insert(scope.clone(), (stored.original(), now));
+                // Pushed under the log's lock, so the order list is in storing order per key.
+                self.inner.key_order.lock().push_back(KeyEntry {
+                    at: now,
+                    channel: stored.channel.clone(),
+                    scope: scope.clone(),
+                });
+            }
             self.inner.held.fetch_add(1, Ordering::Relaxed);
             self.inner.bytes.fetch_add(cost(&stored), Ordering::Relaxed);
             log.messages.push_back(stored.clone());
@@ -368,7 +451,10 @@ impl Store for MemoryStore {
                 .push_back((stored.channel.clone(), stored.seq));
             self.enforce_max_bytes(max_bytes);
         }
-        Ok(stored)
+        if scope.is_some() {
+            self.expire_keys(now);
+        }
+        Ok(Appended::New(stored))
     }
 
     async fn history(
@@ -430,7 +516,7 @@ mod tests {
             .append(NewMessage::new(channel(name), payload))
             .await
             .unwrap()
-            .seq
+            .seq()
     }
 
     async fn seqs(store: &MemoryStore, name: &str) -> Vec<u64> {
@@ -447,7 +533,7 @@ mod tests {
     async fn retention_keeps_a_number_per_channel_and_seqs_stay_gap_free() {
         let store = MemoryStore::with_retention(MemoryRetention {
             max_messages_per_channel: Some(3),
-            max_bytes: None,
+            ..MemoryRetention::default()
         });
         for _ in 0..5 {
             append(&store, "a", 10).await;
@@ -463,6 +549,7 @@ mod tests {
         let store = MemoryStore::with_retention(MemoryRetention {
             max_messages_per_channel: None,
             max_bytes: Some(4 * (1000 + 200)),
+            ..MemoryRetention::default()
         });
         append(&store, "a", 1000).await; // oldest
         append(&store, "b", 1000).await;
@@ -489,11 +576,51 @@ mod tests {
         let store = MemoryStore::with_retention(MemoryRetention {
             max_messages_per_channel: Some(1),
             max_bytes: Some(1 << 30),
+            ..MemoryRetention::default()
         });
         for _ in 0..10_000 {
             append(&store, "a", 1).await;
         }
         // One message held: at most twice that plus the compaction slack.
         assert!(store.inner.order.lock().len() <= 2 + 1024 + 1);
+    }
+
+    fn keyed(name: &str, key: &str, from: Option<&str>) -> NewMessage {
+        NewMessage {
+            from: from.map(|u| UserId::parse(u).unwrap()),
+            ..NewMessage::new(channel(name), Payload::from_value(&1).unwrap())
+                .keyed(IdempotencyKey::parse(key).unwrap())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_expires_after_the_window() {
+        let store = MemoryStore::with_retention(MemoryRetention {
+            idempotency_window: Some(Duration::ZERO),
+            ..MemoryRetention::default()
+        });
+        let first = store.append(keyed("a", "k", None)).await.unwrap();
+        let again = store.append(keyed("a", "k", None)).await.unwrap();
+        assert!(!again.is_repeat());
+        assert_eq!((first.seq(), again.seq()), (Seq(1), Seq(2)));
+        // Expired keys are forgotten, not just ignored.
+        assert_eq!(store.held_keys(), 0);
+        assert!(store.log(&channel("a")).unwrap().lock().keys.is_empty());
+    }
+
+    #[tokio::test]
+    async fn keys_are_bounded_and_the_oldest_go_first() {
+        let store = MemoryStore::with_retention(MemoryRetention {
+            max_idempotency_keys: Some(2),
+            ..MemoryRetention::default()
+        });
+        for key in ["k1", "k2", "k3"] {
+            store.append(keyed("a", key, None)).await.unwrap();
+        }
+        assert_eq!(store.held_keys(), 2);
+        // k1 was forgotten early: its retry stores again; k3 is still known.
+        assert!(!store.append(keyed("a", "k1", None)).await.unwrap().is_repeat());
+        assert!(store.append(keyed("a", "k3", None)).await.unwrap().is_repeat());
+        assert_eq!(store.count(&channel("a")).await.unwrap(), 4);
     }
 }

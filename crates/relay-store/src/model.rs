@@ -1,7 +1,8 @@
 //! The records a store keeps and the queries it answers.
 
 use relay_proto::{
-    ChannelName, MemberRole, MessageId, Payload, Seq, ServerFrame, Timestamp, UserId,
+    ChannelName, IdempotencyKey, MemberRole, MessageId, Payload, Seq, ServerFrame, Timestamp,
+    UserId,
 };
 
 /// A channel record: what `POST /api/channels` creates.
@@ -118,6 +119,10 @@ pub struct NewMessage {
     pub payload: Payload,
     /// Publish time.
     pub ts: Timestamp,
+    /// Makes the append safe to retry: within the store's idempotency window, a second
+    /// append with the same key on the same channel by the same publisher (`from`) stores
+    /// nothing and answers [`Appended::Repeat`] with what the first one got.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl NewMessage {
@@ -130,7 +135,19 @@ impl NewMessage {
             event: None,
             payload,
             ts: Timestamp::now(),
+            idempotency_key: None,
         }
+    }
+
+    /// Sets the idempotency key.
+    pub fn keyed(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+
+    /// Who the idempotency key is scoped to: the publisher's user id, or `""` for the server.
+    pub fn publisher(&self) -> &str {
+        self.from.as_ref().map_or("", UserId::as_str)
     }
 
     /// The stored form of this message with its seq.
@@ -142,6 +159,69 @@ impl NewMessage {
             from: self.from,
             event: self.event,
             payload: self.payload,
+            ts: self.ts,
+        }
+    }
+}
+
+/// Outcome of [`Store::append`](crate::Store::append).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now, with the channel's next seq.
+    New(StoredMessage),
+    /// A repeat of an earlier append with the same idempotency key: nothing was stored, and
+    /// this is what the earlier one got.
+    Repeat(Original),
+}
+
+/// What an earlier append with the same idempotency key was stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Original {
+    /// Its seq.
+    pub seq: Seq,
+    /// Its id.
+    pub id: MessageId,
+    /// Its publish time.
+    pub ts: Timestamp,
+}
+
+impl Appended {
+    /// The seq the message has, new or earlier.
+    pub fn seq(&self) -> Seq {
+        match self {
+            Self::New(m) => m.seq,
+            Self::Repeat(o) => o.seq,
+        }
+    }
+
+    /// The id the message has, new or earlier.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Self::New(m) => m.id,
+            Self::Repeat(o) => o.id,
+        }
+    }
+
+    /// Whether this was a repeat (nothing stored).
+    pub fn is_repeat(&self) -> bool {
+        matches!(self, Self::Repeat(_))
+    }
+
+    /// The message stored by this append, `None` for a repeat.
+    pub fn into_new(self) -> Option<StoredMessage> {
+        match self {
+            Self::New(m) => Some(m),
+            Self::Repeat(_) => None,
+        }
+    }
+}
+
+impl StoredMessage {
+    /// What a repeat of this message's append answers.
+    pub fn original(&self) -> Original {
+        Original {
+            seq: self.seq,
+            id: self.id,
             ts: self.ts,
         }
     }

@@ -9,9 +9,18 @@
 //! Seqs come from `channel_seqs`: bumping a channel's counter row locks that row until the
 //! commit, so seqs are atomic and gap-free per channel (a rolled-back transaction gives its
 //! seqs back) and unrelated channels never wait for each other.
+//!
+//! Idempotency keys live in `publish_keys`, written in the transaction that stores their
+//! message. They are looked up with the channels' counter rows already locked, so a commit
+//! of the same key by another node has either committed (and is seen) or waits for this one:
+//! a key is stored once across the cluster. A background task prunes expired keys.
 
 use std::str::FromStr;
 use std::time::Duration;
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use relay_proto::{ChannelName, MemberRole, MessageId, Payload, Seq, Timestamp, UserId};
@@ -21,8 +30,9 @@ use sqlx::{Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange,
-    Store, StoreError, StoreResult, StoredMessage,
+    Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member,
+    NewChannel, NewMessage, Original, Removal, RoleChange, Store, StoreError, StoreResult,
+    StoredMessage,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -47,6 +57,8 @@ pub struct PgStoreOptions {
     /// In a cluster, this node's id: each group commit then notifies the other nodes of the
     /// channels it appended to (see [`cluster`](crate::cluster)). `None` on a single node.
     pub cluster_node: Option<String>,
+    /// How long idempotency keys are honoured (then pruned).
+    pub idempotency_window: Duration,
 }
 
 impl Default for PgStoreOptions {
@@ -58,6 +70,7 @@ impl Default for PgStoreOptions {
             max_batch: 1024,
             queue: 16 * 1024,
             cluster_node: None,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -69,11 +82,22 @@ pub struct PgStore {
     appends: mpsc::Sender<Append>,
     /// How long a publish waits for its commit.
     timeout: Duration,
+    /// Dropped with the last clone of the store, which stops the key pruner.
+    _pruner: Arc<oneshot::Sender<()>>,
 }
 
 struct Append {
     message: NewMessage,
-    reply: oneshot::Sender<StoreResult<Seq>>,
+    reply: oneshot::Sender<StoreResult<Committed>>,
+}
+
+/// What the committer answers one append.
+#[derive(Debug, Clone, Copy)]
+enum Committed {
+    /// Stored with this seq.
+    New(Seq),
+    /// Its key was stored before: nothing stored now.
+    Repeat(Original),
 }
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -143,14 +167,24 @@ impl PgStore {
         tokio::spawn(committer(
             pool.clone(),
             queue,
-            options.max_batch.max(1),
-            options.cluster_node.clone(),
-            options.statement_timeout,
+            Batching {
+                max_batch: options.max_batch.max(1),
+                node: options.cluster_node.clone(),
+                deadline: options.statement_timeout,
+                window: options.idempotency_window,
+            },
+        ));
+        let (pruner, stopped) = oneshot::channel();
+        tokio::spawn(prune_keys(
+            pool.clone(),
+            options.idempotency_window,
+            stopped,
         ));
         Self {
             pool,
             appends,
             timeout: options.statement_timeout,
+            _pruner: Arc::new(pruner),
         }
     }
 
@@ -160,14 +194,62 @@ impl PgStore {
     }
 }
 
-/// Commits queued appends in batches until every sender is gone.
-async fn committer(
-    pool: PgPool,
-    mut queue: mpsc::Receiver<Append>,
+/// Expired idempotency keys deleted per statement, so that pruning never holds many row
+/// locks or runs into the statement timeout.
+const PRUNE_CHUNK: u64 = 5000;
+
+/// Deletes idempotency keys past `window`, a few times per window, until `stopped`.
+async fn prune_keys(pool: PgPool, window: Duration, mut stopped: oneshot::Receiver<()>) {
+    let period = (window / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM publish_keys WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM publish_keys
+                     WHERE created_at < now() - $1 * interval '1 millisecond'
+                     LIMIT $2))",
+            )
+            .bind(window.as_millis() as i64)
+            .bind(PRUNE_CHUNK as i64)
+            .execute(&pool)
+            .await;
+            match deleted {
+                Ok(done) if done.rows_affected() >= PRUNE_CHUNK => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning expired idempotency keys failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// How the committer batches.
+struct Batching {
     max_batch: usize,
+    /// This node's id in a cluster.
     node: Option<String>,
+    /// The deadline of one group commit.
     deadline: Duration,
-) {
+    /// How long idempotency keys are honoured.
+    window: Duration,
+}
+
+/// Commits queued appends in batches until every sender is gone.
+async fn committer(pool: PgPool, mut queue: mpsc::Receiver<Append>, batching: Batching) {
+    let Batching {
+        max_batch,
+        node,
+        deadline,
+        window,
+    } = batching;
     let node = node.as_deref();
     let mut batch = Vec::with_capacity(max_batch);
     while queue.recv_many(&mut batch, max_batch).await > 0 {
@@ -177,7 +259,7 @@ async fn committer(
         if batch.is_empty() {
             continue;
         }
-        let committed = tokio::time::timeout(deadline, commit(&pool, &batch, node))
+        let committed = tokio::time::timeout(deadline, commit(&pool, &batch, node, window))
             .await
             .unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(
@@ -185,19 +267,20 @@ async fn committer(
                 ))
             });
         match committed {
-            Ok(seqs) => {
-                for (append, seq) in batch.drain(..).zip(seqs) {
-                    let _ = append.reply.send(Ok(seq));
+            Ok(outcomes) => {
+                for (append, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = append.reply.send(Ok(outcome));
                 }
             }
             Err(StoreError::Invalid(_)) if batch.len() > 1 => {
                 // One message the database refuses must not fail its neighbours: commit
                 // them one by one so that only the bad one gets the error.
                 for append in batch.drain(..) {
-                    let result = commit(&pool, std::slice::from_ref(&append), node)
+                    let result = commit(&pool, std::slice::from_ref(&append), node, window)
                         .await
-                        .and_then(|seqs| {
-                            seqs.first()
+                        .and_then(|outcomes| {
+                            outcomes
+                                .first()
                                 .copied()
                                 .ok_or_else(|| StoreError::Corrupt("no seq for a commit".into()))
                         });
@@ -221,14 +304,56 @@ async fn committer(
     }
 }
 
-/// One transaction: reserve seqs per channel, insert every message, notify the cluster (one
-/// notification per transaction, not per message: `NOTIFY` serialises commits behind a
-/// global lock), commit.
-async fn commit(pool: &PgPool, batch: &[Append], node: Option<&str>) -> StoreResult<Vec<Seq>> {
-    // Count per channel, in name order so that concurrent transactions lock counter rows in
-    // the same order.
+/// An append's key scope: channel, publisher, key.
+type KeyScope<'a> = (&'a str, &'a str, &'a str);
+
+fn key_scope(message: &NewMessage) -> Option<KeyScope<'_>> {
+    let key = message.idempotency_key.as_ref()?;
+    Some((message.channel.as_str(), message.publisher(), key.as_str()))
+}
+
+/// What one append of a batch turns into.
+#[derive(Clone, Copy)]
+enum Role {
+    /// Stored now.
+    Store,
+    /// Repeats the append at this index of the same batch (same key).
+    Follow(usize),
+    /// Repeats an append committed earlier.
+    Repeat(Original),
+}
+
+/// One transaction: reserve seqs per channel, answer repeated idempotency keys, insert every
+/// new message and its key, notify the cluster (one notification per transaction, not per
+/// message: `NOTIFY` serialises commits behind a global lock), commit.
+async fn commit(
+    pool: &PgPool,
+    batch: &[Append],
+    node: Option<&str>,
+    window: Duration,
+) -> StoreResult<Vec<Committed>> {
+    // A key used twice in one batch: the later append follows the first.
+    let mut roles = vec![Role::Store; batch.len()];
+    let mut first_of: HashMap<KeyScope<'_>, usize> = HashMap::new();
+    for (i, append) in batch.iter().enumerate() {
+        if let Some(scope) = key_scope(&append.message) {
+            match first_of.entry(scope) {
+                Entry::Occupied(first) => roles[i] = Role::Follow(*first.get()),
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
+            }
+        }
+    }
+    // Seqs to reserve per channel, in name order so that concurrent transactions lock
+    // counter rows in the same order.
     let mut counts: Vec<(&str, i64)> = Vec::new();
-    let mut order: Vec<&str> = batch.iter().map(|a| a.message.channel.as_str()).collect();
+    let mut order: Vec<&str> = batch
+        .iter()
+        .zip(&roles)
+        .filter(|(_, role)| matches!(role, Role::Store))
+        .map(|(a, _)| a.message.channel.as_str())
+        .collect();
     order.sort_unstable();
     for name in order {
         match counts.last_mut() {
@@ -250,9 +375,9 @@ async fn commit(pool: &PgPool, batch: &[Append], node: Option<&str>) -> StoreRes
     .fetch_all(&mut *tx)
     .await
     .map_err(map_err)?;
-    // Next seq to hand out per channel: last - count + 1.
-    let mut next: std::collections::HashMap<String, i64> =
-        std::collections::HashMap::with_capacity(rows.len());
+    // Next seq to hand out per channel: last - count + 1. Repeats found below give their
+    // reserved seqs back from the top, so this start stays right.
+    let mut next: HashMap<String, i64> = HashMap::with_capacity(rows.len());
     for row in &rows {
         let channel: String = row.try_get(0).map_err(map_err)?;
         let last: i64 = row.try_get(1).map_err(map_err)?;
@@ -262,50 +387,70 @@ async fn commit(pool: &PgPool, batch: &[Append], node: Option<&str>) -> StoreRes
             .map_or(0, |(_, k)| *k);
         next.insert(channel, last - count + 1);
     }
-    let mut seqs = Vec::with_capacity(batch.len());
-    let (mut channels, mut seq_col, mut ids, mut froms, mut events, mut payloads, mut ts) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for append in batch {
-        let m = &append.message;
-        let slot = next
-            .get_mut(m.channel.as_str())
-            .ok_or_else(|| StoreError::Corrupt(format!("no seq reserved for {}", m.channel)))?;
-        let seq = *slot;
-        *slot += 1;
-        seqs.push(Seq(seq as u64));
-        channels.push(m.channel.as_str());
-        seq_col.push(seq);
-        ids.push(m.id);
-        froms.push(m.from.as_ref().map(UserId::as_str));
-        events.push(m.event.as_deref());
-        payloads.push(m.payload.as_str());
-        ts.push(m.ts.unix_millis() as i64);
+    if !first_of.is_empty() {
+        find_repeats(&mut tx, batch, &mut roles, window).await?;
     }
-    sqlx::query(
-        "INSERT INTO messages (channel, seq, id, from_user, event, payload, ts)
-         SELECT c, s, i, f, e, p, to_timestamp(t::float8 / 1000)
-         FROM UNNEST($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-              AS u(c, s, i, f, e, p, t)",
-    )
-    .bind(&channels)
-    .bind(&seq_col)
-    .bind(&ids)
-    .bind(&froms)
-    .bind(&events)
-    .bind(&payloads)
-    .bind(&ts)
-    .execute(&mut *tx)
-    .await
-    .map_err(map_err)?;
-    if let Some(node) = node {
-        let pointers: Vec<(&str, i64)> = next.iter().map(|(c, n)| (c.as_str(), n - 1)).collect();
+    let mut given_back: HashMap<&str, i64> = HashMap::new();
+    for (append, role) in batch.iter().zip(&roles) {
+        if matches!(role, Role::Repeat(_)) {
+            *given_back.entry(append.message.channel.as_str()).or_default() += 1;
+        }
+    }
+    if !given_back.is_empty() {
+        let (channels, amounts): (Vec<&str>, Vec<i64>) = given_back.into_iter().unzip();
+        sqlx::query(
+            "UPDATE channel_seqs SET last_seq = last_seq - u.n
+             FROM UNNEST($1::text[], $2::bigint[]) AS u(c, n) WHERE channel = u.c",
+        )
+        .bind(&channels)
+        .bind(&amounts)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut columns = MessageColumns::default();
+    let mut keys = KeyColumns::default();
+    let mut touched: HashMap<&str, i64> = HashMap::new();
+    for (append, role) in batch.iter().zip(&roles) {
+        let m = &append.message;
+        let outcome = match *role {
+            Role::Repeat(original) => Committed::Repeat(original),
+            Role::Follow(first) => match outcomes.get(first) {
+                Some(Committed::New(seq)) => Committed::Repeat(Original {
+                    seq: *seq,
+                    id: batch[first].message.id,
+                    ts: batch[first].message.ts,
+                }),
+                Some(repeat @ Committed::Repeat(_)) => *repeat,
+                None => return Err(StoreError::Corrupt("a key follows a later append".into())),
+            },
+            Role::Store => {
+                let slot = next.get_mut(m.channel.as_str()).ok_or_else(|| {
+                    StoreError::Corrupt(format!("no seq reserved for {}", m.channel))
+                })?;
+                let seq = *slot;
+                *slot += 1;
+                touched.insert(m.channel.as_str(), seq);
+                columns.push(m, seq);
+                if let Some((channel, publisher, key)) = key_scope(m) {
+                    keys.push((channel, publisher, key), m, seq);
+                }
+                Committed::New(Seq(seq as u64))
+            }
+        };
+        outcomes.push(outcome);
+    }
+    if !columns.seqs.is_empty() {
+        columns.insert(&mut tx).await?;
+    }
+    if !keys.seqs.is_empty() {
+        keys.insert(&mut tx).await?;
+    }
+    if let Some(node) = node
+        && !touched.is_empty()
+    {
+        let pointers: Vec<(&str, i64)> = touched.into_iter().collect();
         let payloads = crate::cluster::commit_payloads(node, &pointers);
         sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
             .bind(crate::cluster::NOTIFY_CHANNEL)
@@ -315,7 +460,158 @@ async fn commit(pool: &PgPool, batch: &[Append], node: Option<&str>) -> StoreRes
             .map_err(map_err)?;
     }
     tx.commit().await.map_err(map_err)?;
-    Ok(seqs)
+    Ok(outcomes)
+}
+
+/// Marks the appends whose key was committed within `window` as repeats. Runs with the
+/// channels' counter rows locked: a commit of the same key by another node has committed
+/// before this statement started (and is seen), or waits for this transaction.
+async fn find_repeats(
+    tx: &mut Transaction<'_, sqlx::Postgres>,
+    batch: &[Append],
+    roles: &mut [Role],
+    window: Duration,
+) -> StoreResult<()> {
+    let (mut channels, mut publishers, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    for (append, role) in batch.iter().zip(roles.iter()) {
+        if let (Role::Store, Some((c, p, k))) = (role, key_scope(&append.message)) {
+            channels.push(c);
+            publishers.push(p);
+            keys.push(k);
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT k.channel, k.publisher, k.key, k.seq, k.message_id,
+                (round(extract(epoch FROM k.ts) * 1000))::bigint AS ts_ms
+         FROM publish_keys k
+         JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS u(c, p, k)
+           ON k.channel = u.c AND k.publisher = u.p AND k.key = u.k
+         WHERE k.created_at >= now() - $4 * interval '1 millisecond'",
+    )
+    .bind(&channels)
+    .bind(&publishers)
+    .bind(&keys)
+    .bind(window.as_millis() as i64)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut found: HashMap<(String, String, String), Original> = HashMap::new();
+    for row in &rows {
+        let seq: i64 = row.try_get("seq").map_err(map_err)?;
+        let ts_ms: i64 = row.try_get("ts_ms").map_err(map_err)?;
+        found.insert(
+            (
+                row.try_get("channel").map_err(map_err)?,
+                row.try_get("publisher").map_err(map_err)?,
+                row.try_get("key").map_err(map_err)?,
+            ),
+            Original {
+                seq: Seq(seq as u64),
+                id: row.try_get("message_id").map_err(map_err)?,
+                ts: Timestamp::from_unix_millis(ts_ms.max(0) as u64),
+            },
+        );
+    }
+    for (append, role) in batch.iter().zip(roles.iter_mut()) {
+        if let (Role::Store, Some((c, p, k))) = (*role, key_scope(&append.message))
+            && let Some(original) = found.get(&(c.to_owned(), p.to_owned(), k.to_owned()))
+        {
+            *role = Role::Repeat(*original);
+        }
+    }
+    Ok(())
+}
+
+/// The columns of the messages one commit inserts.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    channels: Vec<&'a str>,
+    seqs: Vec<i64>,
+    ids: Vec<MessageId>,
+    froms: Vec<Option<&'a str>>,
+    events: Vec<Option<&'a str>>,
+    payloads: Vec<&'a str>,
+    ts: Vec<i64>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn push(&mut self, m: &'a NewMessage, seq: i64) {
+        self.channels.push(m.channel.as_str());
+        self.seqs.push(seq);
+        self.ids.push(m.id);
+        self.froms.push(m.from.as_ref().map(UserId::as_str));
+        self.events.push(m.event.as_deref());
+        self.payloads.push(m.payload.as_str());
+        self.ts.push(m.ts.unix_millis() as i64);
+    }
+
+    async fn insert(&self, tx: &mut Transaction<'_, sqlx::Postgres>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO messages (channel, seq, id, from_user, event, payload, ts)
+             SELECT c, s, i, f, e, p, to_timestamp(t::float8 / 1000)
+             FROM UNNEST($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+                  AS u(c, s, i, f, e, p, t)",
+        )
+        .bind(&self.channels)
+        .bind(&self.seqs)
+        .bind(&self.ids)
+        .bind(&self.froms)
+        .bind(&self.events)
+        .bind(&self.payloads)
+        .bind(&self.ts)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+/// The idempotency keys one commit stores, with what their messages got.
+#[derive(Default)]
+struct KeyColumns<'a> {
+    channels: Vec<&'a str>,
+    publishers: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    seqs: Vec<i64>,
+    ids: Vec<MessageId>,
+    ts: Vec<i64>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn push(&mut self, (channel, publisher, key): KeyScope<'a>, m: &NewMessage, seq: i64) {
+        self.channels.push(channel);
+        self.publishers.push(publisher);
+        self.keys.push(key);
+        self.seqs.push(seq);
+        self.ids.push(m.id);
+        self.ts.push(m.ts.unix_millis() as i64);
+    }
+
+    /// Inserts the keys; an expired row of the same key is replaced.
+    async fn insert(&self, tx: &mut Transaction<'_, sqlx::Postgres>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO publish_keys (channel, publisher, key, seq, message_id, ts)
+             SELECT c, p, k, s, i, to_timestamp(t::float8 / 1000)
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::bigint[])
+                  AS u(c, p, k, s, i, t)
+             ON CONFLICT (channel, publisher, key) DO UPDATE SET
+                 seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, ts = EXCLUDED.ts,
+                 created_at = now()",
+        )
+        .bind(&self.channels)
+        .bind(&self.publishers)
+        .bind(&self.keys)
+        .bind(&self.seqs)
+        .bind(&self.ids)
+        .bind(&self.ts)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
 }
 
 const CHANNEL_COLUMNS: &str =
@@ -644,7 +940,7 @@ impl Store for PgStore {
         Some(self.timeout)
     }
 
-    async fn append(&self, message: NewMessage) -> StoreResult<StoredMessage> {
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         let (reply, answer) = oneshot::channel();
         let append = Append {
             message: message.clone(),
@@ -658,7 +954,7 @@ impl Store for PgStore {
                 StoreError::Unavailable("committer stopped".into())
             }
         })?;
-        let seq = tokio::time::timeout(self.timeout, answer)
+        let committed = tokio::time::timeout(self.timeout, answer)
             .await
             .map_err(|_| {
                 StoreError::Unavailable(
@@ -666,7 +962,10 @@ impl Store for PgStore {
                 )
             })?
             .map_err(|_| StoreError::Unavailable("committer stopped".into()))??;
-        Ok(message.with_seq(seq))
+        Ok(match committed {
+            Committed::New(seq) => Appended::New(message.with_seq(seq)),
+            Committed::Repeat(original) => Appended::Repeat(original),
+        })
     }
 
     async fn history(

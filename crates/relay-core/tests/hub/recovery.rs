@@ -5,7 +5,7 @@ use std::sync::Arc;
 use relay_core::{Hub, HubConfig};
 use relay_proto::{Payload, Seq, ServerFrame};
 use relay_store::conformance::AppendHook;
-use relay_store::{MemoryStore, NewMessage, Store, StoreError, StoreResult, StoredMessage};
+use relay_store::{Appended, MemoryStore, NewMessage, Store, StoreError, StoreResult};
 use serde_json::json;
 
 use crate::support::*;
@@ -130,6 +130,8 @@ async fn append(t: &TestHub, channel: &str, n: u64) -> relay_store::StoredMessag
         .append(NewMessage::new(ch(channel), payload))
         .await
         .unwrap()
+        .into_new()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -241,7 +243,7 @@ impl AppendHook for AfterCommit {
         &self.inner
     }
 
-    async fn append(&self, m: NewMessage) -> StoreResult<StoredMessage> {
+    async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
         let stored = self.inner.append(m).await?;
         if self.gated.load(std::sync::atomic::Ordering::SeqCst) {
             let _permit = self.gate.acquire().await;
@@ -328,7 +330,7 @@ impl AppendHook for LateCommit {
         &self.inner
     }
 
-    async fn append(&self, m: NewMessage) -> StoreResult<StoredMessage> {
+    async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
         let (inner, delay) = (self.inner.clone(), self.delay);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
