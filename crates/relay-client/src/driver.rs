@@ -416,7 +416,8 @@ impl Driver {
                 // Set before the write: a write that fails may still have reached the server.
                 sent.store(true, Ordering::Relaxed);
                 let result = send(sink, &frame).await;
-                self.pending.insert(id, Pending::Publish { frame, reply, sent });
+                self.pending
+                    .insert(id, Pending::Publish { frame, reply, sent });
                 result?;
             }
             Command::Signal {

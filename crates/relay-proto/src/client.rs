@@ -269,7 +269,10 @@ mod tests {
         ));
         assert!(matches!(
             kind(r#"{"type":"publish","channel":"c","payload":1,"idempotency_key":"a b"}"#),
-            DecodeErrorKind::InvalidField { field: "idempotency_key", .. }
+            DecodeErrorKind::InvalidField {
+                field: "idempotency_key",
+                ..
+            }
         ));
         assert!(matches!(
             kind(r#"{"type":"publish","channel":"c","payload":1,"idempotency_key":7}"#),

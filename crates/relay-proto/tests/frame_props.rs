@@ -5,8 +5,8 @@
 
 use proptest::prelude::*;
 use relay_proto::{
-    ChannelName, ClientFrame, ErrorCode, FrameId, IdempotencyKey, MessageId, Payload, Seq, ServerFrame, Timestamp,
-    UserId,
+    ChannelName, ClientFrame, ErrorCode, FrameId, IdempotencyKey, MessageId, Payload, Seq,
+    ServerFrame, Timestamp, UserId,
 };
 
 const CHANNEL_CHARS: &str = "[A-Za-z0-9_:.,#@=-]";
@@ -61,9 +61,7 @@ fn client_event() -> impl Strategy<Value = Option<String>> {
 
 /// Keys of visible ASCII, including the characters JSON escapes (`"`, `\\`).
 fn idempotency_key() -> impl Strategy<Value = Option<IdempotencyKey>> {
-    proptest::option::of(
-        "[!-~]{1,128}".prop_map(|s| IdempotencyKey::parse(&s).expect("valid key")),
-    )
+    proptest::option::of("[!-~]{1,128}".prop_map(|s| IdempotencyKey::parse(&s).expect("valid key")))
 }
 
 fn seq() -> impl Strategy<Value = Seq> {

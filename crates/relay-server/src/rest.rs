@@ -115,7 +115,8 @@ fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyKey>, ApiErr
     let Some(value) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
-    let bad = |why: String| ApiError::new(ErrorCode::BadRequest, format!("`Idempotency-Key`: {why}"));
+    let bad =
+        |why: String| ApiError::new(ErrorCode::BadRequest, format!("`Idempotency-Key`: {why}"));
     let text = value
         .to_str()
         .map_err(|_| bad("not visible ASCII".into()))?;

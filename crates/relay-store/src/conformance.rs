@@ -19,7 +19,8 @@ use std::sync::Arc;
 use relay_proto::{ChannelName, IdempotencyKey, MemberRole, Payload, Seq, UserId};
 
 use crate::{
-    Appended, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange, Store, StoreError,
+    Appended, Created, HistoryQuery, Member, NewChannel, NewMessage, Removal, RoleChange, Store,
+    StoreError,
 };
 
 /// Generates one `#[tokio::test]` per conformance case; see the [module docs](self).

@@ -10,9 +10,8 @@ use parking_lot::{Mutex, RwLock};
 use relay_proto::{ChannelName, IdempotencyKey, MemberRole, Seq, Timestamp, UserId};
 
 use crate::{
-    Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member,
-    NewChannel, NewMessage, Original, Removal, RoleChange, Store, StoreError, StoreResult,
-    StoredMessage,
+    Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member, NewChannel,
+    NewMessage, Original, Removal, RoleChange, Store, StoreError, StoreResult, StoredMessage,
 };
 
 /// An in-memory [`Store`]. Cloning shares the same data.
@@ -194,7 +193,11 @@ impl MemoryStore {
     /// `max_idempotency_keys`. Never called with a log locked.
     fn expire_keys(&self, now: Instant) {
         let window = self.idempotency_window();
-        let max = self.inner.retention.max_idempotency_keys.unwrap_or(usize::MAX);
+        let max = self
+            .inner
+            .retention
+            .max_idempotency_keys
+            .unwrap_or(usize::MAX);
         loop {
             let entry = {
                 let mut order = self.inner.key_order.lock();
@@ -209,7 +212,11 @@ impl MemoryStore {
             if let Some(log) = self.log(&entry.channel) {
                 let mut log = log.lock();
                 // A key stored again after it expired has a newer entry of its own.
-                if log.keys.get(&entry.scope).is_some_and(|(_, at)| *at == entry.at) {
+                if log
+                    .keys
+                    .get(&entry.scope)
+                    .is_some_and(|(_, at)| *at == entry.at)
+                {
                     log.keys.remove(&entry.scope);
                 }
             }
@@ -619,8 +626,20 @@ mod tests {
         }
         assert_eq!(store.held_keys(), 2);
         // k1 was forgotten early: its retry stores again; k3 is still known.
-        assert!(!store.append(keyed("a", "k1", None)).await.unwrap().is_repeat());
-        assert!(store.append(keyed("a", "k3", None)).await.unwrap().is_repeat());
+        assert!(
+            !store
+                .append(keyed("a", "k1", None))
+                .await
+                .unwrap()
+                .is_repeat()
+        );
+        assert!(
+            store
+                .append(keyed("a", "k3", None))
+                .await
+                .unwrap()
+                .is_repeat()
+        );
         assert_eq!(store.count(&channel("a")).await.unwrap(), 4);
     }
 }

@@ -30,9 +30,8 @@ use sqlx::{Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member,
-    NewChannel, NewMessage, Original, Removal, RoleChange, Store, StoreError, StoreResult,
-    StoredMessage,
+    Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member, NewChannel,
+    NewMessage, Original, Removal, RoleChange, Store, StoreError, StoreResult, StoredMessage,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -393,7 +392,9 @@ async fn commit(
     let mut given_back: HashMap<&str, i64> = HashMap::new();
     for (append, role) in batch.iter().zip(&roles) {
         if matches!(role, Role::Repeat(_)) {
-            *given_back.entry(append.message.channel.as_str()).or_default() += 1;
+            *given_back
+                .entry(append.message.channel.as_str())
+                .or_default() += 1;
         }
     }
     if !given_back.is_empty() {

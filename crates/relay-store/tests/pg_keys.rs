@@ -42,10 +42,16 @@ async fn two_nodes_racing_the_same_keys_store_each_once() {
             for k in 0..20u64 {
                 // Other traffic on the channel interleaves with the retries.
                 store
-                    .append(NewMessage::new(channel.clone(), Payload::from_json("0").unwrap()))
+                    .append(NewMessage::new(
+                        channel.clone(),
+                        Payload::from_json("0").unwrap(),
+                    ))
                     .await
                     .unwrap();
-                let appended = store.append(keyed(&channel, &format!("k{k}"), t)).await.unwrap();
+                let appended = store
+                    .append(keyed(&channel, &format!("k{k}"), t))
+                    .await
+                    .unwrap();
                 got.push((k, appended.seq(), appended.id()));
             }
             got
@@ -76,7 +82,10 @@ async fn keys_survive_a_restart_and_expire_after_the_window() {
     let store = db.store().await;
     let again = store.append(keyed(&channel, "k", 2)).await.unwrap();
     assert_eq!(again.seq(), first.seq());
-    assert!(again.is_repeat(), "a new store on the same database knows the key");
+    assert!(
+        again.is_repeat(),
+        "a new store on the same database knows the key"
+    );
 
     // Age the key past the window: a retry now is a new message, and its row is replaced.
     sqlx::query("UPDATE publish_keys SET created_at = created_at - interval '11 minutes'")
@@ -84,7 +93,10 @@ async fn keys_survive_a_restart_and_expire_after_the_window() {
         .await
         .unwrap();
     let late = store.append(keyed(&channel, "k", 3)).await.unwrap();
-    assert!(matches!(late, Appended::New(ref m) if m.seq == Seq(2)), "{late:?}");
+    assert!(
+        matches!(late, Appended::New(ref m) if m.seq == Seq(2)),
+        "{late:?}"
+    );
     let repeat = store.append(keyed(&channel, "k", 4)).await.unwrap();
     assert_eq!(repeat.seq(), Seq(2));
     assert_eq!(key_rows(&store).await, 1);
@@ -102,7 +114,10 @@ async fn expired_keys_are_pruned() {
         .await;
     let channel = ChannelName::parse("prune:keys").unwrap();
     for k in 0..10 {
-        store.append(keyed(&channel, &format!("k{k}"), k)).await.unwrap();
+        store
+            .append(keyed(&channel, &format!("k{k}"), k))
+            .await
+            .unwrap();
     }
     sqlx::query(
         "UPDATE publish_keys SET created_at = created_at - interval '1 hour' WHERE key < 'k5'",
@@ -113,7 +128,10 @@ async fn expired_keys_are_pruned() {
     // The pruner runs every second with this window.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while key_rows(&store).await > 5 {
-        assert!(tokio::time::Instant::now() < deadline, "expired keys were not pruned");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired keys were not pruned"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(key_rows(&store).await, 5, "keys inside the window stay");

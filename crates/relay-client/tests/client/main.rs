@@ -4,6 +4,7 @@
 
 mod support;
 
+mod exactly_once;
 mod heartbeat;
 mod membership;
 mod reconnect;

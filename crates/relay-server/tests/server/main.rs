@@ -13,6 +13,7 @@ mod cluster_binaries;
 mod direct_messages;
 mod durability;
 mod group_chat;
+mod idempotency;
 mod limits;
 mod liveness;
 mod membership;

@@ -172,6 +172,30 @@ impl Http {
             .await
     }
 
+    /// A POST with an `Idempotency-Key` header: status, whether the answer was marked
+    /// `Idempotent-Replayed`, body.
+    pub async fn post_keyed(&self, path: &str, key: &str, body: Value) -> (u16, bool, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("idempotency-key", key)
+            .json(&body)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        (
+            status,
+            replayed,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
         let response = request.bearer_auth(&self.token).send().await.unwrap();
         let status = response.status().as_u16();
