@@ -10,9 +10,13 @@
 //!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `cluster` (needs `DATABASE_URL` and
 //!   `psql`), `micro` (criterion, no sockets). The server runs pinned to core 0 on a
 //!   one-thread runtime, the load generator on core 1.
+//! - `cargo xtask fuzz [--cases N]`: the fuzz targets with N generated inputs each (1M).
+//! - `cargo xtask autobahn [--cases 1.*,2.*]`: the Autobahn|Testsuite conformance run; see
+//!   `autobahn.rs`.
 
 #![allow(clippy::print_stdout)] // A command-line tool: its output is the point.
 
+mod autobahn;
 mod cluster;
 
 use std::io::{BufRead, BufReader};
@@ -28,9 +32,10 @@ fn main() -> ExitCode {
         "ci" => lint().and_then(|()| test(&[])),
         "bench" => bench(&args[1..]),
         "fuzz" => fuzz(&args[1..]),
+        "autobahn" => autobahn::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|ci|bench <scenario> [--json]|fuzz [--cases N]>"
+                "usage: cargo xtask <test [cargo test args]|lint|ci|bench <scenario> [--json]|fuzz [--cases N]|autobahn [--cases LIST]>"
             );
             return if task == "help" {
                 ExitCode::SUCCESS

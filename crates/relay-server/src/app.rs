@@ -135,6 +135,8 @@ impl App {
                 );
                 response
             }
+            #[cfg(feature = "autobahn")]
+            (_, "/echo") => ws::echo(self, req).await,
             (_, "/ws") => match self.check_origin(&req) {
                 Ok(_) => ws::upgrade(self, req).await,
                 Err(e) => e.into_response(),

@@ -11,6 +11,8 @@
 pub mod opcode {
     /// A UTF-8 text frame.
     pub const TEXT: u8 = 0x1;
+    /// A binary frame (Relay sends none; the Autobahn echo endpoint does).
+    pub const BINARY: u8 = 0x2;
     /// Connection close.
     pub const CLOSE: u8 = 0x8;
     /// Ping.

@@ -68,6 +68,10 @@ impl ReadAhead {
     }
 }
 
+/// Client pings answered at most per wake of the writer; a client that pings faster gets
+/// pongs for the latest ones only.
+const OWED_PONGS: usize = 16;
+
 /// `Retry-After` of a connection refused by a cap.
 const ADMISSION_RETRY_SECS: u64 = 5;
 
@@ -98,6 +102,7 @@ where
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_app = app.clone();
+    let mode = Mode::Relay;
     app.inner.sessions.spawn(async move {
         let _slot = slot;
         match on_upgrade.await {
@@ -112,23 +117,55 @@ where
                     let already_read = parts.read_buf.to_vec();
                     drop(parts.read_buf);
                     let (read, write) = parts.io.into_inner().into_split();
-                    session(session_app, read, already_read, write, auth).await;
+                    session(session_app, (read, already_read), write, auth, mode).await;
                 }
                 Err(upgraded) => {
                     let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                    session(session_app, read, Vec::new(), write, auth).await;
+                    session(session_app, (read, Vec::new()), write, auth, mode).await;
                 }
             },
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
+    switching_protocols(&key, protocol)
+}
 
+/// `GET /echo` (feature `autobahn`, never in production builds): a WebSocket that echoes
+/// every message, for the Autobahn|Testsuite run (`cargo xtask autobahn`). No token; the
+/// session runs the real reader and writer with a service identity and sends no `welcome`.
+#[cfg(feature = "autobahn")]
+pub(crate) async fn echo<B>(app: &App, mut req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    let key = match handshake_key(&req) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let session_app = app.clone();
+    let identity = match relay_proto::UserId::parse("autobahn") {
+        Ok(user) => Identity::service(user),
+        Err(e) => return ApiError::new(ErrorCode::Internal, e.to_string()).into_response(),
+    };
+    app.inner.sessions.spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            let auth = Ok((identity, crate::auth::far_future()));
+            session(session_app, (read, Vec::new()), write, auth, Mode::Echo).await;
+        }
+    });
+    switching_protocols(&key, None)
+}
+
+/// The `101 Switching Protocols` answer to an upgrade.
+fn switching_protocols(key: &str, protocol: Option<HeaderValue>) -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&key) {
+    if let Ok(accept) = HeaderValue::from_str(key) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     if let Some(protocol) = protocol {
@@ -257,14 +294,26 @@ fn negotiate_protocol<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ApiErr
     ))
 }
 
+/// What a session does with the data frames it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The Relay protocol: text frames are client frames for the hub.
+    Relay,
+    /// Echo every data frame back as it came (text or binary), through the same reader
+    /// and writer: the endpoint the Autobahn|Testsuite conformance run talks to (feature
+    /// `autobahn` only).
+    #[cfg_attr(not(feature = "autobahn"), allow(dead_code))]
+    Echo,
+}
+
 /// One WebSocket session over the two halves of a connection; `already_read` holds bytes
 /// that arrived with the upgrade request.
 async fn session<R, W>(
     app: App,
-    read_half: R,
-    already_read: Vec<u8>,
+    (read_half, already_read): (R, Vec<u8>),
     mut write_half: W,
     auth: Result<(Identity, SystemTime), AuthError>,
+    mode: Mode,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -300,16 +349,19 @@ async fn session<R, W>(
     };
     let conn = app.inner.hub.connect(identity);
     tracing::debug!(connection = conn.id(), user = %conn.identity().user, "connected");
-    conn.send(&conn.welcome(config.heartbeat_ms));
+    if mode == Mode::Relay {
+        conn.send(&conn.welcome(config.heartbeat_ms));
+    }
     let session = Session {
         app: &app,
         conn: &conn,
         started: Instant::now(),
         last_seen: AtomicU64::new(0),
         heard: AtomicBool::new(false),
-        pong: parking_lot::Mutex::new(None),
+        pongs: parking_lot::Mutex::default(),
         control: tokio::sync::Notify::new(),
         closing: std::sync::atomic::AtomicBool::new(false),
+        echo: (mode == Mode::Echo).then(Default::default),
     };
 
     let writer = session.write(write_half, expires);
@@ -351,12 +403,15 @@ struct Session<'a> {
     last_seen: AtomicU64,
     /// The peer has sent a frame.
     heard: AtomicBool,
-    /// The payload of a client ping still to be answered (only the latest one is owed).
-    pong: parking_lot::Mutex<Option<Bytes>>,
+    /// Payloads of client pings still to be answered, oldest first, at most [`OWED_PONGS`]:
+    /// past that the oldest are dropped (RFC 6455 section 5.5.3 owes only the latest).
+    pongs: parking_lot::Mutex<std::collections::VecDeque<Bytes>>,
     /// Wakes the writer for a pong.
     control: tokio::sync::Notify,
     /// The writer has sent (or is sending) the close frame.
     closing: std::sync::atomic::AtomicBool,
+    /// In [`Mode::Echo`], data frames (opcode, payload) the writer still owes the peer.
+    echo: Option<parking_lot::Mutex<std::collections::VecDeque<(u8, Bytes)>>>,
 }
 
 /// How a write to the socket ended.
@@ -488,6 +543,18 @@ impl Session<'_> {
             return matches!(message, Ok(Message::Close(_)) | Err(_))
                 .then_some((CloseCode::Normal, "bye"));
         }
+        if let Some(echo) = &self.echo {
+            let data = match &message {
+                Ok(Message::Text(text)) => Some((frame::opcode::TEXT, Bytes::from(text.clone()))),
+                Ok(Message::Binary(data)) => Some((frame::opcode::BINARY, data.clone())),
+                _ => None,
+            };
+            if let Some(data) = data {
+                echo.lock().push_back(data);
+                self.control.notify_one();
+                return None;
+            }
+        }
         match message {
             Ok(Message::Text(text)) => {
                 metrics.frames_in.inc();
@@ -508,7 +575,12 @@ impl Session<'_> {
                 None
             }
             Ok(Message::Ping(payload)) => {
-                *self.pong.lock() = Some(payload);
+                let mut pongs = self.pongs.lock();
+                if pongs.len() == OWED_PONGS {
+                    pongs.pop_front();
+                }
+                pongs.push_back(payload);
+                drop(pongs);
                 self.control.notify_one();
                 None
             }
@@ -610,12 +682,17 @@ impl Session<'_> {
                     }
                 },
                 () = self.control.notified() => {
-                    let payload = self.pong.lock().take();
-                    if let Some(payload) = payload {
+                    for payload in self.pongs.lock().drain(..) {
                         frame::pong(&mut buffer, &payload);
-                        if self.send(&mut out, &buffer).await == Write::Abandoned {
-                            return;
+                    }
+                    if let Some(echo) = &self.echo {
+                        for (opcode, data) in echo.lock().drain(..) {
+                            frame::header(&mut buffer, opcode, data.len(), None);
+                            buffer.extend_from_slice(&data);
                         }
+                    }
+                    if !buffer.is_empty() && self.send(&mut out, &buffer).await == Write::Abandoned {
+                        return;
                     }
                 }
                 () = &mut timer => {

@@ -24,6 +24,30 @@ async fn app_level_ping_gets_pong_with_the_id() {
 }
 
 #[tokio::test]
+async fn every_websocket_ping_gets_its_own_pong() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("alice").await;
+    for n in 0..5u8 {
+        alice.send_raw(Message::Ping(vec![b'p', n].into())).await;
+    }
+    let mut pongs = Vec::new();
+    while pongs.len() < 5 {
+        let message = tokio::time::timeout(Duration::from_secs(5), alice.ws.next())
+            .await
+            .expect("pongs within 5 s")
+            .unwrap()
+            .unwrap();
+        match message {
+            Message::Pong(payload) => pongs.push(payload.to_vec()),
+            Message::Ping(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected: Vec<Vec<u8>> = (0..5u8).map(|n| vec![b'p', n]).collect();
+    assert_eq!(pongs, expected, "each ping answered, in order");
+}
+
+#[tokio::test]
 async fn a_client_that_answers_pings_stays_connected() {
     let server = TestServer::start_with(|config| config.heartbeat_ms = 100).await;
     let mut alice = server.connect("alice").await;
