@@ -9,7 +9,11 @@
 //!   the server cannot replay everything, the subscription yields an explicit
 //!   [`Event::Gap`] instead of silently skipping. Dropping it unsubscribes.
 //! - [`Client::publish`] resolves to the server's [`Ack`] (seq, message id) or a typed
-//!   [`ClientError`], within a timeout.
+//!   [`ClientError`], within a timeout. Exactly once: each persistent publish carries an
+//!   idempotency key and is sent again after a reconnect if its ack was lost, so it is
+//!   stored once; one that was sent but never acknowledged in time fails with
+//!   [`ClientError::Unconfirmed`], naming the key to settle it with
+//!   [`Client::publish_with_key`].
 //! - [`RestClient`] reads history, channels and members over HTTP.
 //!
 //! Plain `ws://`/`http://` only: terminate TLS in front of the server.
