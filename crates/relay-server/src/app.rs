@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use relay_core::{Hub, Identity, Role};
 use relay_proto::ErrorCode;
 use serde::Serialize;
@@ -16,10 +16,9 @@ use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
 use crate::limits::{AllowedOrigins, ConnectionCounts, Cooldowns, KeyedBuckets, RemoteAddr};
 use crate::metrics::Metrics;
-use crate::{rest, ws};
+use crate::{rest, sse, ws};
 
-/// The body type of every response.
-pub type Body = Full<Bytes>;
+pub use crate::body::Body;
 
 /// The HTTP service: cheap to clone, every clone serves the same hub.
 #[derive(Clone)]
@@ -50,6 +49,8 @@ pub(crate) struct AppInner {
     pub(crate) connects: KeyedBuckets<std::net::IpAddr>,
     /// Users whose last connection was closed for abuse, barred for a while.
     pub(crate) cooldowns: Cooldowns<relay_proto::UserId>,
+    /// Open Server-Sent Events sessions.
+    pub(crate) sse: sse::Sessions,
 }
 
 impl App {
@@ -83,6 +84,7 @@ impl App {
             sessions: TaskTracker::new(),
             counts: Arc::new(ConnectionCounts::default()),
             origins,
+            sse: sse::Sessions::default(),
         };
         Self {
             inner: Arc::new(inner),
@@ -141,11 +143,12 @@ impl App {
                 Ok(_) => ws::upgrade(self, req).await,
                 Err(e) => e.into_response(),
             },
-            (_, p) if p == "/api" || p.starts_with("/api/") => match self.check_origin(&req) {
+            (_, p) if under(p, "/api") || under(p, "/sse") => match self.check_origin(&req) {
                 Ok(origin) => {
-                    let preflight = req.method() == Method::OPTIONS;
-                    let mut response = if preflight {
+                    let mut response = if req.method() == Method::OPTIONS {
                         cors_preflight()
+                    } else if under(p, "/sse") {
+                        sse::route(self, req).await
                     } else {
                         rest::route(self, req).await
                     };
@@ -315,7 +318,20 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let limit = self.inner.config.max_frame_bytes;
+        self.read_body_limited(body, self.inner.config.max_frame_bytes)
+            .await
+    }
+
+    /// Reads a request body of at most `limit` bytes, within the request timeout.
+    pub(crate) async fn read_body_limited<B>(
+        &self,
+        body: B,
+        limit: usize,
+    ) -> Result<Bytes, ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let timeout = std::time::Duration::from_millis(self.inner.config.request_timeout_ms);
         let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect());
         let Ok(read) = read.await else {
@@ -356,6 +372,12 @@ pub(crate) fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
 }
 
 /// The answer to a CORS preflight (`OPTIONS`) of an allowed origin.
+/// Whether `path` is `prefix` or below it.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn cors_preflight() -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::NO_CONTENT;

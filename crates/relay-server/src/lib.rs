@@ -24,6 +24,7 @@
 
 mod app;
 mod auth;
+mod body;
 mod cluster;
 mod config;
 pub mod frame;
@@ -31,6 +32,7 @@ mod limits;
 mod metrics;
 mod rest;
 mod serve;
+mod sse;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod wire;

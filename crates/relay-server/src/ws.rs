@@ -177,7 +177,7 @@ fn switching_protocols(key: &str, protocol: Option<HeaderValue>) -> Response<Bod
 /// Counts the session against the connection caps, or refuses it before the upgrade: 503
 /// when the process is full, 429 when the user or the client IP is. Service tokens count
 /// only against the process cap.
-fn admit<B>(
+pub(crate) fn admit<B>(
     app: &App,
     req: &Request<B>,
     auth: &Result<(Identity, SystemTime), AuthError>,
@@ -378,8 +378,13 @@ async fn session<R, W>(
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
         }
     }
-    // A user whose connection was closed for abuse waits before coming back: reconnecting
-    // must not refill the buckets the close was for.
+    cool_down_if_abusive(&app, &conn);
+    tracing::debug!(connection = conn.id(), "disconnected");
+}
+
+/// A user whose connection was closed for abuse waits before coming back: reconnecting
+/// must not refill the buckets the close was for.
+pub(crate) fn cool_down_if_abusive(app: &App, conn: &Connection) {
     let abusive = conn.outbox().closed().is_some_and(|r| {
         matches!(
             r.code,
@@ -392,7 +397,6 @@ async fn session<R, W>(
     if abusive && conn.identity().role == relay_core::Role::User {
         app.inner.cooldowns.start(conn.identity().user.clone());
     }
-    tracing::debug!(connection = conn.id(), "disconnected");
 }
 
 struct Session<'a> {

@@ -18,4 +18,5 @@ mod limits;
 mod liveness;
 mod membership;
 mod shutdown;
+mod sse;
 mod thread_relay;

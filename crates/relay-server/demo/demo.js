@@ -1,0 +1,365 @@
+// Relay demo: a small chat room on the channel "demo:lobby".
+//
+// Flow: POST /demo/token → connect → load the last 50 messages over REST → subscribe with
+// `since` = the last history seq, so that nothing between history and live is lost, and
+// skip every seq already rendered so that nothing is shown twice.
+//
+// Every user-provided string is rendered with textContent, never innerHTML.
+import { RelayClient, RelayError } from "/client/relay.js";
+
+const CHANNEL = "demo:lobby";
+const NAME_RE = /^[A-Za-z0-9_-]{1,32}$/; // the server's rule for demo names
+const TYPING_MS = 3000;                   // how long "x is typing…" lasts after the last event
+const ERROR_MS = 8000;                    // how long the publish error line stays
+const NEAR_BOTTOM_PX = 80;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  me: null,
+  token: null,
+  client: null,
+  status: "connecting",
+  transport: "",
+  rendered: new Set(), // seqs already in the message list
+  online: new Set(),   // users shown in the "Online" sidebar
+  typing: new Map(),   // user → timeout id that removes them from the typing line
+  errorTimer: 0,
+};
+
+// ---------- small helpers ----------
+
+/** Creates an element with a class and (optional) text, set with textContent. */
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** A readable explanation for an error of any kind. */
+function describe(err) {
+  if (err instanceof RelayError && err.code) return `${err.message} (${err.code})`;
+  return (err && err.message) || String(err);
+}
+
+/** "HH:MM" in local time, or "" for an unreadable timestamp. */
+function hhmm(ts) {
+  const d = new Date(ts);
+  if (Number.isNaN(d.getTime())) return "";
+  return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+}
+
+/** The text of a payload: `{text}` normally, anything else as JSON. */
+function payloadText(payload) {
+  if (payload && typeof payload.text === "string") return payload.text;
+  return JSON.stringify(payload);
+}
+
+/** Reads a JSON body and throws the server's error message on a non-2xx status. */
+async function readJson(res, what) {
+  const body = await res.json().catch(() => null);
+  if (!res.ok) {
+    throw new Error((body && body.error && body.error.message) || `${what} failed (HTTP ${res.status})`);
+  }
+  return body;
+}
+
+async function fetchToken(name) {
+  const res = await fetch("/demo/token", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name }),
+  });
+  return readJson(res, "token request");
+}
+
+/** GET /api/channels/demo:lobby/messages?QUERY → the messages, ascending by seq. */
+async function fetchHistory(query) {
+  const res = await fetch(`/api/channels/${CHANNEL}/messages?${query}`, {
+    headers: { authorization: `Bearer ${state.token}` },
+  });
+  const body = await readJson(res, "history request");
+  return (body && body.messages) || [];
+}
+
+// ---------- status pill ----------
+
+/** state: connecting | online | reconnecting | offline. The transport shows only when online. */
+function setStatus(status, transport) {
+  state.status = status;
+  if (transport) state.transport = transport;
+  $("status").dataset.state = status;
+  $("status-text").textContent = status;
+  const show = status === "online" && state.transport;
+  $("status-sep").textContent = show ? " · " : "";
+  $("transport").textContent = show ? state.transport : "";
+}
+
+// ---------- message list ----------
+
+function isNearBottom(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
+}
+
+function scrollToBottom() {
+  $("messages").scrollTop = $("messages").scrollHeight;
+}
+
+/** Adds a persistent message in seq order; a seq already rendered is skipped. */
+function renderMessage(m) {
+  if (typeof m.seq !== "number" || state.rendered.has(m.seq)) return;
+  state.rendered.add(m.seq);
+
+  const list = $("messages");
+  const own = m.from !== undefined && m.from === state.me;
+  const stick = own || isNearBottom(list);
+
+  const li = el("li", own ? "message own" : "message");
+  li.dataset.seq = String(m.seq);
+  if (m.from !== undefined) li.dataset.from = m.from;
+  const meta = el("div", "meta");
+  const time = el("time", "time", hhmm(m.ts));
+  if (m.ts) time.dateTime = m.ts;
+  meta.append(el("span", "from", m.from !== undefined ? m.from : "server"), time);
+  li.append(meta, el("div", "text", payloadText(m.payload)));
+
+  // Usually appended at the end; walk back over messages with a larger seq (recovered or
+  // reloaded ones may arrive late). A note stops the walk, so it keeps its place.
+  let ref = list.lastElementChild;
+  while (ref && ref.classList.contains("message") && Number(ref.dataset.seq) > m.seq) {
+    ref = ref.previousElementSibling;
+  }
+  list.insertBefore(li, ref ? ref.nextSibling : list.firstChild);
+
+  if (stick) scrollToBottom();
+}
+
+/** A system note in the list, e.g. after a gap. */
+function addNote(text) {
+  const list = $("messages");
+  const stick = isNearBottom(list);
+  list.append(el("li", "note", text));
+  if (stick) scrollToBottom();
+}
+
+function clearMessages() {
+  $("messages").replaceChildren();
+  state.rendered.clear();
+}
+
+/** After a gap: reload what was missed between `since` and `resumedAt` over REST. */
+async function reloadHistory(since, resumedAt) {
+  if (typeof since !== "number" || typeof resumedAt !== "number") {
+    (await fetchHistory("limit=50")).forEach(renderMessage);
+    return;
+  }
+  let after = since;
+  for (let page = 0; page < 5 && after < resumedAt; page++) {
+    const msgs = await fetchHistory(`after=${after}&before=${resumedAt + 1}&limit=200`);
+    msgs.forEach(renderMessage);
+    if (msgs.length < 200) break;
+    after = msgs[msgs.length - 1].seq;
+  }
+}
+
+// ---------- online list ----------
+
+function renderOnline() {
+  if (state.me) state.online.add(state.me); // we are always online in our own view
+  const items = [...state.online].sort().map((user) => {
+    const li = el("li", user === state.me ? "me" : "", user);
+    li.dataset.user = user;
+    return li;
+  });
+  $("online").replaceChildren(...items);
+}
+
+async function refreshPresence() {
+  if (!state.client) return;
+  try {
+    state.online = new Set(await state.client.presence(CHANNEL));
+  } catch {
+    // Not subscribed yet, or offline: keep the current list; join/leave keep it up to date.
+  }
+  renderOnline();
+}
+
+// ---------- typing line ----------
+
+function renderTyping() {
+  const users = [...state.typing.keys()].sort();
+  let text = "";
+  if (users.length === 1) text = `${users[0]} is typing…`;
+  else if (users.length > 3) text = "several people are typing…";
+  else if (users.length > 1) text = `${users.slice(0, -1).join(", ")} and ${users.at(-1)} are typing…`;
+  $("typing").textContent = text;
+}
+
+function markTyping(user) {
+  clearTimeout(state.typing.get(user));
+  state.typing.set(user, setTimeout(() => {
+    state.typing.delete(user);
+    renderTyping();
+  }, TYPING_MS));
+  renderTyping();
+}
+
+function clearTyping(user) {
+  if (!state.typing.has(user)) return;
+  clearTimeout(state.typing.get(user));
+  state.typing.delete(user);
+  renderTyping();
+}
+
+// ---------- error line ----------
+
+function showError(text) {
+  const line = $("error");
+  line.textContent = text;
+  line.hidden = false;
+  clearTimeout(state.errorTimer);
+  state.errorTimer = setTimeout(hideError, ERROR_MS);
+}
+
+function hideError() {
+  clearTimeout(state.errorTimer);
+  $("error").hidden = true;
+}
+
+// ---------- joining ----------
+
+function onMessage(m) {
+  if (m.event === "typing") {
+    if (m.from && m.from !== state.me) markTyping(m.from);
+    return;
+  }
+  if (typeof m.seq !== "number") return; // other ephemeral events are not shown
+  renderMessage(m);
+  if (m.from) clearTyping(m.from); // they sent it: no longer typing
+}
+
+async function join(name) {
+  const { user, token } = await fetchToken(name);
+  state.me = user;
+  state.token = token;
+
+  $("me").textContent = user;
+  $("login").hidden = true;
+  $("room").hidden = false;
+  setStatus("connecting");
+  renderOnline();
+
+  const client = new RelayClient({
+    url: (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws",
+    token: async () => token,
+    transport: new URLSearchParams(location.search).get("transport") || "auto",
+  });
+  state.client = client;
+
+  client.on("connected", ({ transport }) => {
+    setStatus("online", transport || client.transport);
+    refreshPresence();
+  });
+  client.on("disconnected", () => setStatus("reconnecting"));
+  client.on("closed", () => setStatus("offline"));
+  client.on("transport", ({ transport }) => setStatus(state.status, transport));
+
+  await client.connect();
+  setStatus("online", client.transport);
+
+  // History first, then live from the last history seq: nothing lost, nothing twice.
+  const history = await fetchHistory("limit=50");
+  history.forEach(renderMessage);
+  scrollToBottom();
+  const since = history.length ? history[history.length - 1].seq : 0;
+
+  const sub = await client.subscribe(CHANNEL, { since });
+  sub.on("message", onMessage);
+  sub.on("join", ({ user: who }) => { state.online.add(who); renderOnline(); });
+  sub.on("leave", ({ user: who }) => {
+    if (who !== state.me) state.online.delete(who); // another tab of ours may leave
+    clearTyping(who);
+    renderOnline();
+  });
+  sub.on("gap", async ({ since: from, resumedAt }) => {
+    // The store was reset (e.g. a server restart with the in-memory store): start over.
+    if (typeof resumedAt === "number" && typeof from === "number" && resumedAt < from) {
+      clearMessages();
+    }
+    addNote("some messages could not be recovered");
+    refreshPresence();
+    try {
+      await reloadHistory(from, resumedAt);
+    } catch (err) {
+      showError(`Could not reload history: ${describe(err)}`);
+    }
+  });
+  sub.on("recovered", () => refreshPresence()); // resubscribed after a reconnect
+
+  await refreshPresence();
+  $("text").focus();
+}
+
+/** Back to the name card after a failed join. */
+function leaveRoom() {
+  if (state.client && typeof state.client.close === "function") {
+    try { state.client.close(); } catch { /* already closed */ }
+  }
+  state.client = null;
+  state.online.clear();
+  state.transport = "";
+  for (const user of [...state.typing.keys()]) clearTyping(user);
+  clearMessages();
+  hideError();
+  $("room").hidden = true;
+  $("login").hidden = false;
+}
+
+// ---------- UI wiring ----------
+
+$("login-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const name = $("name").value.trim();
+  const errorLine = $("login-error");
+  if (!NAME_RE.test(name)) {
+    errorLine.textContent = "Names are 1–32 letters, digits, _ or -.";
+    $("name").focus();
+    return;
+  }
+  errorLine.textContent = "";
+  $("join").disabled = true;
+  try {
+    await join(name);
+  } catch (err) {
+    leaveRoom();
+    errorLine.textContent = `Could not join: ${describe(err)}`;
+    $("join").disabled = false;
+  }
+});
+
+$("composer").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const input = $("text");
+  const text = input.value;
+  if (!text.trim() || !state.client) return; // empty text is ignored
+  input.value = "";
+  try {
+    const ack = await state.client.publish(CHANNEL, { text }, { event: "text" });
+    hideError();
+    // Normally our own message arrives as a `message` first; if not (echo off), show it now.
+    if (ack && typeof ack.seq === "number") {
+      renderMessage({ seq: ack.seq, id: ack.messageId, from: state.me, event: "text",
+        payload: { text }, ts: new Date().toISOString() });
+    }
+  } catch (err) {
+    showError(`Could not send: ${describe(err)}`);
+    if (!input.value) input.value = text; // give the text back to retry
+  }
+});
+
+$("text").addEventListener("input", () => {
+  if (!state.client || !$("text").value) return;
+  // typing() is throttled by the client; ignore its failures (it is best-effort).
+  Promise.resolve().then(() => state.client.typing(CHANNEL)).catch(() => {});
+});

@@ -1,0 +1,267 @@
+//! `/sse`: the Server-Sent Events transport, for browsers whose network blocks WebSockets.
+//!
+//! `GET /sse?token=…` opens a session on a hub [`Connection`], exactly as `/ws` does (same
+//! token check, caps, frames, limits and recovery with `since`): every server frame is one
+//! event whose `data` is the frame's JSON, starting with `welcome`. The client sends its
+//! frames with `POST /sse/{connection_id}` (same token), a JSON array of client frames per
+//! request, handled in order; their replies arrive on the event stream. A named `heartbeat`
+//! event comes every heartbeat, and the end of a session is a named `close` event carrying
+//! the close code and reason a WebSocket would have got (4001, 4008, 1001, …).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use relay_core::{Batch, Connection};
+use relay_proto::{ClientFrame, CloseCode, ErrorCode};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::app::{ApiError, App, Body};
+use crate::limits::Slot;
+use crate::ws;
+
+/// Chunks buffered between a session's writer and the response body. Past them the writer
+/// waits, the outbox fills, and a client that stopped reading is closed as a slow consumer.
+const CHUNKS: usize = 16;
+/// Frames accepted in one `POST /sse/{id}`, like the WebSocket reader's read-ahead.
+const MAX_FRAMES_PER_POST: usize = 32;
+/// A `POST /sse/{id}` body may hold this many frames of the largest size.
+const POST_BODY_FRAMES: usize = 4;
+const HEARTBEAT_EVENT: &[u8] = b"event: heartbeat\ndata: {}\n\n";
+
+/// The open SSE sessions, by connection id, for the `POST`s that feed them.
+#[derive(Default)]
+pub(crate) struct Sessions(parking_lot::Mutex<HashMap<String, Arc<Session>>>);
+
+pub(crate) struct Session {
+    conn: Connection,
+    /// Held while a `POST`'s frames are handled, so that the frames of concurrent requests
+    /// never interleave.
+    handling: tokio::sync::Mutex<()>,
+}
+
+pub(crate) async fn route<B>(app: &App, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = req.uri().path().to_owned();
+    let result = match (req.method(), path.strip_prefix("/sse")) {
+        (&Method::GET, Some("")) => Ok(open(app, &req).await),
+        (&Method::POST, Some(id)) if id.len() > 1 && id.starts_with('/') => {
+            post(app, &id[1..], req).await
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "GET /sse opens a session; POST /sse/{connection_id} sends its frames",
+        )),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// An event stream response over `chunks`.
+fn event_stream(chunks: mpsc::Receiver<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Body::stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Proxies such as nginx would otherwise buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The named `close` event that ends a session.
+fn close_event(code: CloseCode, reason: &str) -> Bytes {
+    let data = serde_json::json!({ "code": code.code(), "reason": reason });
+    Bytes::from(format!("event: close\ndata: {data}\n\n"))
+}
+
+/// `GET /sse`: authenticates, admits and starts the session's writer.
+async fn open<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    if app.inner.shutdown.is_cancelled() {
+        return ApiError::new(ErrorCode::Unavailable, "server is shutting down").into_response();
+    }
+    let auth = match app.authenticate(req).await {
+        Ok(auth) => auth,
+        Err(e) => return e.into_response(),
+    };
+    let slot = match ws::admit(app, req, &auth) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let (chunks, body) = mpsc::channel(CHUNKS);
+    let response = event_stream(body);
+    let (identity, expires) = match auth {
+        Ok((identity, expires)) => {
+            let expires = expires.checked_add(app.inner.auth.leeway());
+            (identity, expires.unwrap_or_else(crate::auth::far_future))
+        }
+        // As on `/ws`: a bad token gets a stream that says 4001, which a browser can read.
+        Err(e) => {
+            app.inner.metrics.close(CloseCode::Unauthorized);
+            let _ = chunks.try_send(close_event(CloseCode::Unauthorized, &e.to_string()));
+            return response;
+        }
+    };
+    let conn = app.inner.hub.connect(identity);
+    conn.send(&conn.welcome(app.inner.config.heartbeat_ms));
+    let id = conn.id().to_string();
+    let session = Arc::new(Session {
+        conn,
+        handling: tokio::sync::Mutex::new(()),
+    });
+    app.inner.sse.0.lock().insert(id.clone(), session.clone());
+    let app = app.clone();
+    app.inner.sessions.clone().spawn(async move {
+        write(&app, &session, chunks, expires, slot).await;
+        app.inner.sse.0.lock().remove(&id);
+        ws::cool_down_if_abusive(&app, &session.conn);
+    });
+    response
+}
+
+/// Drains the session's outbox into the event stream, sends heartbeats and ends the session
+/// on its close, the token's expiry, its maximum age or the client's departure.
+async fn write(
+    app: &App,
+    session: &Session,
+    chunks: mpsc::Sender<Bytes>,
+    token_expires: SystemTime,
+    _slot: Slot,
+) {
+    let config = &app.inner.config;
+    let metrics = &app.inner.metrics;
+    let outbox = session.conn.outbox();
+    let heartbeat = config.heartbeat();
+    // A client that stops reading is given up on after this long, as on `/ws`.
+    let stall = heartbeat * 2;
+    let now = tokio::time::Instant::now();
+    let expires_at = now
+        + token_expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+    let too_old_at = config
+        .max_connection_age_secs
+        .map(|secs| now + Duration::from_secs(secs));
+    let deadline = too_old_at.map_or(expires_at, |t| t.min(expires_at));
+    let mut beats = tokio::time::interval_at(now + heartbeat, heartbeat);
+    let send = |chunk: Bytes| async {
+        matches!(
+            tokio::time::timeout(stall, chunks.send(chunk)).await,
+            Ok(Ok(()))
+        )
+    };
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            next = outbox.next_batch(&mut batch) => match next {
+                Batch::Frames => {
+                    let count = batch.len() as u64;
+                    let mut chunk = Vec::with_capacity(batch.iter().map(|f| f.len() + 8).sum());
+                    for frame in batch.drain(..) {
+                        // Encoded frames are compact JSON: no raw newline can end the field.
+                        chunk.extend_from_slice(b"data: ");
+                        chunk.extend_from_slice(frame.as_bytes());
+                        chunk.extend_from_slice(b"\n\n");
+                    }
+                    if !send(Bytes::from(chunk)).await {
+                        return;
+                    }
+                    metrics.frames_out.inc_by(count);
+                }
+                Batch::Closed(reason) => {
+                    metrics.close(reason.code);
+                    send(close_event(reason.code, reason.reason)).await;
+                    return;
+                }
+            },
+            _ = beats.tick() => {
+                if !send(Bytes::from_static(HEARTBEAT_EVENT)).await {
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if tokio::time::Instant::now() >= expires_at {
+                    outbox.close(CloseCode::Unauthorized, "token expired");
+                } else {
+                    outbox.close(CloseCode::Idle, "maximum connection age reached");
+                }
+            }
+            () = chunks.closed() => return,
+        }
+    }
+}
+
+/// `POST /sse/{id}`: hands a JSON array of client frames to the session, in order, and
+/// answers `204` once they were handled (their replies are on the event stream).
+async fn post<B>(app: &App, id: &str, req: Request<B>) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let identity = match app.authenticate(&req).await? {
+        Ok((identity, _)) => identity,
+        Err(e) => return Err(ApiError::new(ErrorCode::Unauthorized, e.to_string())),
+    };
+    // Another user's session is as unknown as a finished one.
+    let session = app
+        .inner
+        .sse
+        .0
+        .lock()
+        .get(id)
+        .filter(|s| s.conn.identity().user == identity.user)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                "no such SSE session (it ended): open a new one with GET /sse",
+            )
+        })?;
+    let max_frame = app.inner.config.max_frame_bytes;
+    let body = app
+        .read_body_limited(req.into_body(), max_frame.saturating_mul(POST_BODY_FRAMES))
+        .await?;
+    let frames: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("the body must be a JSON array of client frames: {e}"),
+        )
+    })?;
+    if frames.len() > MAX_FRAMES_PER_POST {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("at most {MAX_FRAMES_PER_POST} frames per request"),
+        ));
+    }
+    let conn = &session.conn;
+    let _turn = session.handling.lock().await;
+    for raw in frames {
+        if conn.outbox().closed().is_some() {
+            break;
+        }
+        app.inner.metrics.frames_in.inc();
+        if !conn.charge_frame() {
+            continue;
+        }
+        let text = raw.get().as_bytes();
+        if text.len() > max_frame {
+            let message = format!("frame over {max_frame} bytes");
+            conn.error(ErrorCode::TooLarge, message);
+            continue;
+        }
+        match ClientFrame::decode(text) {
+            Ok(frame) => conn.handle(frame).await,
+            Err(e) => conn.reject(e),
+        }
+    }
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
