@@ -1,8 +1,9 @@
 //! Repository automation, in Rust instead of shell scripts.
 //!
-//! - `cargo xtask test`: the whole test suite (`cargo test --workspace`), the command the
-//!   README documents and CI runs. Postgres tests run when `DATABASE_URL` is set, and are
-//!   listed as ignored otherwise.
+//! - `cargo xtask test`: the whole test suite (`cargo test --workspace`, then the browser
+//!   client's unit tests and the browser tests in headless Chromium; see `browser.rs`), the
+//!   command the README documents and CI runs. Postgres tests run when `DATABASE_URL` is
+//!   set, and are listed as ignored otherwise.
 //! - `cargo xtask lint`: `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
 //! - `cargo xtask ci`: lint, then test.
 //! - `cargo xtask bench <scenario> [flags]`: benchmarks (release builds); see
@@ -17,6 +18,7 @@
 #![allow(clippy::print_stdout)] // A command-line tool: its output is the point.
 
 mod autobahn;
+mod browser;
 mod cluster;
 
 use std::io::{BufRead, BufReader};
@@ -79,7 +81,11 @@ fn test(extra: &[String]) -> Result<(), String> {
     }
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    cargo(&args)?;
+    if extra.is_empty() {
+        browser::test()?;
+    }
+    Ok(())
 }
 
 /// The fuzz targets of `crates/relay-server/tests/fuzz.rs` in release mode, 1,000,000 cases

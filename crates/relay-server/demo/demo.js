@@ -124,13 +124,15 @@ function renderMessage(m) {
   meta.append(el("span", "from", m.from !== undefined ? m.from : "server"), time);
   li.append(meta, el("div", "text", payloadText(m.payload)));
 
-  // Usually appended at the end; walk back over messages with a larger seq (recovered or
-  // reloaded ones may arrive late). A note stops the walk, so it keeps its place.
-  let ref = list.lastElementChild;
-  while (ref && ref.classList.contains("message") && Number(ref.dataset.seq) > m.seq) {
-    ref = ref.previousElementSibling;
+  // Usually appended at the end; reloaded messages may arrive late, so insert before the
+  // trailing messages with a larger seq. Notes are passed over and keep their place.
+  let before = null;
+  for (let n = list.lastElementChild; n; n = n.previousElementSibling) {
+    if (!n.classList.contains("message")) continue;
+    if (Number(n.dataset.seq) < m.seq) break;
+    before = n;
   }
-  list.insertBefore(li, ref ? ref.nextSibling : list.firstChild);
+  list.insertBefore(li, before);
 
   if (stick) scrollToBottom();
 }
@@ -150,7 +152,7 @@ function clearMessages() {
 
 /** After a gap: reload what was missed between `since` and `resumedAt` over REST. */
 async function reloadHistory(since, resumedAt) {
-  if (typeof since !== "number" || typeof resumedAt !== "number") {
+  if (typeof since !== "number" || typeof resumedAt !== "number" || resumedAt < since) {
     (await fetchHistory("limit=50")).forEach(renderMessage);
     return;
   }
@@ -170,6 +172,7 @@ function renderOnline() {
   const items = [...state.online].sort().map((user) => {
     const li = el("li", user === state.me ? "me" : "", user);
     li.dataset.user = user;
+    li.title = user; // the full name when it is cut short
     return li;
   });
   $("online").replaceChildren(...items);
@@ -250,9 +253,19 @@ async function join(name) {
   setStatus("connecting");
   renderOnline();
 
+  let firstUsed = false;
   const client = new RelayClient({
     url: (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws",
-    token: async () => token,
+    // The first connect uses the token just fetched; a reconnect (after a restart, or a
+    // 4001 when the token expired) asks the server for a fresh one.
+    token: async () => {
+      if (!firstUsed) {
+        firstUsed = true;
+        return token;
+      }
+      state.token = (await fetchToken(user)).token;
+      return state.token;
+    },
     transport: new URLSearchParams(location.search).get("transport") || "auto",
   });
   state.client = client;

@@ -16,7 +16,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
 use crate::limits::{AllowedOrigins, ConnectionCounts, Cooldowns, KeyedBuckets, RemoteAddr};
 use crate::metrics::Metrics;
-use crate::{rest, sse, ws};
+use crate::{assets, rest, sse, ws};
 
 pub use crate::body::Body;
 
@@ -139,6 +139,32 @@ impl App {
             }
             #[cfg(feature = "autobahn")]
             (_, "/echo") => ws::echo(self, req).await,
+            (&Method::GET, "/client/relay.js" | "/client/relay.d.ts") => {
+                let asset = if path.ends_with(".js") {
+                    &assets::CLIENT
+                } else {
+                    &assets::CLIENT_TYPES
+                };
+                let mut response = asset.serve(&req);
+                // Public, without credentials: any page may import it.
+                response.headers_mut().insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+                response
+            }
+            (&Method::GET, "/" | "/demo.css" | "/demo.js") if self.inner.config.demo => {
+                match path.as_str() {
+                    "/demo.css" => assets::DEMO_STYLE.serve(&req),
+                    "/demo.js" => assets::DEMO_SCRIPT.serve(&req),
+                    _ => assets::DEMO_PAGE.serve(&req),
+                }
+            }
+            (&Method::POST, "/demo/token") if self.inner.config.demo => {
+                assets::demo_token(self, req)
+                    .await
+                    .unwrap_or_else(ApiError::into_response)
+            }
             (_, "/ws") => match self.check_origin(&req) {
                 Ok(_) => ws::upgrade(self, req).await,
                 Err(e) => e.into_response(),

@@ -96,6 +96,9 @@ pub struct Config {
     pub default_policy: PolicyConfig,
     /// Per-namespace policies (the key `""` is the namespace of names without `:`).
     pub namespaces: BTreeMap<String, PolicyConfig>,
+    /// Serve the demo app at `/` and development tokens to loopback clients at
+    /// `POST /demo/token`; the `demo` namespace then shows presence and joins unless configured.
+    pub demo: bool,
     /// `single` (the default) or `postgres`: several nodes sharing `database_url`.
     pub cluster: ClusterMode,
     /// This node's id in a cluster (1 to 64 of `A-Z a-z 0-9 . _ -`); generated when unset.
@@ -300,6 +303,7 @@ impl Default for Config {
             worker_threads: 0,
             default_policy: PolicyConfig::default(),
             namespaces: BTreeMap::new(),
+            demo: false,
             cluster: ClusterMode::Single,
             node_id: None,
             node_ttl_secs: 20,
@@ -627,8 +631,17 @@ impl Config {
         let default = self
             .default_policy
             .resolve(&NamespacePolicy::default(), users);
-        let policies = self
-            .namespaces
+        let mut namespaces = self.namespaces.clone();
+        if self.demo {
+            namespaces
+                .entry(crate::assets::DEMO_NAMESPACE.to_owned())
+                .or_insert_with(|| PolicyConfig {
+                    presence: Some(true),
+                    join_leave: Some(true),
+                    ..PolicyConfig::default()
+                });
+        }
+        let policies = namespaces
             .iter()
             .fold(Policies::new(default.clone()), |p, (ns, cfg)| {
                 p.with(ns.clone(), cfg.resolve(&default, users))

@@ -23,6 +23,7 @@
 //! ```
 
 mod app;
+mod assets;
 mod auth;
 mod body;
 mod cluster;

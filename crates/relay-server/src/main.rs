@@ -80,6 +80,9 @@ struct Settings {
     /// This node's id in a cluster (unique per live node) [default: generated].
     #[arg(long, env = "RELAY_NODE_ID", global = true)]
     node_id: Option<String>,
+    /// Serve the demo app at `/` (development tokens for clients on this machine).
+    #[arg(long, env = "RELAY_DEMO", global = true)]
+    demo: bool,
 }
 
 #[derive(Args)]
@@ -136,6 +139,9 @@ impl Settings {
         }
         if let Some(cluster) = self.cluster {
             config.cluster = cluster;
+        }
+        if self.demo {
+            config.demo = true;
         }
         if let Some(id) = &self.node_id {
             config.node_id = Some(id.clone());

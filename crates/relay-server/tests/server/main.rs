@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod backend_topics;
 mod bad_input;
+mod browser;
 mod cluster;
 mod cluster_binaries;
 mod direct_messages;

@@ -1,0 +1,328 @@
+// Type declarations for @relay/client (src/relay.js), written by hand.
+
+/** Where the client is in its life. */
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** The transport of a session. */
+export type Transport = "websocket" | "sse";
+
+/** Options of {@link RelayClient}. */
+export interface RelayClientOptions {
+  /**
+   * The WebSocket endpoint, `ws://host:port/ws` or `wss://…/ws`. The SSE endpoint is derived
+   * from it: `ws:` → `http:`, `wss:` → `https:`, a trailing `/ws` → `/sse`.
+   */
+  url: string;
+  /**
+   * The JWT, or an async function returning one. A function is called for every connection
+   * attempt, so that a reconnect after a 4001 (expired token) gets a fresh token; a token the
+   * server refused is never used again by an automatic reconnect. With a fixed string, a
+   * 4001 after the first welcome closes the client for good.
+   */
+  token: string | (() => string | Promise<string>);
+  /**
+   * `"auto"` (default): a WebSocket, falling back to SSE for the client's whole life when the
+   * first two WebSocket attempts fail before any WebSocket was welcomed. `"websocket"` or
+   * `"sse"`: only that transport.
+   */
+  transport?: "auto" | Transport;
+  /**
+   * Reconnect delays in ms: attempt `n` waits a uniformly random time in
+   * `[0, min(max, min * 2^n)]` (full jitter). Defaults: 250 and 30000. Reset by each welcome.
+   */
+  backoff?: { min?: number; max?: number };
+  /** How long `subscribe`, `publish`, `signal` and `presence` may take, in ms (default 10000). */
+  requestTimeout?: number;
+  /** How long a connection attempt may wait for its `welcome`, in ms (default 10000). */
+  connectTimeout?: number;
+  /** Events buffered per subscription for its async iterator (default 1024). */
+  bufferSize?: number;
+
+  /** For tests: the WebSocket constructor (default `globalThis.WebSocket`). */
+  WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
+  /** For tests: the EventSource constructor (default `globalThis.EventSource`). */
+  EventSource?: new (url: string) => EventSource;
+  /** For tests: `fetch` (default `globalThis.fetch`). */
+  fetch?: (url: string, init: RequestInit) => Promise<Response>;
+  /** For tests: a random number in [0, 1) for the backoff jitter (default `Math.random`). */
+  random?: () => number;
+  /** For tests: the timer functions (default the global ones). */
+  setTimeout?: (callback: () => void, ms: number) => unknown;
+  clearTimeout?: (handle: unknown) => void;
+}
+
+/** What the server acknowledged for a publish. */
+export interface Ack {
+  /** The message's id (a UUID v7). */
+  messageId: string;
+  /** Its seq in the channel; `null` for an ephemeral publish. */
+  seq: number | null;
+}
+
+export interface PublishOptions {
+  /** The event name (`"text"`, `"ADDED"`, …), at most 255 bytes. */
+  event?: string;
+  /**
+   * Live only: not stored, no seq, not echoed to this connection, not sent again after a
+   * reconnect (it rejects with `"disconnected"` if the connection drops before its ack).
+   */
+  ephemeral?: boolean;
+  /**
+   * The persistent publish's idempotency key: 1 to 128 visible ASCII characters. Defaults to
+   * a fresh random UUID. Give your own (an outbox row id, or the key of an `"unconfirmed"`
+   * error) to make a retry after a page reload store the message at most once.
+   */
+  idempotencyKey?: string;
+}
+
+export interface SignalOptions {
+  /** The event name (`"offer"`, `"answer"`, `"ice"`). */
+  event?: string;
+}
+
+export interface SubscribeOptions {
+  /**
+   * The last seq the application has seen on the channel: the server first replays every
+   * stored message after it. If it cannot, the subscription starts with a `gap` event.
+   */
+  since?: number;
+}
+
+/** Events of {@link RelayClient.on}. */
+export interface ClientEventMap {
+  /** A session began (the first, or after a reconnect); subscriptions are being restored. */
+  connected: { connectionId: string; transport: Transport };
+  /**
+   * The session was lost. `code` is the close code (1001, 4001, 4002, 4008, …), or `null`
+   * when the client detected the loss itself (watchdog, failed POST). A reconnect follows
+   * unless the client closes.
+   */
+  disconnected: { code: number | null; reason: string };
+  /** The client closed for good: `close()`, or a fixed token refused with 4001. */
+  closed: Record<string, never>;
+  /** `"auto"` settled on SSE. */
+  transport: { transport: Transport };
+}
+
+/** A message published to the channel. */
+export interface ChannelMessage {
+  type: "message";
+  channel: string;
+  /** The message id (a UUID v7). */
+  id: string;
+  /** Its seq; `null` for an ephemeral message (typing, cursors). */
+  seq: number | null;
+  /** The publisher; `null` for messages published by the server. */
+  from: string | null;
+  event: string | null;
+  /** The publisher's JSON payload. */
+  payload: unknown;
+  /** Server time of the publish, RFC 3339 in UTC with milliseconds. */
+  ts: string;
+}
+
+/** A user's first connection subscribed (namespaces with join/leave). */
+export interface JoinEvent {
+  type: "join";
+  user: string;
+}
+
+/** A user's last connection left. */
+export interface LeaveEvent {
+  type: "leave";
+  user: string;
+}
+
+/** A signal addressed to this user. */
+export interface SignalEvent {
+  type: "signal";
+  from: string;
+  event: string | null;
+  payload: unknown;
+}
+
+/** After a reconnect the server replayed everything after `since`: nothing was lost. */
+export interface RecoveredEvent {
+  type: "recovered";
+  since: number;
+}
+
+/**
+ * Messages `since + 1 … resumedAt` are missing; reload them over REST
+ * (`GET /api/channels/{name}/messages?after=since`) if needed. Sent when the server cannot
+ * replay them (history trimmed, too far behind) and live delivery resumes after
+ * `resumedAt`; and, to the async iterator only, when its buffer overflowed and dropped them.
+ */
+export interface GapEvent {
+  type: "gap";
+  since: number;
+  resumedAt: number;
+}
+
+/**
+ * The subscription ended: the server ended it (`"forbidden"`, e.g. removed from the
+ * channel's members), refused to restore it (the server's error code), or the client closed
+ * (`"closed"`, or `"unauthorized"` for a refused fixed token). Nothing follows.
+ */
+export interface EndedEvent {
+  type: "ended";
+  code: string;
+  reason: string;
+}
+
+/** What a subscription delivers, to handlers and to its async iterator. */
+export type SubscriptionEvent =
+  | ChannelMessage
+  | JoinEvent
+  | LeaveEvent
+  | SignalEvent
+  | RecoveredEvent
+  | GapEvent
+  | EndedEvent;
+
+/** Events of {@link Subscription.on}, by type. */
+export interface SubscriptionEventMap {
+  message: ChannelMessage;
+  join: JoinEvent;
+  leave: LeaveEvent;
+  signal: SignalEvent;
+  recovered: RecoveredEvent;
+  gap: GapEvent;
+  ended: EndedEvent;
+}
+
+/** Error codes of the server, and of the client itself. */
+export type RelayErrorCode =
+  | "bad_request"
+  | "unauthorized"
+  | "forbidden"
+  | "not_found"
+  | "conflict"
+  | "too_large"
+  | "rate_limited"
+  | "unavailable"
+  | "internal"
+  /** No reply within `requestTimeout`; for a publish: it was never sent, so not stored. */
+  | "timeout"
+  /** A persistent publish was sent but not acknowledged in time: it may be stored. */
+  | "unconfirmed"
+  /** The connection dropped before the reply (not for persistent publishes), or the offline queue is full. */
+  | "disconnected"
+  /** The client is closed. */
+  | "closed"
+  /** The server sent something this client did not expect. */
+  | "protocol";
+
+/** Why an operation failed. */
+export class RelayError extends Error {
+  constructor(code: string, message: string, details?: { idempotencyKey?: string; cause?: unknown });
+  readonly name: "RelayError";
+  /** A server error code (`"forbidden"`, …) or one of the client's own (`"timeout"`, …). */
+  readonly code: RelayErrorCode | (string & {});
+  /**
+   * Set for `"unconfirmed"`: publish again with this key to settle whether the message was
+   * stored; the server stores it at most once and answers with its seq.
+   */
+  readonly idempotencyKey: string | undefined;
+}
+
+/**
+ * A connection to a Relay server that survives disconnects.
+ *
+ * @example
+ * const client = new RelayClient({ url: "wss://relay.example/ws", token: () => fetchToken() });
+ * await client.connect();
+ * const room = await client.subscribe("chat:42");
+ * room.on("message", (m) => console.log(m.from, m.payload));
+ * await client.publish("chat:42", { text: "hi" }, { event: "text" });
+ */
+export class RelayClient {
+  constructor(options: RelayClientOptions);
+
+  readonly state: ConnectionState;
+  /** The transport in use, or about to be. */
+  readonly transport: Transport;
+  /** The user id from the last `welcome`; `null` before the first. */
+  readonly user: string | null;
+
+  /**
+   * Connects. Resolves after the first `welcome`; rejects with a {@link RelayError} on the
+   * first failure (`"unauthorized"` for a refused token, `"disconnected"`, `"timeout"`,
+   * `"protocol"`), after which the client is `"idle"` again and `connect` may be retried.
+   * In `"auto"` mode a failing WebSocket is retried once and then replaced by SSE before the
+   * promise rejects. Once connected, the client reconnects on its own until `close()`.
+   */
+  connect(): Promise<void>;
+
+  /** Calls `handler` synchronously on each event; returns the function that removes it. */
+  on<K extends keyof ClientEventMap>(type: K, handler: (event: ClientEventMap[K]) => void): () => void;
+
+  /**
+   * Subscribes to `channel`; resolves after the server's `subscribed`. The subscription is
+   * restored after every reconnect from its {@link Subscription.lastSeq}. Rejects with the
+   * server's code (`"forbidden"`, …), `"bad_request"` when this client is already
+   * subscribed, `"disconnected"` when the connection dropped before the reply.
+   */
+  subscribe(channel: string, options?: SubscribeOptions): Promise<Subscription>;
+
+  /**
+   * Publishes `payload` (any JSON value). A persistent publish resolves once the message is
+   * stored, with its seq; it is sent again with the same idempotency key after a reconnect
+   * that lost its ack, so it is stored once. It rejects with the server's code, `"timeout"`
+   * (never sent: not stored) or `"unconfirmed"` (sent, no ack in time: maybe stored; see
+   * {@link RelayError.idempotencyKey}); never with `"disconnected"`.
+   */
+  publish(channel: string, payload: unknown, options?: PublishOptions): Promise<Ack>;
+
+  /**
+   * Sends `payload` to the connections of user `to` subscribed to `channel` (this client
+   * must be subscribed too). Resolves once the server relayed it; rejects with `"forbidden"`,
+   * or `"not_found"` where presence is on and `to` is not there.
+   */
+  signal(channel: string, to: string, payload: unknown, options?: SignalOptions): Promise<void>;
+
+  /** The users online in `channel`, sorted. */
+  presence(channel: string): Promise<string[]>;
+
+  /**
+   * Tells the channel this user is typing: an ephemeral publish with event `"typing"` and
+   * payload `{}`, at most one per channel every 2 s (calls in between do nothing). The
+   * promise never rejects.
+   */
+  typing(channel: string): Promise<void>;
+
+  /** Closes the client for good: pending requests reject with `"closed"`, subscriptions end. Idempotent. */
+  close(): void;
+}
+
+/**
+ * A subscription to one channel. Events go to handlers (synchronously, never buffered) and
+ * to its async iterator (through a buffer of at most `bufferSize` events: when it is full,
+ * the oldest messages are dropped and the iterator gets a `gap` naming the persistent ones).
+ */
+export class Subscription implements AsyncIterable<SubscriptionEvent> {
+  private constructor();
+
+  readonly channel: string;
+  /**
+   * The cursor: the highest persistent seq delivered, or where the subscription started
+   * (its `since`, or the channel's seq at `subscribed`). Store it to resume later with
+   * `subscribe(channel, { since: lastSeq })`.
+   */
+  readonly lastSeq: number | null;
+
+  /** Calls `handler` synchronously on each event; returns the function that removes it. */
+  on<K extends keyof SubscriptionEventMap>(
+    type: K,
+    handler: (event: SubscriptionEventMap[K]) => void,
+  ): () => void;
+
+  /** Stops delivery at once (the iterator finishes) and tells the server. */
+  unsubscribe(): Promise<void>;
+
+  /**
+   * The subscription's events, `{ type, ...fields }`, in order. The iteration ends after an
+   * `ended` event, or after `unsubscribe()`. Leaving a `for await` loop does not unsubscribe.
+   */
+  [Symbol.asyncIterator](): AsyncIterableIterator<SubscriptionEvent>;
+}

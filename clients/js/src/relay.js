@@ -1,0 +1,1286 @@
+// @relay/client: the browser client of a Relay server, as one self-contained ES module.
+//
+// The server serves this exact file at `/client/relay.js`, so it imports nothing. It mirrors
+// the Rust client `relay-client`:
+//
+// - `RelayClient` keeps one connection open (a WebSocket, or Server-Sent Events plus POSTs
+//   where WebSockets do not get through) and reconnects on its own with full-jitter backoff.
+//   After a 4001 it asks the token provider for a new token and never reuses a refused one.
+// - Every subscription is restored after a reconnect with `since` = its cursor, and
+//   duplicates are filtered by seq, so each persistent message arrives once, in order; when
+//   the server cannot replay everything, the subscription says so with a `gap` event.
+// - Every persistent publish carries an idempotency key and is sent again, with that key,
+//   after a reconnect that lost its ack: it is stored once. It ends with its ack, the
+//   server's error, "timeout" (never sent) or "unconfirmed" (sent, no ack in time).
+// - Memory is bounded: at most 1000 requests wait for an answer, and each subscription
+//   buffers at most `bufferSize` events for its async iterator.
+//
+// The wire protocol is docs/protocol.md in the server's repository.
+
+const CLIENT_EVENTS = ["connected", "disconnected", "closed", "transport"];
+const SUBSCRIPTION_EVENTS = ["message", "join", "leave", "signal", "recovered", "gap", "ended"];
+const TRANSPORTS = ["auto", "websocket", "sse"];
+
+/** Requests (queued while disconnected, or sent and unanswered) allowed at once. */
+const MAX_OUTSTANDING = 1000;
+/** The connection counts as lost after this many heartbeats without any frame. */
+const WATCHDOG_HEARTBEATS = 2.5;
+const DEFAULT_HEARTBEAT_MS = 25000;
+const MIN_HEARTBEAT_MS = 100;
+/** The server refuses a user's connections this long after an abuse close. */
+const ABUSE_COOLDOWN_MS = 10000;
+const ABUSE_CLOSE_CODES = new Set([4029, 1009, 1002, 1007]);
+/** Close code of a refused or expired token. */
+const UNAUTHORIZED = 4001;
+/** Restores refused for a passing reason are tried again after this long. */
+const RESTORE_RETRY_MS = 1000;
+const PASSING_ERRORS = new Set(["unavailable", "internal", "rate_limited"]);
+const TYPING_INTERVAL_MS = 2000;
+/** In "auto" mode, WebSocket attempts that may fail before the client settles on SSE. */
+const WEBSOCKET_FAILURES_BEFORE_SSE = 2;
+const SUBPROTOCOL = "relay.v1.json";
+/** Wait before re-posting a batch answered 429 without a usable `Retry-After`. */
+const DEFAULT_RETRY_AFTER_MS = 1000;
+
+/** Why an operation failed: a server error code, or one of the client's own. */
+export class RelayError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {{idempotencyKey?: string, cause?: unknown}} [details]
+   */
+  constructor(code, message, { idempotencyKey, cause } = {}) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = "RelayError";
+    this.code = code;
+    this.idempotencyKey = idempotencyKey;
+  }
+}
+
+/** A connection to a Relay server that survives disconnects. */
+export class RelayClient {
+  #settings;
+  #env;
+  #connection;
+  #events = new Listeners(CLIENT_EVENTS);
+  #user = null;
+  #nextId = 1;
+  /** Frames sent and not yet answered, by frame id: requests, restores, abandoned subscribes. */
+  #pending = new Map();
+  /** Requests issued while disconnected, sent in order after the next welcome. */
+  #outbox = [];
+  /** Requests not settled yet, wherever they wait. */
+  #outstanding = 0;
+  /** Subscriptions by channel, from the `subscribe` call until they end. */
+  #routes = new Map();
+  /** Channels with a typing notice sent less than TYPING_INTERVAL_MS ago. */
+  #typing = new Map();
+
+  constructor(options) {
+    this.#settings = settingsOf(options);
+    this.#env = environmentOf(options);
+    this.#connection = new Connection(this.#settings, this.#env, {
+      opened: (session) => this.#opened(session),
+      frame: (frame) => this.#received(frame),
+      lost: (close) => this.#lost(close),
+      stopped: (error) => this.#shutdown(error),
+      transport: (transport) => this.#events.emit("transport", { transport }),
+    });
+  }
+
+  /** "idle" | "connecting" | "open" | "reconnecting" | "closed" */
+  get state() {
+    return this.#connection.state;
+  }
+
+  /** The transport in use (or about to be): "websocket" | "sse". */
+  get transport() {
+    return this.#connection.kind;
+  }
+
+  /** The user id from the last `welcome`, or null before the first one. */
+  get user() {
+    return this.#user;
+  }
+
+  /** Resolves after the first `welcome`; rejects with the first failure. */
+  connect() {
+    return this.#connection.start();
+  }
+
+  on(type, handler) {
+    return this.#events.on(type, handler);
+  }
+
+  /** Closes the client for good: pending requests reject with "closed", subscriptions end. */
+  close() {
+    if (this.#connection.close()) this.#shutdown(new RelayError("closed", "the client was closed"));
+  }
+
+  subscribe(channel, { since } = {}) {
+    if (this.#routes.has(channel)) {
+      return Promise.reject(new RelayError("bad_request", `already subscribed to ${channel}`));
+    }
+    const route = new Route(channel, since ?? null, this.#settings.bufferSize, this.#env, () =>
+      this.#unsubscribe(route),
+    );
+    return this.#issue("subscribe", (request) => {
+      request.route = route;
+      request.since = since ?? null;
+      route.awaiting = request.id;
+      this.#routes.set(channel, route);
+      return [subscribeFrame(request.id, channel, request.since)];
+    });
+  }
+
+  publish(channel, payload, { event, ephemeral = false, idempotencyKey } = {}) {
+    const frame = { type: "publish", channel, payload: payload ?? null };
+    if (event !== undefined) frame.event = event;
+    if (ephemeral) {
+      return this.#issue("ephemeral", (request) => [{ ...frame, id: request.id, ephemeral: true }]);
+    }
+    const key = idempotencyKey ?? randomKey();
+    return this.#issue("publish", (request) => {
+      request.idempotencyKey = key;
+      return [{ ...frame, id: request.id, idempotency_key: key }];
+    });
+  }
+
+  /**
+   * A signal has no reply when it is delivered, so a ping follows it: when the pong arrives
+   * without an error for the signal before it, the server relayed the signal.
+   */
+  signal(channel, to, payload, { event } = {}) {
+    return this.#issue("signal", (request) => {
+      request.fence = this.#nextId++;
+      const frame = { type: "signal", id: request.id, channel, to, payload: payload ?? null };
+      if (event !== undefined) frame.event = event;
+      return [frame, { type: "ping", id: request.fence }];
+    });
+  }
+
+  presence(channel) {
+    return this.#issue("presence", (request) => [{ type: "presence", id: request.id, channel }]);
+  }
+
+  /** An ephemeral "typing" notice, at most one per channel every two seconds; never rejects. */
+  typing(channel) {
+    if (this.#typing.has(channel) || this.state === "closed") return Promise.resolve();
+    const expiry = this.#env.setTimeout(() => this.#typing.delete(channel), TYPING_INTERVAL_MS);
+    this.#typing.set(channel, expiry);
+    return this.publish(channel, {}, { event: "typing", ephemeral: true }).then(
+      () => undefined,
+      () => undefined,
+    );
+  }
+
+  // Requests
+
+  /**
+   * Issues a request: `prepare` gets the request (its `id` assigned) and returns its frames.
+   * The promise settles with the reply, a server error, or a client error (timeout, …).
+   */
+  #issue(kind, prepare) {
+    const refusal = this.#refusal();
+    if (refusal !== null) return Promise.reject(refusal);
+    return new Promise((resolve, reject) => {
+      const request = new Request(this.#nextId++, kind, resolve, reject);
+      request.frames = prepare(request);
+      request.timer = this.#env.setTimeout(() => this.#expire(request), this.#settings.requestTimeout);
+      this.#outstanding += 1;
+      if (this.#connection.isOpen) this.#connection.send(this.#register(request));
+      else this.#outbox.push(request);
+    });
+  }
+
+  /** Why a new request cannot be accepted now, or null. */
+  #refusal() {
+    if (this.state === "closed") return new RelayError("closed", "the client is closed");
+    if (this.#outstanding < MAX_OUTSTANDING) return null;
+    return this.#connection.isOpen
+      ? new RelayError("rate_limited", `${MAX_OUTSTANDING} requests are already waiting for the server`)
+      : new RelayError("disconnected", `disconnected, and ${MAX_OUTSTANDING} requests are already queued`);
+  }
+
+  /** Records a request as sent and returns its frames. */
+  #register(request) {
+    request.sent = true;
+    this.#pending.set(request.id, request);
+    if (request.fence !== null) this.#pending.set(request.fence, request);
+    return request.frames;
+  }
+
+  /** Settles a request once, wherever it waited. */
+  #finish(request, error, value) {
+    this.#env.clearTimeout(request.timer);
+    this.#pending.delete(request.id);
+    if (request.fence !== null) this.#pending.delete(request.fence);
+    this.#outstanding -= 1;
+    if (error) request.reject(error);
+    else request.resolve(value);
+  }
+
+  #expire(request) {
+    const queued = this.#outbox.indexOf(request);
+    if (queued >= 0) this.#outbox.splice(queued, 1);
+    if (request.kind === "subscribe") this.#dropRoute(request.route, request.id);
+    this.#finish(request, timeoutError(request));
+    if (request.kind === "subscribe" && request.sent) {
+      // The server may still subscribe us: remember to undo it when its reply comes.
+      this.#pending.set(request.id, { kind: "abandoned", channel: request.route.channel });
+    }
+  }
+
+  // Connection lifecycle
+
+  /**
+   * A session began: subscriptions are restored first, then persistent publishes whose ack
+   * was lost go out again in their original order, then whatever was queued meanwhile.
+   */
+  #opened({ connectionId, user, transport }) {
+    this.#user = user;
+    const frames = [];
+    for (const route of this.#routes.values()) {
+      if (route.confirmed) frames.push(this.#restoreFrame(route));
+    }
+    for (const request of this.#outbox.splice(0)) frames.push(...this.#register(request));
+    if (frames.length > 0) this.#connection.send(frames);
+    this.#events.emit("connected", { connectionId, transport });
+  }
+
+  /**
+   * The session is gone and nobody will answer what is pending. Persistent publishes wait
+   * for the next session (their idempotency keys make the repeat safe); every other request
+   * rejects with "disconnected", since it may or may not have taken effect.
+   */
+  #lost({ code, reason }) {
+    const resend = [];
+    for (const entry of new Set(this.#pending.values())) {
+      if (!(entry instanceof Request)) continue;
+      if (entry.kind === "publish") {
+        resend.push(entry);
+        continue;
+      }
+      if (entry.kind === "subscribe") this.#dropRoute(entry.route, entry.id);
+      this.#finish(entry, new RelayError("disconnected", `the connection was lost (${code ?? "no close code"}) ${reason}`.trim()));
+    }
+    this.#pending.clear();
+    for (const route of this.#routes.values()) route.cancelRetry();
+    resend.sort((a, b) => a.id - b.id);
+    this.#outbox.unshift(...resend);
+    this.#events.emit("disconnected", { code, reason });
+  }
+
+  /** The client stopped for good (closed, or its fixed token was refused). */
+  #shutdown(error) {
+    for (const entry of new Set([...this.#pending.values(), ...this.#outbox])) {
+      if (entry instanceof Request) this.#finish(entry, error);
+    }
+    this.#pending.clear();
+    this.#outbox = [];
+    for (const route of [...this.#routes.values()]) {
+      this.#endRoute(route, { code: error.code, reason: error.message });
+    }
+    for (const expiry of this.#typing.values()) this.#env.clearTimeout(expiry);
+    this.#typing.clear();
+    this.#events.emit("closed", {});
+  }
+
+  // Server frames
+
+  #received(frame) {
+    switch (frame.type) {
+      case "message":
+        this.#routes.get(frame.channel)?.message(frame);
+        break;
+      case "join":
+      case "leave":
+        this.#routes.get(frame.channel)?.live({ type: frame.type, user: frame.user });
+        break;
+      case "signal":
+        this.#routes.get(frame.channel)?.live({
+          type: "signal",
+          from: frame.from,
+          event: frame.event ?? null,
+          payload: frame.payload,
+        });
+        break;
+      case "unsubscribed":
+        if (frame.id == null) this.#kicked(frame);
+        else this.#answered(frame);
+        break;
+      case "subscribed":
+      case "ack":
+      case "presence":
+      case "pong":
+      case "error":
+        this.#answered(frame);
+        break;
+      default:
+      // A repeated welcome, or a frame type this client does not know: nothing to do.
+    }
+  }
+
+  /** A frame that answers the frame with its `id`. */
+  #answered(frame) {
+    const entry = frame.id == null ? undefined : this.#pending.get(frame.id);
+    if (entry === undefined) return;
+    if (entry.kind === "restore") {
+      this.#restoreAnswered(frame.id, entry, frame);
+    } else if (entry.kind === "abandoned") {
+      this.#pending.delete(frame.id);
+      if (frame.type === "subscribed") this.#sendUnsubscribe(entry.channel);
+    } else if (frame.type === "error") {
+      if (entry.kind === "subscribe") this.#dropRoute(entry.route, entry.id);
+      this.#finish(entry, new RelayError(frame.code, frame.message ?? frame.code));
+    } else if (frame.type !== REPLY_TYPES[entry.kind]) {
+      this.#finish(entry, new RelayError("protocol", `expected ${REPLY_TYPES[entry.kind]}, got ${frame.type}`));
+    } else if (entry.kind === "subscribe") {
+      this.#subscribed(entry, frame);
+    } else {
+      this.#finish(entry, null, REPLY_VALUES[entry.kind](frame));
+    }
+  }
+
+  #subscribed(request, frame) {
+    const { route } = request;
+    const notice = route.confirm(request.since, frame, false);
+    if (notice !== null) route.hold(notice);
+    this.#finish(request, null, route.subscription);
+  }
+
+  // Subscriptions
+
+  /** A subscribe frame that brings `route` back from its cursor. */
+  #restoreFrame(route) {
+    route.cancelRetry();
+    const id = this.#nextId++;
+    route.awaiting = id;
+    this.#pending.set(id, { kind: "restore", route, since: route.cursor });
+    return subscribeFrame(id, route.channel, route.cursor);
+  }
+
+  /** Refusals that will not change end the subscription; passing ones are retried. */
+  #restoreAnswered(id, restore, frame) {
+    this.#pending.delete(id);
+    const { route } = restore;
+    if (this.#routes.get(route.channel) !== route || route.awaiting !== id) return;
+    if (frame.type === "subscribed") {
+      const notice = route.confirm(restore.since, frame, true);
+      if (notice !== null) route.deliver(notice);
+    } else if (frame.type === "error" && PASSING_ERRORS.has(frame.code)) {
+      route.awaiting = null;
+      route.retryIn(RESTORE_RETRY_MS, () => this.#retryRestore(route));
+    } else if (frame.type === "error") {
+      this.#endRoute(route, { code: frame.code, reason: frame.message ?? "" });
+    }
+  }
+
+  #retryRestore(route) {
+    if (this.#connection.isOpen && this.#routes.get(route.channel) === route) {
+      this.#connection.send([this.#restoreFrame(route)]);
+    }
+  }
+
+  /**
+   * The server ended a live subscription on its own (the user was removed from the
+   * channel's members). A subscription waiting on a subscribe gets that subscribe's answer.
+   */
+  #kicked(frame) {
+    const route = this.#routes.get(frame.channel);
+    if (route === undefined || route.awaiting !== null) return;
+    this.#endRoute(route, { code: "forbidden", reason: frame.reason ?? "" });
+  }
+
+  /** The application unsubscribed: delivery stops now; the server is told if connected. */
+  #unsubscribe(route) {
+    if (this.#routes.get(route.channel) === route) {
+      this.#endRoute(route, null);
+      if (this.#connection.isOpen) this.#sendUnsubscribe(route.channel);
+    }
+    return Promise.resolve();
+  }
+
+  /**
+   * Its reply needs no routing: the route is gone already, and a frame id keeps the reply
+   * from looking like the server ending the subscription on its own.
+   */
+  #sendUnsubscribe(channel) {
+    this.#connection.send([{ type: "unsubscribe", id: this.#nextId++, channel }]);
+  }
+
+  /** Forgets a subscription whose first subscribe (frame `id`) failed. */
+  #dropRoute(route, id) {
+    if (route.awaiting === id && this.#routes.get(route.channel) === route) {
+      this.#routes.delete(route.channel);
+    }
+  }
+
+  #endRoute(route, ended) {
+    this.#routes.delete(route.channel);
+    route.end(ended === null ? null : { type: "ended", ...ended });
+  }
+}
+
+/** The reply each kind of request expects, and what its promise resolves with. */
+const REPLY_TYPES = {
+  subscribe: "subscribed",
+  publish: "ack",
+  ephemeral: "ack",
+  signal: "pong",
+  presence: "presence",
+};
+const REPLY_VALUES = {
+  publish: ackOf,
+  ephemeral: ackOf,
+  signal: () => undefined,
+  presence: (frame) => frame.users,
+};
+
+function ackOf(frame) {
+  return { messageId: frame.message_id, seq: frame.seq ?? null };
+}
+
+function timeoutError(request) {
+  if (request.kind === "publish" && request.sent) {
+    return new RelayError(
+      "unconfirmed",
+      `publish sent but not acknowledged in time; publish again with idempotency key ${request.idempotencyKey} to settle it`,
+      { idempotencyKey: request.idempotencyKey },
+    );
+  }
+  return new RelayError("timeout", `no reply to ${request.kind} within the request timeout`);
+}
+
+function subscribeFrame(id, channel, since) {
+  return since === null ? { type: "subscribe", id, channel } : { type: "subscribe", id, channel, since };
+}
+
+/** A request of the application, waiting to be sent or answered. */
+class Request {
+  constructor(id, kind, resolve, reject) {
+    this.id = id;
+    this.kind = kind;
+    this.resolve = resolve;
+    this.reject = reject;
+    this.frames = [];
+    this.timer = null;
+    /** Whether it went out at least once: a publish timing out is then "unconfirmed". */
+    this.sent = false;
+    /** The id of the ping that follows a signal. */
+    this.fence = null;
+    /** A persistent publish's key, sent again unchanged with every repeat. */
+    this.idempotencyKey = undefined;
+    /** A subscribe's subscription, and the `since` it was sent with. */
+    this.route = null;
+    this.since = null;
+  }
+}
+
+/** A live subscription: handlers, an async iterator, and `unsubscribe`. */
+export class Subscription {
+  #route;
+
+  /** Made by `RelayClient.subscribe`. */
+  constructor(route) {
+    this.#route = route;
+  }
+
+  get channel() {
+    return this.#route.channel;
+  }
+
+  /** The cursor: the highest persistent seq handed to the application, or the start point. */
+  get lastSeq() {
+    return this.#route.cursor;
+  }
+
+  on(type, handler) {
+    return this.#route.listeners.on(type, handler);
+  }
+
+  unsubscribe() {
+    return this.#route.unsubscribe();
+  }
+
+  /** Leaving a `for await` loop does not unsubscribe; `unsubscribe()` does. */
+  [Symbol.asyncIterator]() {
+    const queue = this.#route.queue;
+    return {
+      next: () => queue.next(),
+      return: () => Promise.resolve({ value: undefined, done: true }),
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+}
+
+/**
+ * One subscription's routing state: its cursor, the subscribe it waits for, and where its
+ * events go (handlers at once, the iterator through a bounded queue).
+ */
+class Route {
+  #env;
+
+  constructor(channel, since, bufferSize, env, unsubscribe) {
+    this.#env = env;
+    this.channel = channel;
+    /** The last persistent seq handed over, or the start point; restores send it as `since`. */
+    this.cursor = since;
+    /**
+     * The id of the subscribe whose `subscribed` this subscription waits for. Until it
+     * arrives, frames for the channel belong to an earlier subscription and are dropped.
+     */
+    this.awaiting = null;
+    /** Whether the server ever confirmed it; only confirmed ones are restored. */
+    this.confirmed = false;
+    /** Timer of a restore retried after a passing refusal. */
+    this.retryTimer = null;
+    this.unsubscribe = unsubscribe;
+    this.listeners = new Listeners(SUBSCRIPTION_EVENTS);
+    this.queue = new EventQueue(bufferSize);
+    this.subscription = new Subscription(this);
+    this.ended = false;
+    /** The notice of the first `subscribed`, held back for handlers not attached yet. */
+    this.held = null;
+    this.heldTimer = null;
+  }
+
+  /** Applies a `subscribed` answering a subscribe sent with `since`; returns the notice due. */
+  confirm(since, frame, restoring) {
+    this.awaiting = null;
+    this.confirmed = true;
+    const recovered = frame.recovered === true;
+    if (!recovered) this.cursor = frame.seq;
+    if (since === null) return null;
+    if (recovered) return restoring ? { type: "recovered", since } : null;
+    return { type: "gap", since, resumedAt: frame.seq };
+  }
+
+  /** Routes a `message`: drops duplicates and frames of a subscription being replaced. */
+  message(frame) {
+    if (this.awaiting !== null) return;
+    const seq = frame.seq ?? null;
+    if (seq !== null) {
+      if (this.cursor !== null && seq <= this.cursor) return;
+      this.cursor = seq;
+    }
+    this.deliver({
+      type: "message",
+      channel: frame.channel,
+      id: frame.id,
+      seq,
+      from: frame.from ?? null,
+      event: frame.event ?? null,
+      payload: frame.payload,
+      ts: frame.ts,
+    });
+  }
+
+  /** Routes an event outside the sequence (join, leave, signal). */
+  live(event) {
+    if (this.awaiting === null) this.deliver(event);
+  }
+
+  /**
+   * The caller of `subscribe` attaches its handlers after `await` resumes, in a microtask
+   * that runs after `subscribed` was handled. The notice of that first `subscribed` (a gap)
+   * therefore waits until the next macrotask, or until the next event, whichever comes
+   * first, so that it reaches those handlers and still precedes every later event.
+   */
+  hold(notice) {
+    this.held = notice;
+    this.heldTimer = this.#env.setTimeout(() => this.#release(), 0);
+  }
+
+  deliver(event) {
+    if (this.ended) return;
+    this.#release();
+    this.listeners.emit(event.type, event);
+    this.queue.push(event);
+  }
+
+  #release() {
+    const notice = this.held;
+    if (notice === null) return;
+    this.held = null;
+    this.deliver(notice);
+  }
+
+  /** Delivers the last event (if any); the iterator finishes once it is drained. */
+  end(event) {
+    if (event !== null) this.deliver(event);
+    this.ended = true;
+    this.queue.close();
+    this.cancelRetry();
+    this.#env.clearTimeout(this.heldTimer);
+  }
+
+  retryIn(ms, restore) {
+    this.retryTimer = this.#env.setTimeout(() => {
+      this.retryTimer = null;
+      restore();
+    }, ms);
+  }
+
+  cancelRetry() {
+    this.#env.clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+  }
+}
+
+/**
+ * The events of one subscription waiting for its async iterator, at most `capacity` of
+ * them. When it is full, the oldest message is dropped (other events only when it holds no
+ * message). The persistent messages dropped are reported to the iterator as one `gap`
+ * before anything else, so that it can reload them over REST. Handlers never wait on it.
+ */
+class EventQueue {
+  #capacity;
+  #events = [];
+  #waiting = [];
+  #dropped = null;
+  #closed = false;
+
+  constructor(capacity) {
+    this.#capacity = capacity;
+  }
+
+  push(event) {
+    if (this.#closed) return;
+    // Someone waits only when nothing is buffered or dropped.
+    const waiter = this.#waiting.shift();
+    if (waiter !== undefined) {
+      waiter({ value: event, done: false });
+      return;
+    }
+    if (this.#events.length >= this.#capacity) this.#dropOldest();
+    this.#events.push(event);
+  }
+
+  next() {
+    if (this.#dropped !== null) {
+      const gap = { type: "gap", ...this.#dropped };
+      this.#dropped = null;
+      return Promise.resolve({ value: gap, done: false });
+    }
+    if (this.#events.length > 0) return Promise.resolve({ value: this.#events.shift(), done: false });
+    if (this.#closed) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve) => this.#waiting.push(resolve));
+  }
+
+  close() {
+    this.#closed = true;
+    for (const waiter of this.#waiting.splice(0)) waiter({ value: undefined, done: true });
+  }
+
+  #dropOldest() {
+    const index = Math.max(0, this.#events.findIndex((event) => event.type === "message"));
+    const [event] = this.#events.splice(index, 1);
+    if (event.type !== "message" || event.seq === null) return;
+    // Buffered messages are in seq order and leave from the front, so the dropped ones
+    // form one range.
+    this.#dropped = { since: this.#dropped?.since ?? event.seq - 1, resumedAt: event.seq };
+  }
+}
+
+/**
+ * The connection: attempts, backoff, the choice of transport, the token, the heartbeat
+ * watchdog. It hands frames and lifecycle changes to the client through `hooks`.
+ */
+class Connection {
+  #settings;
+  #env;
+  #hooks;
+  #backoff;
+  #state = "idle";
+  #kind;
+  #webSocketWelcomed = false;
+  #webSocketFailures = 0;
+  #transport = null;
+  /** The token of the current attempt or session. */
+  #token = null;
+  /** A token the server refused with 4001: automatic reconnects never use it again. */
+  #refusedToken = null;
+  /** Bumped by each attempt and by `close`, so that a token provider's late answer is ignored. */
+  #generation = 0;
+  /** The promise of `start`, until the first welcome or failure. */
+  #first = null;
+  #heartbeatMs = DEFAULT_HEARTBEAT_MS;
+  #retryTimer = null;
+  #welcomeTimer = null;
+  #watchdogTimer = null;
+  #pingTimer = null;
+
+  constructor(settings, env, hooks) {
+    this.#settings = settings;
+    this.#env = env;
+    this.#hooks = hooks;
+    this.#kind = settings.transport === "sse" ? "sse" : "websocket";
+    this.#backoff = new Backoff(settings.backoff.min, settings.backoff.max, env.random);
+  }
+
+  get state() {
+    return this.#state;
+  }
+
+  get kind() {
+    return this.#kind;
+  }
+
+  get isOpen() {
+    return this.#state === "open";
+  }
+
+  start() {
+    if (this.#state === "closed") return Promise.reject(new RelayError("closed", "the client is closed"));
+    if (this.#first !== null) return this.#first.promise;
+    if (this.#state !== "idle") return Promise.resolve();
+    this.#state = "connecting";
+    // An explicit connect tries whatever token it gets, even one refused before.
+    this.#refusedToken = null;
+    this.#first = deferred();
+    this.#attempt();
+    return this.#first.promise;
+  }
+
+  /** Sends frames on the open session. */
+  send(frames) {
+    this.#transport.send(frames);
+  }
+
+  /** Returns false when it was closed already. */
+  close() {
+    if (this.#state === "closed") return false;
+    this.#generation += 1;
+    this.#env.clearTimeout(this.#retryTimer);
+    this.#teardown();
+    this.#state = "closed";
+    this.#settleFirst(new RelayError("closed", "the client was closed"));
+    return true;
+  }
+
+  async #attempt() {
+    const generation = ++this.#generation;
+    let token;
+    try {
+      token = await this.#nextToken();
+    } catch (cause) {
+      if (generation !== this.#generation) return;
+      const reason = `token provider failed: ${cause?.message ?? cause}`;
+      this.#attemptFailed({ code: null, reason, error: new RelayError("unauthorized", reason, { cause }) });
+      return;
+    }
+    if (generation !== this.#generation) return;
+    if (token === this.#refusedToken) {
+      this.#retryIn(this.#backoff.next());
+      return;
+    }
+    this.#token = token;
+    try {
+      this.#transport = this.#open(token);
+    } catch (cause) {
+      const reason = `cannot open a ${this.#kind} connection: ${cause?.message ?? cause}`;
+      this.#attemptFailed({ code: null, reason, error: new RelayError("disconnected", reason, { cause }), transport: true });
+      return;
+    }
+    this.#welcomeTimer = this.#env.setTimeout(() => {
+      const reason = `no welcome within ${this.#settings.connectTimeout} ms`;
+      this.#attemptFailed({ code: null, reason, error: new RelayError("timeout", reason), transport: true });
+    }, this.#settings.connectTimeout);
+  }
+
+  async #nextToken() {
+    const { token } = this.#settings;
+    const value = typeof token === "function" ? await token() : token;
+    if (typeof value !== "string" || value === "") throw new TypeError("no token (expected a non-empty string)");
+    return value;
+  }
+
+  #open(token) {
+    const events = {
+      frame: (frame) => this.#received(frame),
+      activity: () => this.#heard(),
+      lost: (code, reason) => this.#transportLost(code, reason),
+    };
+    if (this.#kind === "sse") return new SseTransport(this.#settings.sseUrl, token, this.#env, events);
+    return new WebSocketTransport(this.#settings.url, token, this.#env.WebSocket, events);
+  }
+
+  #received(frame) {
+    if (this.#state === "open") {
+      this.#heard();
+      this.#hooks.frame(frame);
+    } else if (frame.type === "welcome") {
+      this.#welcomed(frame);
+    } else {
+      const reason = `expected welcome, got ${frame.type}`;
+      this.#attemptFailed({ code: null, reason, error: new RelayError("protocol", reason) });
+    }
+  }
+
+  #welcomed(frame) {
+    this.#env.clearTimeout(this.#welcomeTimer);
+    this.#backoff.reset();
+    if (this.#kind === "websocket") this.#webSocketWelcomed = true;
+    this.#state = "open";
+    this.#heartbeatMs = heartbeatOf(frame);
+    this.#heard();
+    this.#schedulePing();
+    this.#hooks.opened({
+      connectionId: String(frame.connection_id),
+      user: frame.user ?? null,
+      transport: this.#kind,
+    });
+    this.#settleFirst(null);
+  }
+
+  /** Any sign of life re-arms the watchdog. */
+  #heard() {
+    if (this.#state !== "open") return;
+    this.#env.clearTimeout(this.#watchdogTimer);
+    this.#watchdogTimer = this.#env.setTimeout(
+      () => this.#sessionLost(null, `no frame within ${WATCHDOG_HEARTBEATS} heartbeats`),
+      WATCHDOG_HEARTBEATS * this.#heartbeatMs,
+    );
+  }
+
+  /**
+   * Browsers answer the server's WebSocket pings out of sight of scripts, so an application
+   * ping each heartbeat is what makes a healthy connection send something back.
+   */
+  #schedulePing() {
+    this.#pingTimer = this.#env.setTimeout(() => {
+      this.send([{ type: "ping" }]);
+      this.#schedulePing();
+    }, this.#heartbeatMs);
+  }
+
+  #transportLost(code, reason) {
+    if (this.#state === "open") {
+      this.#sessionLost(code, reason);
+      return;
+    }
+    // A refused token is the server's answer, not a sign that the transport does not work.
+    const refused = code === UNAUTHORIZED;
+    const error = refused
+      ? new RelayError("unauthorized", reason || "the server refused the token")
+      : new RelayError("disconnected", `connection failed (${code ?? "no close code"}): ${reason}`);
+    this.#attemptFailed({ code, reason, error, transport: !refused });
+  }
+
+  #sessionLost(code, reason) {
+    this.#teardown();
+    this.#state = "reconnecting";
+    this.#hooks.lost({ code, reason });
+    if (this.#state !== "closed") this.#afterLoss(code, reason);
+  }
+
+  /** An attempt ended before its welcome. */
+  #attemptFailed(failure) {
+    this.#teardown();
+    if (failure.transport && this.#fallBackToSse()) return;
+    if (this.#first !== null) {
+      this.#state = "idle";
+      this.#settleFirst(failure.error);
+      return;
+    }
+    if (failure.code === UNAUTHORIZED && typeof this.#settings.token === "string") {
+      // A fixed token cannot be renewed: report the refusal as a disconnect before stopping.
+      this.#hooks.lost({ code: failure.code, reason: failure.reason });
+      if (this.#state === "closed") return;
+    }
+    this.#afterLoss(failure.code, failure.reason);
+  }
+
+  /**
+   * "auto" starts with a WebSocket and settles on SSE for good when the first WebSocket
+   * attempts fail before any WebSocket was ever welcomed (a proxy that drops upgrades).
+   */
+  #fallBackToSse() {
+    if (this.#settings.transport !== "auto" || this.#kind !== "websocket" || this.#webSocketWelcomed) return false;
+    this.#webSocketFailures += 1;
+    if (this.#webSocketFailures < WEBSOCKET_FAILURES_BEFORE_SSE) {
+      this.#retryIn(this.#backoff.next());
+      return true;
+    }
+    this.#kind = "sse";
+    this.#hooks.transport("sse");
+    this.#retryIn(0);
+    return true;
+  }
+
+  /** After a lost session or a failed reconnect: wait, then try again, or stop. */
+  #afterLoss(code, reason) {
+    if (code === UNAUTHORIZED) {
+      if (typeof this.#settings.token === "string") {
+        this.#state = "closed";
+        this.#hooks.stopped(new RelayError("unauthorized", reason || "the server refused the token"));
+        return;
+      }
+      this.#refusedToken = this.#token;
+    }
+    const delay = this.#backoff.next();
+    this.#retryIn(ABUSE_CLOSE_CODES.has(code) ? Math.max(ABUSE_COOLDOWN_MS, delay) : delay);
+  }
+
+  #retryIn(delay) {
+    if (this.#state === "closed") return;
+    this.#retryTimer = this.#env.setTimeout(() => {
+      this.#retryTimer = null;
+      this.#attempt();
+    }, delay);
+  }
+
+  /** Stops the current attempt or session. */
+  #teardown() {
+    this.#env.clearTimeout(this.#welcomeTimer);
+    this.#env.clearTimeout(this.#watchdogTimer);
+    this.#env.clearTimeout(this.#pingTimer);
+    this.#transport?.close();
+    this.#transport = null;
+  }
+
+  #settleFirst(error) {
+    const first = this.#first;
+    this.#first = null;
+    if (first === null) return;
+    if (error) first.reject(error);
+    else first.resolve();
+  }
+}
+
+/**
+ * A WebSocket session. It reports frames, and `lost` once when the socket closes or fails;
+ * after `close` it reports nothing.
+ */
+class WebSocketTransport {
+  #socket;
+  #events;
+  #closed = false;
+
+  constructor(url, token, WebSocketImpl, events) {
+    if (typeof WebSocketImpl !== "function") throw new Error("this environment has no WebSocket");
+    const target = new URL(url);
+    target.searchParams.set("token", token);
+    this.#events = events;
+    this.#socket = new WebSocketImpl(target.href, SUBPROTOCOL);
+    this.#socket.onmessage = (event) => this.#receive(event.data);
+    this.#socket.onclose = (event) => this.#lose(event.code ?? null, event.reason ?? "");
+    // A failing WebSocket fires `error`, then `close` with 1006; taking `error` as the loss
+    // also covers implementations that never follow it with `close`.
+    this.#socket.onerror = () => this.#lose(1006, "websocket error");
+  }
+
+  send(frames) {
+    for (const frame of frames) this.#socket.send(JSON.stringify(frame));
+  }
+
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#socket.onmessage = null;
+    this.#socket.onclose = null;
+    this.#socket.onerror = null;
+    this.#socket.close(1000);
+  }
+
+  #receive(data) {
+    if (typeof data !== "string") return;
+    const frame = parseFrame(data);
+    if (frame !== null) this.#events.frame(frame);
+  }
+
+  #lose(code, reason) {
+    if (this.#closed) return;
+    this.close();
+    this.#events.lost(code, reason);
+  }
+}
+
+/**
+ * A Server-Sent Events session: server frames arrive on an EventSource, client frames are
+ * POSTed as JSON arrays, one POST in flight at a time, so that frames keep their order.
+ */
+class SseTransport {
+  #base;
+  #token;
+  #env;
+  #events;
+  #source;
+  /** Where frames are posted; known from the session's welcome. */
+  #postUrl = null;
+  #queue = [];
+  #posting = false;
+  #retryTimer = null;
+  #abort = new AbortController();
+  #closed = false;
+
+  constructor(base, token, env, events) {
+    if (typeof env.EventSource !== "function") throw new Error("this environment has no EventSource");
+    if (typeof env.fetch !== "function") throw new Error("this environment has no fetch");
+    this.#base = base;
+    this.#token = token;
+    this.#env = env;
+    this.#events = events;
+    this.#source = new env.EventSource(`${base}?token=${encodeURIComponent(token)}`);
+    this.#source.onmessage = (event) => this.#receive(event.data);
+    // EventSource would reconnect on its own, without `since` or backoff; the client's own
+    // reconnect does both.
+    this.#source.onerror = () => this.#lose(1006, "event stream failed");
+    this.#source.addEventListener("heartbeat", () => {
+      if (!this.#closed) this.#events.activity();
+    });
+    this.#source.addEventListener("close", (event) => this.#serverClosed(event.data));
+  }
+
+  send(frames) {
+    this.#queue.push(...frames);
+    this.#post();
+  }
+
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#env.clearTimeout(this.#retryTimer);
+    this.#abort.abort();
+    this.#source.onmessage = null;
+    this.#source.onerror = null;
+    this.#source.close();
+  }
+
+  #receive(data) {
+    if (this.#closed) return;
+    const frame = parseFrame(data);
+    if (frame === null) return;
+    if (frame.type === "welcome") {
+      this.#postUrl = `${this.#base}/${encodeURIComponent(frame.connection_id)}`;
+    }
+    this.#events.frame(frame);
+  }
+
+  /** The server ended the session with a close code, as a WebSocket close would. */
+  #serverClosed(data) {
+    const close = parseJson(data) ?? {};
+    this.#lose(Number.isInteger(close.code) ? close.code : 1006, typeof close.reason === "string" ? close.reason : "");
+  }
+
+  #post() {
+    if (this.#posting || this.#closed || this.#queue.length === 0) return;
+    this.#posting = true;
+    this.#deliver(this.#queue.splice(0));
+  }
+
+  #deliver(batch) {
+    const init = {
+      method: "POST",
+      headers: { authorization: `Bearer ${this.#token}`, "content-type": "application/json" },
+      body: JSON.stringify(batch),
+      signal: this.#abort.signal,
+    };
+    this.#env.fetch(this.#postUrl, init).then(
+      (response) => this.#delivered(batch, response),
+      (error) => this.#lose(null, `POST failed: ${error?.message ?? error}`),
+    );
+  }
+
+  #delivered(batch, response) {
+    if (this.#closed) return;
+    if (response.ok) {
+      this.#posting = false;
+      this.#post();
+    } else if (response.status === 429) {
+      this.#retryTimer = this.#env.setTimeout(() => this.#deliver(batch), retryAfterMs(response.headers));
+    } else if (response.status === 404 || response.status === 410) {
+      this.#lose(null, `the SSE session is gone (HTTP ${response.status})`);
+    } else {
+      this.#lose(null, `POST answered HTTP ${response.status}`);
+    }
+  }
+
+  #lose(code, reason) {
+    if (this.#closed) return;
+    this.close();
+    this.#events.lost(code, reason);
+  }
+}
+
+/**
+ * Exponential backoff with full jitter: attempt `n` waits a uniformly random whole number of
+ * milliseconds in [0, min(max, min * 2^n)], so that clients dropped together do not return
+ * together.
+ */
+class Backoff {
+  #min;
+  #max;
+  #random;
+  #attempt = 0;
+
+  constructor(min, max, random) {
+    this.#min = min;
+    this.#max = Math.max(min, max);
+    this.#random = random;
+  }
+
+  next() {
+    const ceiling = Math.min(this.#max, this.#min * 2 ** Math.min(this.#attempt, 30));
+    this.#attempt += 1;
+    return Math.floor(this.#random() * (ceiling + 1));
+  }
+
+  reset() {
+    this.#attempt = 0;
+  }
+}
+
+/** Handlers by event type, called synchronously; `on` returns the function that removes one. */
+class Listeners {
+  #types;
+  #handlers = new Map();
+
+  constructor(types) {
+    this.#types = types;
+  }
+
+  on(type, handler) {
+    if (!this.#types.includes(type)) {
+      throw new TypeError(`unknown event "${type}"; expected one of: ${this.#types.join(", ")}`);
+    }
+    if (typeof handler !== "function") throw new TypeError("the handler must be a function");
+    // A wrapper per registration, so that adding one function twice means two registrations.
+    const entry = { handler };
+    let entries = this.#handlers.get(type);
+    if (entries === undefined) {
+      entries = new Set();
+      this.#handlers.set(type, entries);
+    }
+    entries.add(entry);
+    return () => {
+      entries.delete(entry);
+    };
+  }
+
+  emit(type, event) {
+    const entries = this.#handlers.get(type);
+    if (entries === undefined) return;
+    for (const { handler } of [...entries]) {
+      try {
+        handler(event);
+      } catch (error) {
+        reportHandlerError(error);
+      }
+    }
+  }
+}
+
+/** A handler's exception must not break frame handling: it is reported, not propagated. */
+function reportHandlerError(error) {
+  if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+  else
+    queueMicrotask(() => {
+      throw error;
+    });
+}
+
+function settingsOf(options) {
+  if (typeof options?.url !== "string") throw new TypeError("RelayClient: options.url is required");
+  const url = new URL(options.url);
+  if (url.protocol !== "ws:" && url.protocol !== "wss:") {
+    throw new TypeError(`RelayClient: url must be a ws:// or wss:// URL, got ${options.url}`);
+  }
+  const { token } = options;
+  if (!(typeof token === "string" && token !== "") && typeof token !== "function") {
+    throw new TypeError("RelayClient: token must be a non-empty string or a function returning one");
+  }
+  const transport = options.transport ?? "auto";
+  if (!TRANSPORTS.includes(transport)) {
+    throw new TypeError(`RelayClient: transport must be one of ${TRANSPORTS.join(", ")}`);
+  }
+  const backoff = options.backoff ?? {};
+  return Object.freeze({
+    url: url.href,
+    sseUrl: sseUrlOf(url),
+    token,
+    transport,
+    backoff: { min: positive(backoff.min, 250, "backoff.min"), max: positive(backoff.max, 30000, "backoff.max") },
+    requestTimeout: positive(options.requestTimeout, 10000, "requestTimeout"),
+    connectTimeout: positive(options.connectTimeout, 10000, "connectTimeout"),
+    bufferSize: Math.floor(positive(options.bufferSize, 1024, "bufferSize")),
+  });
+}
+
+function positive(value, fallback, name) {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !(value >= 1) || value === Infinity) {
+    throw new TypeError(`RelayClient: ${name} must be a finite number >= 1`);
+  }
+  return value;
+}
+
+/** What the client uses from its environment; tests inject fakes. */
+function environmentOf(options) {
+  return {
+    WebSocket: options.WebSocket ?? globalThis.WebSocket,
+    EventSource: options.EventSource ?? globalThis.EventSource,
+    // Browsers require `fetch` and the timer functions to be called on the global object.
+    fetch: options.fetch ?? globalThis.fetch?.bind(globalThis),
+    random: options.random ?? Math.random,
+    setTimeout: options.setTimeout ?? globalThis.setTimeout.bind(globalThis),
+    clearTimeout: options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis),
+  };
+}
+
+/** The SSE endpoint beside the WebSocket one: ws→http, wss→https, a trailing `/ws` → `/sse`. */
+function sseUrlOf(wsUrl) {
+  const url = new URL(wsUrl.href);
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = `${url.pathname.replace(/\/(ws\/?)?$/, "")}/sse`;
+  url.search = "";
+  url.hash = "";
+  return url.href;
+}
+
+function heartbeatOf(welcome) {
+  const ms = welcome.heartbeat_ms;
+  return Number.isFinite(ms) && ms > 0 ? Math.max(MIN_HEARTBEAT_MS, ms) : DEFAULT_HEARTBEAT_MS;
+}
+
+function retryAfterMs(headers) {
+  const value = headers?.get?.("retry-after");
+  const seconds = value == null || value === "" ? NaN : Number(value);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : DEFAULT_RETRY_AFTER_MS;
+}
+
+/** A server frame: a JSON object with a string `type`, or null for anything else. */
+function parseFrame(text) {
+  const frame = parseJson(text);
+  return frame !== null && typeof frame === "object" && typeof frame.type === "string" ? frame : null;
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+/** A fresh idempotency key (visible ASCII, as the protocol requires). */
+function randomKey() {
+  const { crypto } = globalThis;
+  // randomUUID exists only in secure contexts (https, localhost); getRandomValues everywhere.
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((onResolve, onReject) => {
+    resolve = onResolve;
+    reject = onReject;
+  });
+  return { promise, resolve, reject };
+}
