@@ -94,12 +94,22 @@ fn chromium(ci: bool) -> Result<Option<PathBuf>, String> {
     if !ci {
         return Ok(None);
     }
-    run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "chromium"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        "installing Debian's chromium",
-    )?;
+    let install = || {
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "chromium"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "installing Debian's chromium",
+        )
+    };
+    // A fresh machine may have no package lists yet.
+    if install().is_err() {
+        run(
+            Command::new("apt-get").args(["update", "-q"]),
+            "apt-get update",
+        )?;
+        install()?;
+    }
     Ok(debian.is_file().then_some(debian))
 }
 
