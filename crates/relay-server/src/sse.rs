@@ -2,8 +2,9 @@
 //!
 //! `GET /sse?token=…` opens a session on a hub [`Connection`], exactly as `/ws` does (same
 //! token check, caps, frames, limits and recovery with `since`): every server frame is one
-//! event whose `data` is the frame's JSON, starting with `welcome`. The client sends its
-//! frames with `POST /sse/{connection_id}` (same token), a JSON array of client frames per
+//! event whose `data` is the frame's JSON, starting with `welcome`, whose `connection_id` is
+//! a random name for the session. The client sends its frames with
+//! `POST /sse/{connection_id}` (same token), a JSON array of client frames per
 //! request, handled in order; their replies arrive on the event stream. A named `heartbeat`
 //! event comes every heartbeat, and the end of a session is a named `close` event carrying
 //! the close code and reason a WebSocket would have got (4001, 4008, 1001, …).
@@ -110,8 +111,15 @@ async fn open<B>(app: &App, req: &Request<B>) -> Response<Body> {
         }
     };
     let conn = app.inner.hub.connect(identity);
-    conn.send(&conn.welcome(app.inner.config.heartbeat_ms));
-    let id = conn.id().to_string();
+    // The session's name for its POSTs: random, so that it is unique across the nodes of a
+    // cluster (a POST that reaches another node finds nothing, never another session) and
+    // cannot be guessed.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    conn.send(&relay_proto::ServerFrame::Welcome {
+        connection_id: id.clone(),
+        user: conn.identity().user.clone(),
+        heartbeat_ms: app.inner.config.heartbeat_ms,
+    });
     let session = Arc::new(Session {
         conn,
         handling: tokio::sync::Mutex::new(()),
