@@ -2,7 +2,8 @@
 //! with 1, 8 and 64 concurrent publishers, group commit (`PgStore`) on a single node and in
 //! cluster mode (each group commit also carries its `NOTIFY` of commit pointers), against an
 //! in-repo baseline that commits one INSERT per message; then publish-to-delivery latency at
-//! a paced 1,000 publishes/s. Needs `DATABASE_URL`; runs in a fresh database.
+//! a paced 1,000 publishes/s. Group commit also runs with an idempotency key on every publish
+//! (what relay-client sends). Needs `DATABASE_URL`; runs in a fresh database.
 //!
 //! Flags: `--seconds N` per run (default 3), `--json` for one JSON object per row.
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use relay_core::{Hub, HubConfig, Identity, Publish};
-use relay_proto::{ChannelName, ClientFrame, Payload, Seq, ServerFrame, UserId};
+use relay_proto::{ChannelName, ClientFrame, IdempotencyKey, Payload, Seq, ServerFrame, UserId};
 use relay_store::conformance::AppendHook;
 use relay_store::testing::TestDatabase;
 use relay_store::{Appended, NewMessage, PgStore, PgStoreOptions, Store, StoreError, StoreResult};
@@ -88,8 +89,9 @@ fn payload(n: u64) -> Payload {
     Payload::from_json(&format!(r#"{{"n":{n},"body":"0123456789012345678901234567890123456789012345678901234567890123456789"}}"#)).unwrap()
 }
 
-/// Publishes through the hub from `publishers` tasks for `duration`; returns publishes/s.
-async fn throughput(hub: &Hub, publishers: usize, duration: Duration) -> f64 {
+/// Publishes through the hub from `publishers` tasks for `duration`, each publish with a
+/// fresh idempotency key when `keyed`; returns publishes/s.
+async fn throughput(hub: &Hub, publishers: usize, duration: Duration, keyed: bool) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -99,9 +101,11 @@ async fn throughput(hub: &Hub, publishers: usize, duration: Duration) -> f64 {
             let channel = ChannelName::parse(&format!("bench:{p}")).unwrap();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                hub.publish(Publish::new(channel.clone(), payload(n)))
-                    .await
-                    .unwrap();
+                let mut publish = Publish::new(channel.clone(), payload(n));
+                if keyed {
+                    publish = publish.idempotency_key(IdempotencyKey::random());
+                }
+                hub.publish(publish).await.unwrap();
                 done.fetch_add(1, Ordering::Relaxed);
                 n += 1;
             }
@@ -198,13 +202,14 @@ async fn main() {
     }
     let mut at_64 = (0.0, 0.0);
     for publishers in [1, 8, 64] {
-        for (name, store) in [
-            ("group commit (PgStore)", &group),
-            ("group commit, cluster (NOTIFY)", &clustered),
-            ("baseline: 1 INSERT/message", &baseline),
+        for (name, store, keyed) in [
+            ("group commit (PgStore)", &group, false),
+            ("group commit, idempotency keys", &group, true),
+            ("group commit, cluster (NOTIFY)", &clustered, false),
+            ("baseline: 1 INSERT/message", &baseline, false),
         ] {
             let hub = Hub::new(store.clone(), HubConfig::default());
-            let rate = throughput(&hub, publishers, duration).await;
+            let rate = throughput(&hub, publishers, duration, keyed).await;
             if publishers == 64 && name.starts_with("group commit (") {
                 at_64.0 = rate;
             } else if publishers == 64 && name.starts_with("group commit, cluster") {

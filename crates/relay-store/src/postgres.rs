@@ -11,9 +11,12 @@
 //! seqs back) and unrelated channels never wait for each other.
 //!
 //! Idempotency keys live in `publish_keys`, written in the transaction that stores their
-//! message. They are looked up with the channels' counter rows already locked, so a commit
-//! of the same key by another node has either committed (and is seen) or waits for this one:
-//! a key is stored once across the cluster. A background task prunes expired keys.
+//! message. A commit first assumes its keys are new and inserts them with
+//! `ON CONFLICT DO NOTHING`; if one was already there (a retry, rare), it rolls back and
+//! commits the batch again after looking every key up, with the channels' counter rows
+//! locked, so a commit of the same key by another node has either committed (and is seen)
+//! or waits for this one: a key is stored once across the cluster. A background task prunes
+//! expired keys.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -322,15 +325,46 @@ enum Role {
     Repeat(Original),
 }
 
-/// One transaction: reserve seqs per channel, answer repeated idempotency keys, insert every
-/// new message and its key, notify the cluster (one notification per transaction, not per
-/// message: `NOTIFY` serialises commits behind a global lock), commit.
+/// How a commit treats idempotency keys that may have been stored before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// Assume every key is new (the common case: a repeat is a rare retry) and insert the
+    /// keys with `ON CONFLICT DO NOTHING`; if one was there, the transaction is abandoned
+    /// and the batch committed again with [`Keys::LookUp`].
+    Optimistic,
+    /// Look every key up first (with the counter rows locked), answer repeats, give their
+    /// seqs back, and replace keys past the window.
+    LookUp,
+}
+
+/// Commits a batch: optimistically, and again with a look-up when a key was known.
 async fn commit(
     pool: &PgPool,
     batch: &[Append],
     node: Option<&str>,
     window: Duration,
 ) -> StoreResult<Vec<Committed>> {
+    if let Some(outcomes) = commit_with(pool, batch, node, window, Keys::Optimistic).await? {
+        return Ok(outcomes);
+    }
+    commit_with(pool, batch, node, window, Keys::LookUp)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Corrupt("an idempotency key conflicted after its look-up".into())
+        })
+}
+
+/// One transaction: reserve seqs per channel, answer repeated idempotency keys, insert every
+/// new message and its key, notify the cluster (one notification per transaction, not per
+/// message: `NOTIFY` serialises commits behind a global lock), commit. `None` (and nothing
+/// committed) when an optimistic commit met a key stored before.
+async fn commit_with(
+    pool: &PgPool,
+    batch: &[Append],
+    node: Option<&str>,
+    window: Duration,
+    mode: Keys,
+) -> StoreResult<Option<Vec<Committed>>> {
     // A key used twice in one batch: the later append follows the first.
     let mut roles = vec![Role::Store; batch.len()];
     let mut first_of: HashMap<KeyScope<'_>, usize> = HashMap::new();
@@ -386,7 +420,7 @@ async fn commit(
             .map_or(0, |(_, k)| *k);
         next.insert(channel, last - count + 1);
     }
-    if !first_of.is_empty() {
+    if !first_of.is_empty() && mode == Keys::LookUp {
         find_repeats(&mut tx, batch, &mut roles, window).await?;
     }
     let mut given_back: HashMap<&str, i64> = HashMap::new();
@@ -446,7 +480,11 @@ async fn commit(
         columns.insert(&mut tx).await?;
     }
     if !keys.seqs.is_empty() {
-        keys.insert(&mut tx).await?;
+        let inserted = keys.insert(&mut tx, mode).await?;
+        if inserted < keys.seqs.len() as u64 {
+            // A key was stored before: dropping the transaction rolls it back.
+            return Ok(None);
+        }
     }
     if let Some(node) = node
         && !touched.is_empty()
@@ -461,7 +499,7 @@ async fn commit(
             .map_err(map_err)?;
     }
     tx.commit().await.map_err(map_err)?;
-    Ok(outcomes)
+    Ok(Some(outcomes))
 }
 
 /// Marks the appends whose key was committed within `window` as repeats. Runs with the
@@ -482,12 +520,16 @@ async fn find_repeats(
         }
     }
     let rows = sqlx::query(
+        // LATERAL: one primary-key lookup per key, whatever the planner guesses of the
+        // arrays' size (a hash join would scan the whole table).
         "SELECT k.channel, k.publisher, k.key, k.seq, k.message_id,
                 (round(extract(epoch FROM k.ts) * 1000))::bigint AS ts_ms
-         FROM publish_keys k
-         JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS u(c, p, k)
-           ON k.channel = u.c AND k.publisher = u.p AND k.key = u.k
-         WHERE k.created_at >= now() - $4 * interval '1 millisecond'",
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(c, p, k)
+         CROSS JOIN LATERAL (
+             SELECT * FROM publish_keys
+             WHERE channel = u.c AND publisher = u.p AND key = u.k
+               AND created_at >= now() - $4 * interval '1 millisecond'
+         ) AS k",
     )
     .bind(&channels)
     .bind(&publishers)
@@ -591,27 +633,39 @@ impl<'a> KeyColumns<'a> {
         self.ts.push(m.ts.unix_millis() as i64);
     }
 
-    /// Inserts the keys; an expired row of the same key is replaced.
-    async fn insert(&self, tx: &mut Transaction<'_, sqlx::Postgres>) -> StoreResult<()> {
-        sqlx::query(
+    /// Inserts the keys and returns how many rows were written. Optimistically, a key that
+    /// is already there is left alone (the caller starts over); after a look-up, the only
+    /// keys still there are expired ones, which are replaced.
+    async fn insert(
+        &self,
+        tx: &mut Transaction<'_, sqlx::Postgres>,
+        mode: Keys,
+    ) -> StoreResult<u64> {
+        let on_conflict = match mode {
+            Keys::Optimistic => "DO NOTHING",
+            Keys::LookUp => {
+                "DO UPDATE SET seq = EXCLUDED.seq, message_id = EXCLUDED.message_id,
+                 ts = EXCLUDED.ts, created_at = now()"
+            }
+        };
+        let sql = format!(
             "INSERT INTO publish_keys (channel, publisher, key, seq, message_id, ts)
              SELECT c, p, k, s, i, to_timestamp(t::float8 / 1000)
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::bigint[])
                   AS u(c, p, k, s, i, t)
-             ON CONFLICT (channel, publisher, key) DO UPDATE SET
-                 seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, ts = EXCLUDED.ts,
-                 created_at = now()",
-        )
-        .bind(&self.channels)
-        .bind(&self.publishers)
-        .bind(&self.keys)
-        .bind(&self.seqs)
-        .bind(&self.ids)
-        .bind(&self.ts)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
-        Ok(())
+             ON CONFLICT (channel, publisher, key) {on_conflict}"
+        );
+        let done = sqlx::query(&sql)
+            .bind(&self.channels)
+            .bind(&self.publishers)
+            .bind(&self.keys)
+            .bind(&self.seqs)
+            .bind(&self.ids)
+            .bind(&self.ts)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
     }
 }
 
