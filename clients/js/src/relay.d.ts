@@ -33,7 +33,11 @@ export interface RelayClientOptions {
   backoff?: { min?: number; max?: number };
   /** How long `subscribe`, `publish`, `signal` and `presence` may take, in ms (default 10000). */
   requestTimeout?: number;
-  /** How long a connection attempt may wait for its `welcome`, in ms (default 10000). */
+  /**
+   * How long a connection attempt may take, in ms (default 10000): from asking the token
+   * provider to the `welcome`. A provider that does not answer in time fails the attempt
+   * like a missing `welcome` does, and the backoff tries again; its late answer is ignored.
+   */
   connectTimeout?: number;
   /** Events buffered per subscription for its async iterator (default 1024). */
   bufferSize?: number;
@@ -93,9 +97,9 @@ export interface ClientEventMap {
   /** A session began (the first, or after a reconnect); subscriptions are being restored. */
   connected: { connectionId: string; transport: Transport };
   /**
-   * The session was lost. `code` is the close code (1001, 4001, 4002, 4008, …), or `null`
-   * when the client detected the loss itself (watchdog, failed POST). A reconnect follows
-   * unless the client closes.
+   * The session was lost. `code` is the close code (1001, 4001, 4002, 4008, …; 4001 also for
+   * an SSE POST answered 401), or `null` when the client detected the loss itself (watchdog,
+   * failed POST). A reconnect follows unless the client closes.
    */
   disconnected: { code: number | null; reason: string };
   /** The client closed for good: `close()`, or a fixed token refused with 4001. */
@@ -206,7 +210,11 @@ export type RelayErrorCode =
   | "timeout"
   /** A persistent publish was sent but not acknowledged in time: it may be stored. */
   | "unconfirmed"
-  /** The connection dropped before the reply (not for persistent publishes), or the offline queue is full. */
+  /**
+   * The connection dropped before the reply (not for persistent publishes, which wait for
+   * the next connection), or, at once and with nothing sent, the client is not connected
+   * and 1000 requests are already queued.
+   */
   | "disconnected"
   /** The client is closed. */
   | "closed"
@@ -261,16 +269,38 @@ export class RelayClient {
    * Subscribes to `channel`; resolves after the server's `subscribed`. The subscription is
    * restored after every reconnect from its {@link Subscription.lastSeq}. Rejects with the
    * server's code (`"forbidden"`, …), `"bad_request"` when this client is already
-   * subscribed, `"disconnected"` when the connection dropped before the reply.
+   * subscribed, `"disconnected"` when the connection dropped before the reply, `"timeout"`
+   * when no reply came within `requestTimeout`. A subscribe that timed out may still take
+   * effect on the server: the client undoes it when its late `subscribed` arrives, or, when
+   * the channel is subscribed again first, sends `unsubscribe` before the new `subscribe`,
+   * so that exactly one subscription remains.
    */
   subscribe(channel: string, options?: SubscribeOptions): Promise<Subscription>;
 
   /**
    * Publishes `payload` (any JSON value). A persistent publish resolves once the message is
    * stored, with its seq; it is sent again with the same idempotency key after a reconnect
-   * that lost its ack, so it is stored once. It rejects with the server's code, `"timeout"`
-   * (never sent: not stored) or `"unconfirmed"` (sent, no ack in time: maybe stored; see
-   * {@link RelayError.idempotencyKey}); never with `"disconnected"`.
+   * that lost its ack, so it is stored once. It rejects with:
+   *
+   * - the server's code (`"forbidden"`, `"too_large"`, `"rate_limited"`, …): refused, not
+   *   stored;
+   * - `"bad_request"` from the client itself: at once, with nothing sent, when the payload
+   *   cannot be encoded as JSON (a BigInt, a cycle);
+   * - `"timeout"`: persistent: never sent within `requestTimeout`, so not stored; ephemeral:
+   *   no ack within `requestTimeout`;
+   * - `"unconfirmed"`: persistent, sent, no ack within `requestTimeout`: maybe stored (see
+   *   {@link RelayError.idempotencyKey});
+   * - `"disconnected"`: at once, with nothing sent, when the client is not connected and
+   *   1000 requests are already queued; for an ephemeral publish, also when the connection
+   *   drops before its ack (maybe delivered). A persistent publish that was accepted never
+   *   rejects with it: a lost connection makes it wait for the next one;
+   * - `"rate_limited"` from the client itself: at once, with nothing sent, when connected and
+   *   1000 requests already wait for the server;
+   * - `"closed"`: the client is closed, or `close()` was called while it waited (maybe
+   *   stored, if it had been sent);
+   * - `"unauthorized"`: a fixed token was refused while it waited (maybe stored, if it had
+   *   been sent);
+   * - `"protocol"`: the server answered with another frame than `ack`.
    */
   publish(channel: string, payload: unknown, options?: PublishOptions): Promise<Ack>;
 

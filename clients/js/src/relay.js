@@ -41,6 +41,13 @@ const WEBSOCKET_FAILURES_BEFORE_SSE = 2;
 const SUBPROTOCOL = "relay.v1.json";
 /** Wait before re-posting a batch answered 429 without a usable `Retry-After`. */
 const DEFAULT_RETRY_AFTER_MS = 1000;
+/** The server answers 400 to a POST of more frames than this. */
+const SSE_MAX_FRAMES_PER_POST = 32;
+/**
+ * The server answers 413 to a POST body over 4 × `max_frame_bytes`; the client cannot know
+ * the server's setting and keeps under the default's (131072 bytes).
+ */
+const SSE_MAX_POST_BYTES = 4 * 131072;
 
 /** Why an operation failed: a server error code, or one of the client's own. */
 export class RelayError extends Error {
@@ -54,6 +61,20 @@ export class RelayError extends Error {
     this.name = "RelayError";
     this.code = code;
     this.idempotencyKey = idempotencyKey;
+  }
+}
+
+/**
+ * Why `payload` cannot be sent (a BigInt, a cycle), checked when the request is made: a frame
+ * that fails to encode later would stall the transport's queue.
+ * @returns {RelayError | null}
+ */
+function encodingError(payload) {
+  try {
+    JSON.stringify(payload ?? null);
+    return null;
+  } catch (cause) {
+    return new RelayError("bad_request", `the payload cannot be encoded as JSON: ${cause.message}`, { cause });
   }
 }
 
@@ -129,11 +150,13 @@ export class RelayClient {
       request.since = since ?? null;
       route.awaiting = request.id;
       this.#routes.set(channel, route);
-      return [subscribeFrame(request.id, channel, request.since)];
+      return this.#subscribeFrames(request.id, channel, request.since);
     });
   }
 
   publish(channel, payload, { event, ephemeral = false, idempotencyKey } = {}) {
+    const unencodable = encodingError(payload);
+    if (unencodable) return Promise.reject(unencodable);
     const frame = { type: "publish", channel, payload: payload ?? null };
     if (event !== undefined) frame.event = event;
     if (ephemeral) {
@@ -151,6 +174,8 @@ export class RelayClient {
    * without an error for the signal before it, the server relayed the signal.
    */
   signal(channel, to, payload, { event } = {}) {
+    const unencodable = encodingError(payload);
+    if (unencodable) return Promise.reject(unencodable);
     return this.#issue("signal", (request) => {
       request.fence = this.#nextId++;
       const frame = { type: "signal", id: request.id, channel, to, payload: payload ?? null };
@@ -225,10 +250,7 @@ export class RelayClient {
     if (queued >= 0) this.#outbox.splice(queued, 1);
     if (request.kind === "subscribe") this.#dropRoute(request.route, request.id);
     this.#finish(request, timeoutError(request));
-    if (request.kind === "subscribe" && request.sent) {
-      // The server may still subscribe us: remember to undo it when its reply comes.
-      this.#pending.set(request.id, { kind: "abandoned", channel: request.route.channel });
-    }
+    if (request.kind === "subscribe" && request.sent) this.#abandon(request.id, request.route.channel);
   }
 
   // Connection lifecycle
@@ -241,7 +263,7 @@ export class RelayClient {
     this.#user = user;
     const frames = [];
     for (const route of this.#routes.values()) {
-      if (route.confirmed) frames.push(this.#restoreFrame(route));
+      if (route.confirmed) frames.push(...this.#restoreFrames(route));
     }
     for (const request of this.#outbox.splice(0)) frames.push(...this.#register(request));
     if (frames.length > 0) this.#connection.send(frames);
@@ -256,7 +278,10 @@ export class RelayClient {
   #lost({ code, reason }) {
     const resend = [];
     for (const entry of new Set(this.#pending.values())) {
-      if (!(entry instanceof Request)) continue;
+      if (!(entry instanceof Request)) {
+        this.#env.clearTimeout(entry.timer);
+        continue;
+      }
       if (entry.kind === "publish") {
         resend.push(entry);
         continue;
@@ -275,6 +300,7 @@ export class RelayClient {
   #shutdown(error) {
     for (const entry of new Set([...this.#pending.values(), ...this.#outbox])) {
       if (entry instanceof Request) this.#finish(entry, error);
+      else this.#env.clearTimeout(entry.timer);
     }
     this.#pending.clear();
     this.#outbox = [];
@@ -351,18 +377,54 @@ export class RelayClient {
 
   // Subscriptions
 
-  /** A subscribe frame that brings `route` back from its cursor. */
-  #restoreFrame(route) {
+  /**
+   * The frames of a subscribe (or restore) of `channel`. A subscribe of the channel that
+   * timed out may still succeed on the server: this one would then be refused as a second
+   * subscription, or ended by the `unsubscribe` that the late `subscribed` triggers. So the
+   * abandoned subscribe is forgotten and an `unsubscribe` goes first. The server handles
+   * frames in order, so exactly the new subscription remains, whatever became of the old
+   * one; an `unsubscribe` with nothing to undo is refused harmlessly, and that reply, like
+   * the late one, matches nothing pending. (Adopting the late reply for the new subscribe
+   * instead would have to reconcile two `since` values and two timers.)
+   */
+  #subscribeFrames(id, channel, since) {
+    const frames = [subscribeFrame(id, channel, since)];
+    if (this.#forgetAbandoned(channel)) frames.unshift({ type: "unsubscribe", id: this.#nextId++, channel });
+    return frames;
+  }
+
+  /** A subscribe sent and given up on: if the server confirms it after all, it is undone. */
+  #abandon(id, channel) {
+    this.#pending.set(id, { kind: "abandoned", channel });
+  }
+
+  /** Forgets the abandoned subscribes of `channel`; returns whether there were any. */
+  #forgetAbandoned(channel) {
+    let found = false;
+    for (const [id, entry] of this.#pending) {
+      if (entry.kind === "abandoned" && entry.channel === channel) {
+        this.#pending.delete(id);
+        found = true;
+      }
+    }
+    return found;
+  }
+
+  /** The subscribe frames that bring `route` back from its cursor. */
+  #restoreFrames(route) {
     route.cancelRetry();
     const id = this.#nextId++;
     route.awaiting = id;
-    this.#pending.set(id, { kind: "restore", route, since: route.cursor });
-    return subscribeFrame(id, route.channel, route.cursor);
+    const restore = { kind: "restore", route, since: route.cursor, timer: null };
+    restore.timer = this.#env.setTimeout(() => this.#restoreExpired(id, restore), this.#settings.requestTimeout);
+    this.#pending.set(id, restore);
+    return this.#subscribeFrames(id, route.channel, route.cursor);
   }
 
   /** Refusals that will not change end the subscription; passing ones are retried. */
   #restoreAnswered(id, restore, frame) {
     this.#pending.delete(id);
+    this.#env.clearTimeout(restore.timer);
     const { route } = restore;
     if (this.#routes.get(route.channel) !== route || route.awaiting !== id) return;
     if (frame.type === "subscribed") {
@@ -370,15 +432,33 @@ export class RelayClient {
       if (notice !== null) route.deliver(notice);
     } else if (frame.type === "error" && PASSING_ERRORS.has(frame.code)) {
       route.awaiting = null;
-      route.retryIn(RESTORE_RETRY_MS, () => this.#retryRestore(route));
+      this.#restoreLater(route);
     } else if (frame.type === "error") {
       this.#endRoute(route, { code: frame.code, reason: frame.message ?? "" });
     }
   }
 
+  /**
+   * A restore without a reply in time (its reply lost, or an error frame without an id,
+   * such as the connection's frame rate limit) would leave the subscription dropping its
+   * frames until the next reconnect. It is abandoned and tried again like a passing
+   * refusal. `awaiting` stays set meanwhile: frames of a subscription that the abandoned
+   * restore may have started are dropped, since the retry replays them from the cursor.
+   */
+  #restoreExpired(id, restore) {
+    if (this.#pending.get(id) !== restore) return;
+    this.#abandon(id, restore.route.channel);
+    const { route } = restore;
+    if (this.#routes.get(route.channel) === route && route.awaiting === id) this.#restoreLater(route);
+  }
+
+  #restoreLater(route) {
+    route.retryIn(RESTORE_RETRY_MS, () => this.#retryRestore(route));
+  }
+
   #retryRestore(route) {
     if (this.#connection.isOpen && this.#routes.get(route.channel) === route) {
-      this.#connection.send([this.#restoreFrame(route)]);
+      this.#connection.send(this.#restoreFrames(route));
     }
   }
 
@@ -703,13 +783,16 @@ class Connection {
   #token = null;
   /** A token the server refused with 4001: automatic reconnects never use it again. */
   #refusedToken = null;
-  /** Bumped by each attempt and by `close`, so that a token provider's late answer is ignored. */
+  /**
+   * Bumped by each attempt, by its timeout and by `close`, so that a token provider's late
+   * answer is ignored.
+   */
   #generation = 0;
   /** The promise of `start`, until the first welcome or failure. */
   #first = null;
   #heartbeatMs = DEFAULT_HEARTBEAT_MS;
   #retryTimer = null;
-  #welcomeTimer = null;
+  #connectTimer = null;
   #watchdogTimer = null;
   #pingTimer = null;
 
@@ -763,6 +846,9 @@ class Connection {
 
   async #attempt() {
     const generation = ++this.#generation;
+    // The timeout runs from before the token is asked for: a provider that never settles
+    // fails the attempt like a server that never welcomes, and the backoff tries again.
+    this.#connectTimer = this.#env.setTimeout(() => this.#attemptTimedOut(), this.#settings.connectTimeout);
     let token;
     try {
       token = await this.#nextToken();
@@ -774,6 +860,7 @@ class Connection {
     }
     if (generation !== this.#generation) return;
     if (token === this.#refusedToken) {
+      this.#env.clearTimeout(this.#connectTimer);
       this.#retryIn(this.#backoff.next());
       return;
     }
@@ -783,12 +870,17 @@ class Connection {
     } catch (cause) {
       const reason = `cannot open a ${this.#kind} connection: ${cause?.message ?? cause}`;
       this.#attemptFailed({ code: null, reason, error: new RelayError("disconnected", reason, { cause }), transport: true });
-      return;
     }
-    this.#welcomeTimer = this.#env.setTimeout(() => {
-      const reason = `no welcome within ${this.#settings.connectTimeout} ms`;
-      this.#attemptFailed({ code: null, reason, error: new RelayError("timeout", reason), transport: true });
-    }, this.#settings.connectTimeout);
+  }
+
+  #attemptTimedOut() {
+    // The attempt is over: a token that arrives from now on is ignored.
+    this.#generation += 1;
+    const waited = this.#transport === null ? "token" : "welcome";
+    const reason = `no ${waited} within ${this.#settings.connectTimeout} ms`;
+    const error = new RelayError("timeout", reason);
+    // A slow token provider says nothing about whether the transport works.
+    this.#attemptFailed({ code: null, reason, error, transport: waited === "welcome" });
   }
 
   async #nextToken() {
@@ -821,7 +913,7 @@ class Connection {
   }
 
   #welcomed(frame) {
-    this.#env.clearTimeout(this.#welcomeTimer);
+    this.#env.clearTimeout(this.#connectTimer);
     this.#backoff.reset();
     if (this.#kind === "websocket") this.#webSocketWelcomed = true;
     this.#state = "open";
@@ -935,7 +1027,7 @@ class Connection {
 
   /** Stops the current attempt or session. */
   #teardown() {
-    this.#env.clearTimeout(this.#welcomeTimer);
+    this.#env.clearTimeout(this.#connectTimer);
     this.#env.clearTimeout(this.#watchdogTimer);
     this.#env.clearTimeout(this.#pingTimer);
     this.#transport?.close();
@@ -1001,7 +1093,8 @@ class WebSocketTransport {
 
 /**
  * A Server-Sent Events session: server frames arrive on an EventSource, client frames are
- * POSTed as JSON arrays, one POST in flight at a time, so that frames keep their order.
+ * POSTed as JSON arrays, one POST in flight at a time, so that frames keep their order, and
+ * each within the server's limits for one POST.
  */
 class SseTransport {
   #base;
@@ -1069,29 +1162,54 @@ class SseTransport {
   #post() {
     if (this.#posting || this.#closed || this.#queue.length === 0) return;
     this.#posting = true;
-    this.#deliver(this.#queue.splice(0));
+    this.#deliver(this.#nextBody());
   }
 
-  #deliver(batch) {
+  /**
+   * Takes the frames of the next POST from the front of the queue, as its JSON body: at
+   * most as many as the server accepts in one request, since it refuses the whole request
+   * (400 or 413) otherwise and the session would be lost again and again. The rest waits
+   * for the next POST, which follows once this one is answered, so the order holds. A
+   * frame that is too large on its own still goes, alone: only the server can judge it.
+   */
+  #nextBody() {
+    const texts = [];
+    let bytes = 2; // the brackets
+    while (this.#queue.length > 0 && texts.length < SSE_MAX_FRAMES_PER_POST) {
+      const text = JSON.stringify(this.#queue[0]);
+      const size = utf8Length(text) + (texts.length > 0 ? 1 : 0); // and its comma
+      if (texts.length > 0 && bytes + size > SSE_MAX_POST_BYTES) break;
+      texts.push(text);
+      bytes += size;
+      this.#queue.shift();
+    }
+    return `[${texts.join(",")}]`;
+  }
+
+  #deliver(body) {
     const init = {
       method: "POST",
       headers: { authorization: `Bearer ${this.#token}`, "content-type": "application/json" },
-      body: JSON.stringify(batch),
+      body,
       signal: this.#abort.signal,
     };
     this.#env.fetch(this.#postUrl, init).then(
-      (response) => this.#delivered(batch, response),
+      (response) => this.#delivered(body, response),
       (error) => this.#lose(null, `POST failed: ${error?.message ?? error}`),
     );
   }
 
-  #delivered(batch, response) {
+  #delivered(body, response) {
     if (this.#closed) return;
     if (response.ok) {
       this.#posting = false;
       this.#post();
     } else if (response.status === 429) {
-      this.#retryTimer = this.#env.setTimeout(() => this.#deliver(batch), retryAfterMs(response.headers));
+      this.#retryTimer = this.#env.setTimeout(() => this.#deliver(body), retryAfterMs(response.headers));
+    } else if (response.status === 401) {
+      // The token expired or was revoked: like a WebSocket closed with 4001, so that the
+      // provider is asked for a new token (or a fixed token stops the client).
+      this.#lose(UNAUTHORIZED, "the server refused the token (HTTP 401)");
     } else if (response.status === 404 || response.status === 410) {
       this.#lose(null, `the SSE session is gone (HTTP ${response.status})`);
     } else {
@@ -1256,6 +1374,11 @@ function retryAfterMs(headers) {
 function parseFrame(text) {
   const frame = parseJson(text);
   return frame !== null && typeof frame === "object" && typeof frame.type === "string" ? frame : null;
+}
+
+/** The size of `text` in UTF-8, as `fetch` sends it. */
+function utf8Length(text) {
+  return new TextEncoder().encode(text).length;
 }
 
 function parseJson(text) {

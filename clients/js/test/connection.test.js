@@ -225,3 +225,41 @@ test("handlers are removed by the function that on returns, and unknown events a
   assert.equal(calls, 0);
   assert.throws(() => client.on("conected", () => {}), TypeError);
 });
+
+test("a token provider that never settles fails the attempt after connectTimeout; its late token is ignored", async () => {
+  let hung;
+  const answers = [() => "t1", () => new Promise((resolve) => (hung = resolve)), () => "t2"];
+  let calls = 0;
+  const { client, clock, ws, connect } = harness({ token: async () => answers[calls++](), connectTimeout: 5000 });
+  const events = record(client, ["disconnected", "connected"]);
+  const socket = await connect();
+
+  socket.drop(1006);
+  await clock.advance(0);
+  assert.equal(calls, 2);
+  await clock.advance(4999);
+  assert.equal(ws.sockets.length, 1, "still waiting for the token");
+  await clock.advance(1);
+  assert.equal(calls, 3, "the timed-out attempt was followed by a new one");
+  const next = await ws.socket(1);
+  assert.equal(next.token, "t2");
+  next.welcome();
+  await flush();
+  assert.equal(client.state, "open");
+
+  hung("late");
+  await clock.advance(60000);
+  assert.equal(ws.sockets.length, 2, "the late token opened nothing");
+  assert.deepEqual(events.map((event) => event.type), ["connected", "disconnected", "connected"]);
+});
+
+test("connect rejects with timeout when the token provider never settles", async () => {
+  const { client, clock, ws } = harness({ token: () => new Promise(() => {}), transport: "auto", connectTimeout: 5000 });
+  const connecting = client.connect();
+  const rejected = assert.rejects(connecting, { code: "timeout", message: "no token within 5000 ms" });
+  await clock.advance(5000);
+  await rejected;
+  assert.equal(client.state, "idle");
+  assert.equal(client.transport, "websocket", "a slow token provider is not a transport failure");
+  assert.equal(ws.sockets.length, 0);
+});

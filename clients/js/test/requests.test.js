@@ -256,3 +256,24 @@ test("typing never rejects", async () => {
   client.close();
   assert.equal(await client.typing("chat:2"), undefined);
 });
+
+test("a payload that cannot be encoded is refused at once and stalls nothing", async () => {
+  const { client, connect } = harness();
+  const socket = await connect();
+  const cyclic = {};
+  cyclic.self = cyclic;
+
+  for (const attempt of [
+    () => client.publish("chat:1", { n: 1n }),
+    () => client.publish("chat:1", cyclic, { ephemeral: true }),
+    () => client.signal("chat:1", "bob", cyclic),
+  ]) {
+    await assert.rejects(attempt(), (e) => e instanceof RelayError && e.code === "bad_request");
+  }
+  // The next publish goes out and is answered as usual.
+  const publishing = client.publish("chat:1", { ok: true });
+  const frame = await socket.sent.next("publish");
+  assert.deepEqual(frame.payload, { ok: true });
+  socket.push(ack(frame, { seq: 1 }));
+  assert.equal((await publishing).seq, 1);
+});

@@ -176,3 +176,94 @@ test("an EventSource error closes it and reconnects through the client's backoff
   await clock.advance(400);
   await sse.source(1);
 });
+
+test("a burst is POSTed 32 frames at a time, each POST after the previous one's answer, in order", async () => {
+  const { client, http } = await connectSse();
+
+  // The first publish is POSTed at once; the others wait for its answer.
+  const publishing = [];
+  for (let i = 0; i < 70; i++) publishing.push(client.publish("chat:42", i));
+  const batches = [];
+  for (let post = 0; post < 4; post++) {
+    await flush();
+    assert.equal(http.requests.length, post + 1, "one POST in flight");
+    batches.push(await answer(http));
+  }
+  assert.deepEqual(batches.map((batch) => batch.length), [1, 32, 32, 5]);
+  assert.deepEqual(batches.flat().map((frame) => frame.payload), Array.from({ length: 70 }, (_, i) => i));
+  client.close();
+  await Promise.allSettled(publishing);
+});
+
+test("the restores after a reconnect are split into POSTs of at most 32 frames", async () => {
+  const { client, clock, sse, http, source } = await connectSse();
+  http.autoStatus = 204;
+  for (let i = 0; i < 33; i++) {
+    const subscribing = client.subscribe(`c:${i}`);
+    await flush();
+    const [subscribe] = http.requests.at(-1).body;
+    source.push({ type: "subscribed", id: subscribe.id, channel: `c:${i}`, seq: 0 });
+    await subscribing;
+  }
+  http.autoStatus = null;
+  const events = record(client, ["disconnected"]);
+  source.fail();
+
+  await clock.advance(0);
+  (await sse.source(1)).welcome({ connection_id: "18" });
+  await flush();
+  const restoring = http.requests.slice(33);
+  assert.equal(restoring.length, 1, "one POST in flight");
+  restoring[0].respond(204);
+  await flush();
+  const [first, second] = http.requests.slice(33).map((request) => request.body);
+  assert.deepEqual([first.length, second.length], [32, 1]);
+  assert.deepEqual([...first, ...second].map((frame) => frame.channel), Array.from({ length: 33 }, (_, i) => `c:${i}`));
+  assert.equal(events.length, 1, "no reconnect loop");
+});
+
+test("a POST body stays within 512 KiB, counted in UTF-8 bytes; a larger frame goes alone", async () => {
+  const { client, http } = await connectSse();
+  const wide = "é".repeat(150000); // 150000 characters, 300000 bytes
+
+  // The first publish is POSTed at once; the others wait for its answer.
+  const sending = ["first", wide, wide, "small", "x".repeat(600000), "last"].map((payload) => client.publish("chat:42", payload));
+  await answer(http);
+  const batches = [];
+  for (let post = 0; post < 4; post++) batches.push(await answer(http));
+
+  const sizes = (batch) => batch.map((frame) => (frame.payload.length > 10 ? frame.payload.length : frame.payload));
+  assert.deepEqual(batches.map(sizes), [[150000], [150000, "small"], [600000], ["last"]]);
+  client.close();
+  await Promise.allSettled(sending);
+});
+
+test("a 401 on a POST is handled like a 4001: the provider is asked for a new token", async () => {
+  const tokens = ["t1", "t2"];
+  let calls = 0;
+  const { client, clock, sse, http } = await connectSse({ token: async () => tokens[Math.min(calls++, 1)] });
+  const events = record(client, ["disconnected"]);
+
+  client.presence("chat:42").catch(() => {});
+  await answer(http, 401);
+  assert.equal(events[0].code, 4001);
+  await clock.advance(0);
+  const again = await sse.source(1);
+  assert.equal(again.url.searchParams.get("token"), "t2");
+  again.welcome({ connection_id: "18" });
+  await flush();
+  assert.equal(client.state, "open");
+});
+
+test("a 401 on a POST with a fixed token closes the client", async () => {
+  const { client, clock, sse, http } = await connectSse();
+  const events = record(client, ["disconnected", "closed"]);
+
+  const refused = assert.rejects(client.publish("chat:42", "hi"), { code: "unauthorized" });
+  await answer(http, 401);
+  await refused;
+  assert.equal(client.state, "closed");
+  assert.deepEqual(events.map((event) => event.code ?? event.type), [4001, "closed"]);
+  await clock.advance(60000);
+  assert.equal(sse.sources.length, 1);
+});

@@ -286,3 +286,87 @@ test("a subscribe that timed out is undone when the server confirms it late", as
   const undo = await socket.sent.next("unsubscribe");
   assert.equal(undo.channel, "chat:42");
 });
+
+test("a subscribe retried after a timeout ends with exactly one subscription", async () => {
+  const { client, clock, connect } = harness({ requestTimeout: 1000 });
+  const socket = await connect();
+
+  const timedOut = assert.rejects(client.subscribe("chat:42"), { code: "timeout" });
+  const abandoned = await socket.sent.next("subscribe");
+  await clock.advance(1000);
+  await timedOut;
+
+  // The retry undoes whatever became of the abandoned subscribe before subscribing again.
+  const retrying = client.subscribe("chat:42");
+  const retry = await socket.sent.next("subscribe");
+  const undo = socket.sent.frames.at(-2);
+  assert.deepEqual(
+    [undo, retry],
+    [
+      { type: "unsubscribe", id: undo.id, channel: "chat:42" },
+      { type: "subscribe", id: retry.id, channel: "chat:42" },
+    ],
+  );
+
+  // The server handles them in order: the late subscribe succeeds, is undone, and the retry succeeds.
+  socket.push({ type: "subscribed", id: abandoned.id, channel: "chat:42", seq: 3 });
+  socket.push(message("chat:42", 4));
+  socket.push({ type: "unsubscribed", id: undo.id, channel: "chat:42" });
+  socket.push({ type: "subscribed", id: retry.id, channel: "chat:42", seq: 4 });
+  const sub = await retrying;
+  const events = record(sub, EVENTS);
+  socket.push(message("chat:42", 5));
+
+  assert.deepEqual(brief(events), ["message 5"]);
+  assert.equal(socket.sent.ofType("unsubscribe").length, 1, "the late subscribed undid nothing more");
+  assert.equal(socket.sent.ofType("subscribe").length, 2);
+});
+
+test("a restore without a matching reply is retried after requestTimeout and 1 s", async () => {
+  const { clock, connect, reconnect, subscribe } = harness({ requestTimeout: 5000 });
+  const socket = await connect();
+  const sub = await subscribe(socket, "chat:42", {}, { seq: 3 });
+  const events = record(sub, EVENTS);
+  socket.drop(1006);
+
+  const again = await reconnect();
+  const restore = await again.sent.next("subscribe");
+  // Over the connection's frame rate: refused without an id, so nothing matches the restore.
+  again.push({ type: "error", code: "rate_limited", message: "too many frames: slow down" });
+  await clock.advance(5999);
+  assert.equal(again.sent.ofType("subscribe").length, 1);
+  await clock.advance(1);
+
+  const undo = await again.sent.next("unsubscribe");
+  const retry = await again.sent.next("subscribe");
+  assert.notEqual(retry.id, restore.id);
+  assert.deepEqual(retry, { type: "subscribe", id: retry.id, channel: "chat:42", since: 3 });
+  assert.ok(again.sent.frames.indexOf(undo) < again.sent.frames.indexOf(retry), "undone first");
+  again.push({ type: "subscribed", id: retry.id, channel: "chat:42", seq: 4, recovered: true });
+  again.push(message("chat:42", 4));
+  assert.deepEqual(brief(events), ["recovered", "message 4"]);
+});
+
+test("frames of a timed-out restore are dropped, and its late subscribed is undone before the retry", async () => {
+  const { clock, connect, reconnect, subscribe } = harness({ requestTimeout: 5000 });
+  const socket = await connect();
+  const sub = await subscribe(socket, "chat:42", {}, { seq: 3 });
+  const events = record(sub, EVENTS);
+  socket.drop(1006);
+
+  const again = await reconnect();
+  const restore = await again.sent.next("subscribe");
+  await clock.advance(5000);
+  again.push({ type: "subscribed", id: restore.id, channel: "chat:42", seq: 4, recovered: true });
+  again.push(message("chat:42", 4));
+  const undo = await again.sent.next("unsubscribe");
+  assert.equal(undo.channel, "chat:42");
+
+  await clock.advance(1000);
+  const retry = await again.sent.next("subscribe");
+  assert.equal(retry.since, 3);
+  assert.equal(again.sent.ofType("unsubscribe").length, 1, "undone once");
+  again.push({ type: "subscribed", id: retry.id, channel: "chat:42", seq: 4, recovered: true });
+  again.push(message("chat:42", 4));
+  assert.deepEqual(brief(events), ["recovered", "message 4"]);
+});

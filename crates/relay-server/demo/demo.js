@@ -12,6 +12,8 @@ const NAME_RE = /^[A-Za-z0-9_-]{1,32}$/; // the server's rule for demo names
 const TYPING_MS = 3000;                   // how long "x is typing…" lasts after the last event
 const ERROR_MS = 8000;                    // how long the publish error line stays
 const NEAR_BOTTOM_PX = 80;
+const MAX_RENDERED = 500;                 // messages kept in the list; older ones leave it
+const RELOAD_LIMIT = 200;                 // messages reloaded after a gap (the REST maximum)
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,9 +24,12 @@ const state = {
   status: "connecting",
   transport: "",
   rendered: new Set(), // seqs already in the message list
+  trimmedUpTo: 0,      // the highest seq that left the list to bound memory
   online: new Set(),   // users shown in the "Online" sidebar
   typing: new Map(),   // user → timeout id that removes them from the typing line
   errorTimer: 0,
+  ended: null,         // why the subscription ended: shown for good in the error line
+  unconfirmed: null,   // { text, idempotencyKey } of a send that may have been stored
 };
 
 // ---------- small helpers ----------
@@ -106,22 +111,27 @@ function scrollToBottom() {
   $("messages").scrollTop = $("messages").scrollHeight;
 }
 
-/** Adds a persistent message in seq order; a seq already rendered is skipped. */
+/**
+ * Adds a persistent message in seq order; a seq already rendered is skipped, and so is one
+ * at or below the messages trimmed from the list (it was rendered before, or is older).
+ */
 function renderMessage(m) {
-  if (typeof m.seq !== "number" || state.rendered.has(m.seq)) return;
+  if (typeof m.seq !== "number" || state.rendered.has(m.seq) || m.seq <= state.trimmedUpTo) return;
   state.rendered.add(m.seq);
 
   const list = $("messages");
-  const own = m.from !== undefined && m.from === state.me;
+  // Server publishes have no author: `from` is absent over REST and null from the client.
+  const hasFrom = m.from != null;
+  const own = hasFrom && m.from === state.me;
   const stick = own || isNearBottom(list);
 
   const li = el("li", own ? "message own" : "message");
   li.dataset.seq = String(m.seq);
-  if (m.from !== undefined) li.dataset.from = m.from;
+  if (hasFrom) li.dataset.from = m.from;
   const meta = el("div", "meta");
   const time = el("time", "time", hhmm(m.ts));
   if (m.ts) time.dateTime = m.ts;
-  meta.append(el("span", "from", m.from !== undefined ? m.from : "server"), time);
+  meta.append(el("span", "from", hasFrom ? m.from : "server"), time);
   li.append(meta, el("div", "text", payloadText(m.payload)));
 
   // Usually appended at the end; reloaded messages may arrive late, so insert before the
@@ -133,8 +143,22 @@ function renderMessage(m) {
     before = n;
   }
   list.insertBefore(li, before);
+  trimMessages(list);
 
   if (stick) scrollToBottom();
+}
+
+/** Bounds memory on long runs: the oldest messages, and notes above them, leave the list. */
+function trimMessages(list) {
+  while (state.rendered.size > MAX_RENDERED && list.firstElementChild) {
+    const oldest = list.firstElementChild;
+    if (oldest.classList.contains("message")) {
+      const seq = Number(oldest.dataset.seq);
+      state.rendered.delete(seq);
+      state.trimmedUpTo = Math.max(state.trimmedUpTo, seq);
+    }
+    oldest.remove();
+  }
 }
 
 /** A system note in the list, e.g. after a gap. */
@@ -148,21 +172,24 @@ function addNote(text) {
 function clearMessages() {
   $("messages").replaceChildren();
   state.rendered.clear();
+  state.trimmedUpTo = 0;
 }
 
-/** After a gap: reload what was missed between `since` and `resumedAt` over REST. */
+/**
+ * After a gap: reload the newest messages up to `resumedAt` over REST, the ones right
+ * before what arrives live. (Paging forward from `since` stops after a few pages and can
+ * miss exactly those.) Older missed ones may stay missing; the note above says so.
+ */
 async function reloadHistory(since, resumedAt) {
-  if (typeof since !== "number" || typeof resumedAt !== "number" || resumedAt < since) {
+  if (typeof resumedAt !== "number") {
     (await fetchHistory("limit=50")).forEach(renderMessage);
     return;
   }
-  let after = since;
-  for (let page = 0; page < 5 && after < resumedAt; page++) {
-    const msgs = await fetchHistory(`after=${after}&before=${resumedAt + 1}&limit=200`);
-    msgs.forEach(renderMessage);
-    if (msgs.length < 200) break;
-    after = msgs[msgs.length - 1].seq;
-  }
+  const msgs = await fetchHistory(`before=${resumedAt + 1}&limit=${RELOAD_LIMIT}`);
+  // Those up to `since` were handled before the gap (unless the store was reset, which
+  // cleared the list).
+  const missed = typeof since === "number" && since <= resumedAt ? msgs.filter((m) => m.seq > since) : msgs;
+  missed.forEach(renderMessage);
 }
 
 // ---------- online list ----------
@@ -225,9 +252,11 @@ function showError(text) {
   state.errorTimer = setTimeout(hideError, ERROR_MS);
 }
 
+/** Hides a passing error; once the subscription ended, its explanation comes back instead. */
 function hideError() {
   clearTimeout(state.errorTimer);
-  $("error").hidden = true;
+  $("error").textContent = state.ended || "";
+  $("error").hidden = !state.ended;
 }
 
 // ---------- joining ----------
@@ -309,6 +338,15 @@ async function join(name) {
     }
   });
   sub.on("recovered", () => refreshPresence()); // resubscribed after a reconnect
+  sub.on("ended", ({ code, reason }) => {
+    // Nothing more arrives for the room, so the connection is closed too: its reconnects
+    // would only turn the status back to "online".
+    state.ended = `You are no longer in ${CHANNEL}: ${reason || "the subscription ended"} (${code}). ` +
+      "Reload the page to join again.";
+    client.close();
+    setStatus("offline");
+    hideError(); // shows state.ended, for good
+  });
 
   await refreshPresence();
   $("text").focus();
@@ -320,6 +358,8 @@ function leaveRoom() {
     try { state.client.close(); } catch { /* already closed */ }
   }
   state.client = null;
+  state.ended = null;
+  state.unconfirmed = null;
   state.online.clear();
   state.transport = "";
   for (const user of [...state.typing.keys()]) clearTyping(user);
@@ -357,8 +397,12 @@ $("composer").addEventListener("submit", async (ev) => {
   const text = input.value;
   if (!text.trim() || !state.client) return; // empty text is ignored
   input.value = "";
+  // The same text as a send that may have been stored goes with that send's key, so that
+  // the server stores it at most once; a different text is a new message with a fresh key.
+  const idempotencyKey = state.unconfirmed?.text === text ? state.unconfirmed.idempotencyKey : undefined;
+  state.unconfirmed = null;
   try {
-    const ack = await state.client.publish(CHANNEL, { text }, { event: "text" });
+    const ack = await state.client.publish(CHANNEL, { text }, { event: "text", idempotencyKey });
     hideError();
     // Normally our own message arrives as a `message` first; if not (echo off), show it now.
     if (ack && typeof ack.seq === "number") {
@@ -368,6 +412,10 @@ $("composer").addEventListener("submit", async (ev) => {
   } catch (err) {
     showError(`Could not send: ${describe(err)}`);
     if (!input.value) input.value = text; // give the text back to retry
+    // "unconfirmed": maybe stored. A retry with the key already used keeps that key too,
+    // whatever its own failure, since the first attempt may still have been stored.
+    const key = (err instanceof RelayError && err.idempotencyKey) || idempotencyKey;
+    if (key) state.unconfirmed = { text, idempotencyKey: key };
   }
 });
 
