@@ -53,7 +53,9 @@ impl Asset {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|tag| tag.trim() == etag || tag.trim() == "*");
+            // Weak comparison (RFC 9110): a proxy that compresses the file marks the tag `W/`.
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == etag || tag == "*");
         let mut response = if fresh {
             let mut response = Response::new(Body::default());
             *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -115,6 +117,23 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
+/// Whether the request's `Host` names this machine: `localhost`, `127.0.0.1` or `[::1]`,
+/// with any port.
+fn loopback_host<B>(req: &Request<B>) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost") || name == "::1" || name.starts_with("127.")
+}
+
 /// `POST /demo/token` `{"name": "alice"}` → `{"user": "alice", "token": "…"}`: a development
 /// token for anyone who asks, so only for clients on this machine.
 pub(crate) async fn demo_token<B>(app: &App, req: Request<B>) -> Result<Response<Body>, ApiError>
@@ -122,7 +141,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    if !app.client_ip(&req).is_some_and(|ip| ip.is_loopback()) {
+    // The page must be served as a loopback host too: a page of another site that resolves
+    // its own name to 127.0.0.1 (DNS rebinding) gets nothing.
+    if !app.client_ip(&req).is_some_and(|ip| ip.is_loopback()) || !loopback_host(&req) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "demo tokens are handed out to clients on this machine only",

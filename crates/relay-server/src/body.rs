@@ -17,8 +17,24 @@ pub struct Body(Kind);
 #[derive(Debug)]
 enum Kind {
     Full(Full<Bytes>),
-    /// Chunks as the sender produces them; the body ends when the sender is dropped.
-    Stream(mpsc::Receiver<Bytes>),
+    /// Chunks as the sender produces them; the body ends when the sender is dropped. The
+    /// guard lives as long as the body, which may outlive its sender while the server still
+    /// writes to a slow client.
+    Stream {
+        chunks: mpsc::Receiver<Bytes>,
+        _guard: Guard,
+    },
+}
+
+/// Something held for as long as a streamed body exists.
+struct Guard {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guard")
+    }
 }
 
 impl Default for Kind {
@@ -29,9 +45,15 @@ impl Default for Kind {
 
 impl Body {
     /// A body streamed from `chunks`, ending when their sender is dropped. Dropping the body
-    /// (the client went away) makes the sender's `send` fail.
-    pub(crate) fn stream(chunks: mpsc::Receiver<Bytes>) -> Self {
-        Self(Kind::Stream(chunks))
+    /// (the client went away) makes the sender's `send` fail. `guard` is dropped with the
+    /// body, not before.
+    pub(crate) fn stream(chunks: mpsc::Receiver<Bytes>, guard: impl Send + Sync + 'static) -> Self {
+        Self(Kind::Stream {
+            chunks,
+            _guard: Guard {
+                _held: Box::new(guard),
+            },
+        })
     }
 }
 
@@ -51,7 +73,7 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match &mut self.get_mut().0 {
             Kind::Full(full) => Pin::new(full).poll_frame(cx),
-            Kind::Stream(chunks) => chunks
+            Kind::Stream { chunks, .. } => chunks
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
         }
@@ -60,14 +82,14 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Full(full) => full.is_end_stream(),
-            Kind::Stream(_) => false,
+            Kind::Stream { .. } => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Full(full) => full.size_hint(),
-            Kind::Stream(_) => SizeHint::default(),
+            Kind::Stream { .. } => SizeHint::default(),
         }
     }
 }

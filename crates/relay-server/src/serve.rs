@@ -17,6 +17,18 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::limits::RemoteAddr;
 
+/// In a request's extensions when our own accept loop serves it: cancelling it closes the
+/// request's TCP connection at once, for handlers that give up on a client hyper would
+/// otherwise keep writing to.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionAbort(tokio_util::sync::CancellationToken);
+
+impl ConnectionAbort {
+    pub(crate) fn abort(&self) {
+        self.0.cancel();
+    }
+}
+
 /// A bound server, ready to [`serve`](Self::serve).
 pub struct Relay {
     app: App,
@@ -94,8 +106,11 @@ impl Relay {
 async fn serve_connection(app: App, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let shutdown = app.inner.shutdown.clone();
     let header_timeout = app.inner.config.handshake_timeout();
+    let abort = ConnectionAbort::default();
+    let handlers_abort = abort.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(RemoteAddr(peer));
+        req.extensions_mut().insert(handlers_abort.clone());
         let app = app.clone();
         async move { Ok::<_, Infallible>(app.handle(req).await) }
     });
@@ -107,10 +122,16 @@ async fn serve_connection(app: App, stream: tokio::net::TcpStream, peer: SocketA
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        // A handler gave up on this client (an event stream it stopped reading): drop the
+        // socket and whatever hyper still buffers for it.
+        () = abort.0.cancelled() => return,
         () = shutdown.cancelled() => {
             // Finish the request in flight, accept no new one.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                result = conn => result,
+                () = abort.0.cancelled() => return,
+            }
         }
     };
     if let Err(e) = result {

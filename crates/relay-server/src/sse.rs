@@ -21,12 +21,15 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::app::{ApiError, App, Body};
-use crate::limits::Slot;
+use crate::serve::ConnectionAbort;
 use crate::ws;
 
-/// Chunks buffered between a session's writer and the response body. Past them the writer
-/// waits, the outbox fills, and a client that stopped reading is closed as a slow consumer.
-const CHUNKS: usize = 16;
+/// Chunks buffered between a session's writer and the response body: one. The writer takes
+/// frames from the outbox only once the body took the last chunk, so frames a slow client
+/// has not read stay in the outbox, under its limits (4008) and the replay budget.
+const CHUNKS: usize = 1;
+/// `POST`s of one session at once: the one being handled and one waiting; more get `429`.
+const POSTS_IN_FLIGHT: usize = 2;
 /// Frames accepted in one `POST /sse/{id}`, like the WebSocket reader's read-ahead.
 const MAX_FRAMES_PER_POST: usize = 32;
 /// A `POST /sse/{id}` body may hold this many frames of the largest size.
@@ -42,6 +45,8 @@ pub(crate) struct Session {
     /// Held while a `POST`'s frames are handled, so that the frames of concurrent requests
     /// never interleave.
     handling: tokio::sync::Mutex<()>,
+    /// Bounds the `POST`s holding a body for this session.
+    posts: Arc<tokio::sync::Semaphore>,
 }
 
 pub(crate) async fn route<B>(app: &App, req: Request<B>) -> Response<Body>
@@ -63,9 +68,12 @@ where
     result.unwrap_or_else(ApiError::into_response)
 }
 
-/// An event stream response over `chunks`.
-fn event_stream(chunks: mpsc::Receiver<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Body::stream(chunks));
+/// An event stream response over `chunks`, holding `guard` for as long as the body exists.
+fn event_stream(
+    chunks: mpsc::Receiver<Bytes>,
+    guard: impl Send + Sync + 'static,
+) -> Response<Body> {
+    let mut response = Response::new(Body::stream(chunks, guard));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -96,8 +104,11 @@ async fn open<B>(app: &App, req: &Request<B>) -> Response<Body> {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
+    let abort = req.extensions().get::<ConnectionAbort>().cloned();
     let (chunks, body) = mpsc::channel(CHUNKS);
-    let response = event_stream(body);
+    // The slot is held by the body: while hyper still writes to the client, it counts
+    // against the connection caps.
+    let response = event_stream(body, slot);
     let (identity, expires) = match auth {
         Ok((identity, expires)) => {
             let expires = expires.checked_add(app.inner.auth.leeway());
@@ -123,26 +134,44 @@ async fn open<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let session = Arc::new(Session {
         conn,
         handling: tokio::sync::Mutex::new(()),
+        posts: Arc::new(tokio::sync::Semaphore::new(POSTS_IN_FLIGHT)),
     });
     app.inner.sse.0.lock().insert(id.clone(), session.clone());
     let app = app.clone();
     app.inner.sessions.clone().spawn(async move {
-        write(&app, &session, chunks, expires, slot).await;
+        if write(&app, &session, chunks, expires).await == End::Stalled
+            && let Some(abort) = abort
+        {
+            abort.abort();
+        }
         app.inner.sse.0.lock().remove(&id);
+        // POSTs still waiting find the session closed and handle nothing more.
+        session
+            .conn
+            .outbox()
+            .close(CloseCode::Normal, "stream ended");
         ws::cool_down_if_abusive(&app, &session.conn);
     });
     response
 }
 
+/// How a session's event stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The close event was sent, or the client went away.
+    Done,
+    /// The client stopped reading: nothing was taken for two heartbeats.
+    Stalled,
+}
+
 /// Drains the session's outbox into the event stream, sends heartbeats and ends the session
-/// on its close, the token's expiry, its maximum age or the client's departure.
+/// on its close, shutdown, the token's expiry, its maximum age or the client's departure.
 async fn write(
     app: &App,
     session: &Session,
     chunks: mpsc::Sender<Bytes>,
     token_expires: SystemTime,
-    _slot: Slot,
-) {
+) -> End {
     let config = &app.inner.config;
     let metrics = &app.inner.metrics;
     let outbox = session.conn.outbox();
@@ -159,15 +188,24 @@ async fn write(
         .map(|secs| now + Duration::from_secs(secs));
     let deadline = too_old_at.map_or(expires_at, |t| t.min(expires_at));
     let mut beats = tokio::time::interval_at(now + heartbeat, heartbeat);
-    let send = |chunk: Bytes| async {
-        matches!(
-            tokio::time::timeout(stall, chunks.send(chunk)).await,
-            Ok(Ok(()))
-        )
-    };
     let mut batch = Vec::new();
     loop {
+        // Room for the next chunk first: until the client took the last one, frames wait in
+        // the outbox.
+        let permit = match tokio::time::timeout(stall, chunks.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return End::Done,
+            Err(_) => {
+                tracing::debug!(
+                    connection = session.conn.id(),
+                    "dropping an SSE client that stopped reading"
+                );
+                metrics.close(CloseCode::SlowConsumer);
+                return End::Stalled;
+            }
+        };
         tokio::select! {
+            biased;
             next = outbox.next_batch(&mut batch) => match next {
                 Batch::Frames => {
                     let count = batch.len() as u64;
@@ -178,21 +216,19 @@ async fn write(
                         chunk.extend_from_slice(frame.as_bytes());
                         chunk.extend_from_slice(b"\n\n");
                     }
-                    if !send(Bytes::from(chunk)).await {
-                        return;
-                    }
+                    permit.send(Bytes::from(chunk));
                     metrics.frames_out.inc_by(count);
                 }
                 Batch::Closed(reason) => {
                     metrics.close(reason.code);
-                    send(close_event(reason.code, reason.reason)).await;
-                    return;
+                    permit.send(close_event(reason.code, reason.reason));
+                    return End::Done;
                 }
             },
-            _ = beats.tick() => {
-                if !send(Bytes::from_static(HEARTBEAT_EVENT)).await {
-                    return;
-                }
+            () = chunks.closed() => return End::Done,
+            // A session opened while the server began shutting down missed `close_all`.
+            () = app.inner.shutdown.cancelled() => {
+                outbox.close(CloseCode::GoingAway, "server shutting down");
             }
             () = tokio::time::sleep_until(deadline) => {
                 if tokio::time::Instant::now() >= expires_at {
@@ -201,7 +237,7 @@ async fn write(
                     outbox.close(CloseCode::Idle, "maximum connection age reached");
                 }
             }
-            () = chunks.closed() => return,
+            _ = beats.tick() => permit.send(Bytes::from_static(HEARTBEAT_EVENT)),
         }
     }
 }
@@ -224,7 +260,10 @@ where
         .0
         .lock()
         .get(id)
-        .filter(|s| s.conn.identity().user == identity.user)
+        .filter(|s| {
+            let own = s.conn.identity();
+            own.user == identity.user && own.role == identity.role
+        })
         .cloned()
         .ok_or_else(|| {
             ApiError::new(
@@ -232,23 +271,38 @@ where
                 "no such SSE session (it ended): open a new one with GET /sse",
             )
         })?;
+    let Ok(_in_flight) = session.posts.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "another POST for this session is still waiting: send one at a time",
+        )
+        .retry_after(1));
+    };
+    let conn = &session.conn;
     let max_frame = app.inner.config.max_frame_bytes;
     let body = app
         .read_body_limited(req.into_body(), max_frame.saturating_mul(POST_BODY_FRAMES))
         .await?;
-    let frames: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            format!("the body must be a JSON array of client frames: {e}"),
-        )
-    })?;
+    let frames: Vec<&RawValue> = match serde_json::from_slice(&body) {
+        Ok(frames) => frames,
+        Err(e) => {
+            // Garbage costs a frame, as on `/ws`: enough of it closes the session (4029).
+            conn.charge_frame();
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("the body must be a JSON array of client frames: {e}"),
+            ));
+        }
+    };
+    if frames.is_empty() {
+        conn.charge_frame();
+    }
     if frames.len() > MAX_FRAMES_PER_POST {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             format!("at most {MAX_FRAMES_PER_POST} frames per request"),
         ));
     }
-    let conn = &session.conn;
     let _turn = session.handling.lock().await;
     for raw in frames {
         if conn.outbox().closed().is_some() {

@@ -40,6 +40,14 @@ async fn the_client_module_is_served_with_an_etag() {
         .await
         .unwrap();
     assert_eq!(stale.status(), 200);
+    // A proxy that compressed it sends the tag back weak: still the same version.
+    let weak = http
+        .get(server.url("/client/relay.js"))
+        .header("if-none-match", format!("W/{etag}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(weak.status(), 304);
 
     let types = http
         .get(server.url("/client/relay.d.ts"))
@@ -122,6 +130,15 @@ async fn the_demo_hands_out_tokens_to_loopback_clients_only() {
         let (status, body) = ask(bad.clone(), None).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
+    // A page of another site whose name resolves to 127.0.0.1 (DNS rebinding) gets none.
+    let rebound = http
+        .post(server.url("/demo/token"))
+        .header("host", "evil.example:8080")
+        .json(&json!({"name": "mallory"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
     // A client elsewhere on the network (behind the trusted proxy) gets none.
     let (status, body) = ask(json!("mallory"), Some("203.0.113.9")).await;
     assert_eq!(status, 403, "{body}");

@@ -257,3 +257,115 @@ async fn sse_sessions_end_with_a_close_event_and_posts_are_checked() {
         "the session is gone"
     );
 }
+
+#[tokio::test]
+async fn garbage_posts_count_against_the_frame_limit_and_end_the_session_with_4029() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.frames = Some(relay_server::LimitConfig {
+            per_second: 1,
+            burst: 5,
+        });
+    })
+    .await;
+    let mut alice = SseClient::connect(&server, "alice").await;
+    let id = alice.connection_id.clone();
+    let mut closed = None;
+    for _ in 0..200 {
+        let status = alice.post_as(&alice.token, &id, "not json").await;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 400);
+    }
+    while let Some(event) = alice.try_next_event().await {
+        if event.0.as_deref() == Some("close") {
+            closed = Some(serde_json::from_str::<Value>(&event.1).unwrap());
+            break;
+        }
+    }
+    let closed = closed.expect("a close event");
+    assert_eq!(closed["code"], 4029, "{closed}");
+    // The abuse cooldown applies to SSE as to WebSockets.
+    let response = reqwest::get(server.url(&format!("/sse?token={}", server.token("alice"))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_stream_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.heartbeat_ms = 100).await;
+    let token = server.token("sleepy");
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /sse?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    // Read up to the welcome, for the session's id.
+    let mut head = Vec::new();
+    let id = loop {
+        let mut buf = [0u8; 4096];
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream opens");
+        head.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&head);
+        if let Some(start) = text.find(r#""connection_id":""#) {
+            let rest = &text[start + 17..];
+            if let Some(end) = rest.find('"') {
+                break rest[..end].to_owned();
+            }
+        }
+    };
+    let http = reqwest::Client::new();
+    let status = http
+        .post(server.url(&format!("/sse/{id}")))
+        .bearer_auth(&token)
+        .body(json!([{"type": "subscribe", "channel": "feed:big"}]).to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    // The client reads nothing more while the channel carries far more than the socket
+    // buffers hold.
+    let big = relay_proto::Payload::from_value(&"x".repeat(60 * 1024)).unwrap();
+    for _ in 0..120 {
+        let publish = relay_core::Publish::new(
+            relay_proto::ChannelName::parse("feed:big").unwrap(),
+            big.clone(),
+        );
+        server.hub.publish(publish).await.unwrap();
+    }
+    // Within a few heartbeats the server gives up on the session...
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let status = http
+                .post(server.url(&format!("/sse/{id}")))
+                .bearer_auth(&token)
+                .body("[]")
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == 404 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the stalled session ends");
+    // ...and closes its connection: reading on drains what was buffered, then meets the end.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the server closed the stalled stream");
+}
