@@ -269,6 +269,7 @@ impl App {
             peer.ip(),
             req.headers(),
             &self.inner.config.trusted_proxies,
+            self.inner.config.forwarded_header,
         ))
     }
 

@@ -119,6 +119,9 @@ pub struct Config {
     /// the client's IP; from any other peer those headers are ignored.
     #[serde(deserialize_with = "addresses_or_ranges")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the trusted proxies write the client's address into
+    /// (`"x-forwarded-for"` or `"forwarded"`); the other one is ignored.
+    pub forwarded_header: ForwardedHeader,
     /// Browser origins allowed to open WebSockets and call the REST API (exact origins such
     /// as `https://app.example.com`, or patterns such as `https://*.example.com`); unset:
     /// any origin. Requests without an `Origin` header (non-browser clients) are not checked.
@@ -265,6 +268,18 @@ impl FrameLimitsConfig {
     }
 }
 
+/// Which header a trusted proxy writes the client's address into. Only that one is read: a
+/// client could write the other itself, and a proxy that does not know it passes it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (most proxies and load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=` (RFC 7239).
+    Forwarded,
+}
+
 /// Whether the server runs alone or as one node of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -311,6 +326,7 @@ impl Default for Config {
             max_connections_per_user: 100,
             max_connections_per_ip: 1_000,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             allowed_origins: None,
             handshake_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
@@ -394,6 +410,7 @@ impl std::fmt::Debug for Config {
             .field("node_id", &self.node_id)
             .field("allowed_origins", &self.allowed_origins)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("forwarded_header", &self.forwarded_header)
             .finish_non_exhaustive()
     }
 }
@@ -870,6 +887,10 @@ mod tests {
         assert!(trusted("10.1.2.3") && trusted("192.0.2.7") && trusted("2001:db8::1"));
         assert!(!trusted("192.0.2.8"));
         assert!(Config::from_toml(r#"trusted_proxies = ["proxy.local"]"#).is_err());
+        assert_eq!(config.forwarded_header, ForwardedHeader::XForwardedFor);
+        let forwarded = Config::from_toml(r#"forwarded_header = "forwarded""#).unwrap();
+        assert_eq!(forwarded.forwarded_header, ForwardedHeader::Forwarded);
+        assert!(Config::from_toml(r#"forwarded_header = "x-real-ip""#).is_err());
     }
 
     #[test]

@@ -43,9 +43,9 @@ pub use app::{App, Body};
 pub use auth::{AuthError, Authenticator, Claims};
 pub use cluster::{ClusterError, ClusterNode};
 pub use config::{
-    AuthConfig, ClusterMode, Config, ConfigError, CreateRuleConfig, FrameLimitsConfig,
-    JwtAlgorithm, LimitConfig, LogFormat, PersistenceConfig, PolicyConfig, PublishRuleConfig,
-    RateLimitsConfig, SubscribeRuleConfig,
+    AuthConfig, ClusterMode, Config, ConfigError, CreateRuleConfig, ForwardedHeader,
+    FrameLimitsConfig, JwtAlgorithm, LimitConfig, LogFormat, PersistenceConfig, PolicyConfig,
+    PublishRuleConfig, RateLimitsConfig, SubscribeRuleConfig,
 };
 pub use limits::RemoteAddr;
 pub use metrics::Metrics;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{HeaderMap, header};
+
+use crate::config::ForwardedHeader;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 use relay_core::{RateLimit, TokenBucket};
@@ -20,14 +22,20 @@ use std::time::{Duration, Instant};
 pub struct RemoteAddr(pub SocketAddr);
 
 /// The client's IP: the TCP peer, or, when the peer is a trusted proxy, the nearest address
-/// in `Forwarded` (RFC 7239) or `X-Forwarded-For` that is not itself a trusted proxy. Entries
-/// left of an untrusted one are ignored: anyone can write them.
-pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// in the proxies' header (`X-Forwarded-For` or `Forwarded`, RFC 7239) that is not itself a
+/// trusted proxy. Entries left of an untrusted one are ignored: anyone can write them, as
+/// they can write the header the proxies do not use, which is never read.
+pub(crate) fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    header: ForwardedHeader,
+) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let chain = forwarded_chain(headers);
+    let chain = forwarded_chain(headers, header);
     let mut client = peer;
     for hop in chain.iter().rev() {
         match hop {
@@ -45,9 +53,8 @@ pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) ->
     client
 }
 
-/// The addresses a request passed through, client first: `Forwarded: for=` when present,
-/// else `X-Forwarded-For`.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+/// The addresses a request passed through, client first, from `header`.
+fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
     let joined = |name: header::HeaderName| {
         headers
             .get_all(name)
@@ -56,9 +63,8 @@ fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let forwarded = joined(header::FORWARDED);
-    if !forwarded.trim().is_empty() {
-        return forwarded
+    if header == ForwardedHeader::Forwarded {
+        return joined(header::FORWARDED)
             .split(',')
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {
@@ -427,28 +433,45 @@ mod tests {
     fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let xff = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.9")]);
+        let (x, fwd) = (ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded);
         // From an untrusted peer the header is ignored.
         assert_eq!(
-            client_ip(ip("198.51.100.1"), &xff, &trusted),
+            client_ip(ip("198.51.100.1"), &xff, &trusted, x),
             ip("198.51.100.1")
         );
         // From a trusted proxy: the nearest untrusted hop, not the forgeable leftmost one.
-        assert_eq!(client_ip(ip("10.0.0.1"), &xff, &trusted), ip("203.0.113.7"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &xff, &trusted, x),
+            ip("203.0.113.7")
+        );
+        // The header the proxies do not write is the client's own: never read.
+        let both = headers(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=127.0.0.1"),
+        ]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &both, &trusted, x),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &xff, &trusted, fwd),
+            ip("10.0.0.1")
+        );
         let forwarded = headers(&[(
             "forwarded",
             "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.1.1.1",
         )]);
         assert_eq!(
-            client_ip(ip("10.0.0.1"), &forwarded, &trusted),
+            client_ip(ip("10.0.0.1"), &forwarded, &trusted, fwd),
             ip("2001:db8::7")
         );
         let unknown = headers(&[("forwarded", "for=unknown")]);
         assert_eq!(
-            client_ip(ip("10.0.0.1"), &unknown, &trusted),
+            client_ip(ip("10.0.0.1"), &unknown, &trusted, fwd),
             ip("10.0.0.1")
         );
         assert_eq!(
-            client_ip(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            client_ip(ip("10.0.0.1"), &HeaderMap::new(), &trusted, x),
             ip("10.0.0.1")
         );
     }

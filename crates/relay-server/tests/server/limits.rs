@@ -146,13 +146,13 @@ async fn the_ip_cap_reads_forwarded_addresses_only_from_trusted_proxies() {
         .err()
         .expect("same client IP refused");
     assert_eq!(status, 429);
-    // `Forwarded` names another client: admitted; a spoofed leftmost entry is not believed.
-    let _b = welcomed(
-        upgrade(&url("b1"), &[("forwarded", "for=203.0.113.2")])
-            .await
-            .unwrap(),
-    )
-    .await;
+    // The proxy writes `X-Forwarded-For`: a `Forwarded` header is the client's own and
+    // ignored (the client is the proxy's peer here); a spoofed leftmost entry is not believed.
+    let forged = [
+        ("forwarded", "for=203.0.113.2"),
+        ("x-forwarded-for", "203.0.113.1"),
+    ];
+    assert_eq!(upgrade(&url("b1"), &forged).await.err().unwrap().0, 429);
     let spoofed = [("x-forwarded-for", "198.51.100.9, 203.0.113.1")];
     assert_eq!(upgrade(&url("a3"), &spoofed).await.err().unwrap().0, 429);
 
