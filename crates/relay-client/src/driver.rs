@@ -647,12 +647,15 @@ impl Driver {
                 }
                 Pending::Publish { frame, reply, sent } => {
                     if !reply.is_closed() {
-                        again.push(Command::Publish {
+                        again.push((
                             id,
-                            frame,
-                            reply,
-                            sent,
-                        });
+                            Command::Publish {
+                                id,
+                                frame,
+                                reply,
+                                sent,
+                            },
+                        ));
                     }
                 }
                 Pending::Signal(reply) => {
@@ -669,11 +672,8 @@ impl Driver {
                 Pending::Subscribe { reply: None, .. } | Pending::Fence { .. } => {}
             }
         }
-        again.sort_by_key(|command| match command {
-            Command::Publish { id, .. } => *id,
-            _ => 0,
-        });
-        for command in again.into_iter().rev() {
+        again.sort_by_key(|(id, _)| *id);
+        for (_, command) in again.into_iter().rev() {
             self.backlog.push_front(command);
         }
     }

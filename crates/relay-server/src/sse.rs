@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -179,14 +179,7 @@ async fn write(
     // A client that stops reading is given up on after this long, as on `/ws`.
     let stall = heartbeat * 2;
     let now = tokio::time::Instant::now();
-    let expires_at = now
-        + token_expires
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-    let too_old_at = config
-        .max_connection_age_secs
-        .map(|secs| now + Duration::from_secs(secs));
-    let deadline = too_old_at.map_or(expires_at, |t| t.min(expires_at));
+    let deadlines = ws::Deadlines::new(config, token_expires, now);
     let mut beats = tokio::time::interval_at(now + heartbeat, heartbeat);
     let mut batch = Vec::new();
     loop {
@@ -230,12 +223,8 @@ async fn write(
             () = app.inner.shutdown.cancelled() => {
                 outbox.close(CloseCode::GoingAway, "server shutting down");
             }
-            () = tokio::time::sleep_until(deadline) => {
-                if tokio::time::Instant::now() >= expires_at {
-                    outbox.close(CloseCode::Unauthorized, "token expired");
-                } else {
-                    outbox.close(CloseCode::Idle, "maximum connection age reached");
-                }
+            () = tokio::time::sleep_until(deadlines.first()) => {
+                deadlines.enforce(outbox, tokio::time::Instant::now());
             }
             _ = beats.tick() => permit.send(Bytes::from_static(HEARTBEAT_EVENT)),
         }

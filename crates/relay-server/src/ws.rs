@@ -294,6 +294,52 @@ fn negotiate_protocol<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ApiErr
     ))
 }
 
+/// When a session ends whatever happens on it: its token's expiry and its maximum age
+/// (`max_connection_age_secs`). Shared by the WebSocket and SSE writers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    expires_at: tokio::time::Instant,
+    too_old_at: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    /// The deadlines of a session that starts `now` with a token valid until `token_expires`.
+    pub(crate) fn new(
+        config: &crate::Config,
+        token_expires: SystemTime,
+        now: tokio::time::Instant,
+    ) -> Self {
+        let left = token_expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Self {
+            expires_at: now + left,
+            too_old_at: config
+                .max_connection_age_secs
+                .map(|secs| now + Duration::from_secs(secs)),
+        }
+    }
+
+    /// The earlier one.
+    pub(crate) fn first(&self) -> tokio::time::Instant {
+        self.too_old_at
+            .map_or(self.expires_at, |t| t.min(self.expires_at))
+    }
+
+    /// Closes `outbox` (4001 for the token, 4002 for the age) when a deadline has passed at
+    /// `now`; whether one had.
+    pub(crate) fn enforce(&self, outbox: &relay_core::Outbox, now: tokio::time::Instant) -> bool {
+        if now >= self.expires_at {
+            outbox.close(CloseCode::Unauthorized, "token expired");
+        } else if self.too_old_at.is_some_and(|t| now >= t) {
+            outbox.close(CloseCode::Idle, "maximum connection age reached");
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
 /// What a session does with the data frames it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -627,22 +673,14 @@ impl Session<'_> {
         // One timer for the heartbeat, the token's expiry and the maximum age (a timer per
         // concern would cost every idle connection three timer entries).
         let now = tokio::time::Instant::now();
-        let expires_at = now
-            + token_expires
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-        let too_old_at = config
-            .max_connection_age_secs
-            .map(|secs| now + Duration::from_secs(secs));
+        let deadlines = Deadlines::new(config, token_expires, now);
         // The first ping goes out early, so that a client that never sends a frame (nor
         // answers that ping) is gone within the handshake timeout.
         let handshake = config.handshake_timeout();
         let first_frame_by = now + handshake;
         let mut next_ping = now + heartbeat.min(handshake / 2);
         let next_deadline = |next_ping, heard: bool| {
-            let deadline = too_old_at
-                .map_or(next_ping, |t| t.min(next_ping))
-                .min(expires_at);
+            let deadline = deadlines.first().min(next_ping);
             if heard {
                 deadline
             } else {
@@ -702,10 +740,8 @@ impl Session<'_> {
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
                     let heard = self.heard.load(Ordering::Relaxed);
-                    if now >= expires_at {
-                        outbox.close(CloseCode::Unauthorized, "token expired");
-                    } else if too_old_at.is_some_and(|t| now >= t) {
-                        outbox.close(CloseCode::Idle, "maximum connection age reached");
+                    if deadlines.enforce(outbox, now) {
+                        // Closed: the outbox ends the loop.
                     } else if !heard && now >= first_frame_by {
                         outbox.close(CloseCode::Idle, "no frame within the handshake timeout");
                     } else if now >= next_ping {
