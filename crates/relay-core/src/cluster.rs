@@ -16,8 +16,17 @@
 //!   subscriber joins ([`Backplane::online_elsewhere`]) and reconciled periodically
 //!   ([`Hub::reconcile_presence`]), which is also how a dead node's users leave.
 //!
+//! - **Interest.** A transport that routes by channel (NATS) learns through
+//!   [`Backplane::interest`] when this node starts or stops serving a channel (its first local
+//!   subscriber joined, its last one left), and asks [`Hub::serves`] which it is now.
+//! - **Committed messages, carried whole.** A transport whose store does not announce commits
+//!   gets each commit of this node through [`Backplane::committed`], as an event holding the
+//!   seq and the encoded frame; a receiving node hands it to [`Hub::receive`], which delivers
+//!   it without reading the store. Subscribers' seq tracking repairs a lost or repeated one
+//!   from the store, so the transport may lose events: that costs latency, never a message.
+//!
 //! A hub without a backplane (`Hub::new`, a single node) pays one `None` check per ephemeral
-//! publish, signal and presence change, and nothing on the persistent fan-out path.
+//! publish, signal and presence change, and one per persistent commit.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,6 +34,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use relay_proto::{ChannelName, EncodedFrame, Seq, ServerFrame, UserId};
+use relay_store::StoredMessage;
 use serde_json::value::RawValue;
 
 use crate::error::HubError;
@@ -36,17 +46,38 @@ pub trait Backplane: Send + Sync + 'static {
     /// `too_large` before anything is delivered.
     fn max_event_bytes(&self) -> usize;
 
-    /// Sends an encoded event to every other node, without waiting. Live events are
+    /// Sends an encoded event about `channel` to the other nodes (those serving the channel,
+    /// for a transport that routes by interest), without waiting. Live events are
     /// best-effort by nature: a transport that cannot keep up drops them.
-    fn send(&self, event: &str);
+    fn send(&self, channel: &ChannelName, event: &str);
 
     /// `user`'s first connection on this node subscribed to `channel` (`online`), or its
     /// last one here left. `event` announces it to the other nodes; a transport that keeps a
     /// presence table records the change with it. Called only for namespaces with presence
     /// or join/leave.
     fn presence(&self, channel: &ChannelName, user: &UserId, online: bool, event: &str) {
-        let _ = (channel, user, online);
-        self.send(event);
+        let _ = (user, online);
+        self.send(channel, event);
+    }
+
+    /// This node committed `channel`'s message `seq`; `event` carries it whole (or, when it
+    /// would not fit [`max_event_bytes`](Self::max_event_bytes), only its seq: receivers read
+    /// the message from the store). A transport whose store announces commits itself
+    /// (Postgres `NOTIFY`) ignores it, which is the default.
+    fn committed(&self, channel: &ChannelName, seq: Seq, event: &str) {
+        let _ = (channel, seq, event);
+    }
+
+    /// `channel` gained its first local subscriber or lost its last one. The call is a
+    /// hint, made under no lock the transport may rely on: a transport that routes by
+    /// interest asks [`Hub::serves`] what holds now, later, and (un)subscribes to match.
+    fn interest(&self, channel: &ChannelName) {
+        let _ = channel;
+    }
+
+    /// The transport's health and counters, for `/readyz` and metrics.
+    fn status(&self) -> BackplaneStatus {
+        BackplaneStatus::default()
     }
 
     /// Who is online in `channel` on the other live nodes, as (user, node id). A transport
@@ -59,6 +90,23 @@ pub trait Backplane: Send + Sync + 'static {
         let _ = channel;
         Box::pin(async { Vec::new() })
     }
+}
+
+/// A backplane's health and counters ([`Backplane::status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackplaneStatus {
+    /// What is degraded (the transport is disconnected, say), for `/readyz`; `None` when
+    /// healthy. Local delivery and commits go on while degraded.
+    pub degraded: Option<String>,
+    /// Channels this node receives cluster traffic for; `None` for a transport that sends
+    /// everything to every node.
+    pub routed_channels: Option<u64>,
+    /// Messages the transport received for this node (all kinds, its own heartbeats aside).
+    pub received_messages: u64,
+    /// Bytes the transport received for this node.
+    pub received_bytes: u64,
+    /// Events the transport dropped (its queue was full, or it was disconnected).
+    pub dropped_events: u64,
 }
 
 /// A boxed future, for [`Backplane::online_elsewhere`].
@@ -75,6 +123,25 @@ enum RemoteEvent {
     Presence(ChannelName, UserId, bool),
     /// A user lost access to a channel: its subscriptions there end on every node.
     Evict(ChannelName, UserId),
+    /// A persistent message another node committed, whole.
+    Committed(Box<StoredMessage>),
+    /// Another node committed a channel's messages up to a seq (read them from the store).
+    Pointer(ChannelName, Seq),
+}
+
+/// The event announcing that `channel` has messages up to `seq`, for a transport to send
+/// when it could not carry a commit itself (it was disconnected, say): receivers catch up
+/// from the store.
+pub fn commit_pointer(channel: &ChannelName, seq: Seq) -> String {
+    format!(
+        r#"{{"k":"commit","ch":{},"seq":{}}}"#,
+        quote(channel.as_str()),
+        seq.0
+    )
+}
+
+fn encode_committed(frame: &EncodedFrame) -> String {
+    format!(r#"{{"k":"msg","f":{}}}"#, frame.as_str())
 }
 
 fn encode_evict(channel: &ChannelName, user: &UserId) -> String {
@@ -132,9 +199,40 @@ fn decode(event: &str) -> Option<RemoteEvent> {
             online,
         ));
     }
+    if kind == "commit" {
+        let channel: String = serde_json::from_str(fields.get("ch")?.get()).ok()?;
+        let seq: u64 = serde_json::from_str(fields.get("seq")?.get()).ok()?;
+        return Some(RemoteEvent::Pointer(
+            ChannelName::parse(&channel).ok()?,
+            Seq(seq),
+        ));
+    }
     // The frame is decoded, not trusted: whatever another node sent is validated here like
     // anything else that reaches a subscriber.
     let frame = ServerFrame::decode(fields.get("f")?.get().as_bytes()).ok()?;
+    if kind == "msg" {
+        let ServerFrame::Message {
+            channel,
+            id,
+            seq: Some(seq),
+            from,
+            event,
+            payload,
+            ts,
+        } = frame
+        else {
+            return None;
+        };
+        return Some(RemoteEvent::Committed(Box::new(StoredMessage {
+            channel,
+            seq,
+            id,
+            from,
+            event,
+            payload,
+            ts,
+        })));
+    }
     match (kind, &frame) {
         (
             "ephemeral",
@@ -174,7 +272,18 @@ impl Hub {
                 self.evict(&channel, &user, crate::channels::REMOVED);
                 return true;
             }
+            RemoteEvent::Committed(message) => {
+                self.inner.counters.cluster_received();
+                self.deliver(&message);
+                return true;
+            }
+            RemoteEvent::Pointer(channel, seq) => {
+                self.inner.counters.cluster_received();
+                self.remote_commit(&channel, seq);
+                return true;
+            }
         };
+        self.inner.counters.cluster_received();
         if let Some(state) = self.inner.channels.get(&channel) {
             let sent = state.broadcast(&frame, |_, sub| to.as_ref().is_none_or(|u| &sub.user == u));
             self.inner.counters.delivered(sent);
@@ -223,6 +332,34 @@ impl Hub {
         Some(from)
     }
 
+    /// Whether this node serves `channel` now: it has local subscribers there (joining or
+    /// started). What a transport that routes by interest subscribes to.
+    pub fn serves(&self, channel: &ChannelName) -> bool {
+        self.inner.channels.contains_key(channel)
+    }
+
+    /// The channels this node serves now ([`serves`](Self::serves)).
+    pub fn served_channels(&self) -> Vec<ChannelName> {
+        self.inner
+            .channels
+            .iter()
+            .map(|entry| entry.key().clone())
+            .collect()
+    }
+
+    /// Notifications for `channel` may have been lost (a transport subscribed to it only
+    /// now): its local subscribers catch up from the store.
+    pub fn catch_up(&self, channel: &ChannelName) {
+        if self.serves(channel) {
+            self.schedule_tail_check(channel, Duration::ZERO);
+        }
+    }
+
+    /// The backplane's health and counters; `None` on a single node.
+    pub fn backplane_status(&self) -> Option<BackplaneStatus> {
+        self.inner.backplane.as_ref().map(|b| b.status())
+    }
+
     /// Notifications from other nodes may have been lost: every channel with local
     /// subscribers catches up from the store.
     pub fn resync(&self) {
@@ -250,6 +387,26 @@ impl Hub {
         }
     }
 
+    /// Hands a message this node committed to the backplane, whole when it fits the
+    /// transport and as a pointer otherwise. Nothing on a single node.
+    pub(crate) fn forward_commit(&self, message: &StoredMessage, frame: &EncodedFrame) {
+        let Some(backplane) = &self.inner.backplane else {
+            return;
+        };
+        let mut event = encode_committed(frame);
+        if event.len() > backplane.max_event_bytes() {
+            event = commit_pointer(&message.channel, message.seq);
+        }
+        backplane.committed(&message.channel, message.seq, &event);
+    }
+
+    /// Tells the backplane that this node may have started or stopped serving `channel`.
+    pub(crate) fn interest_changed(&self, channel: &ChannelName) {
+        if let Some(backplane) = &self.inner.backplane {
+            backplane.interest(channel);
+        }
+    }
+
     /// Hands a `signal` frame for `to` to the backplane; false on a single node.
     pub(crate) fn forward_signal(
         &self,
@@ -271,7 +428,7 @@ impl Hub {
     /// there end on every node. Nothing on a single node.
     pub(crate) fn forward_evict(&self, channel: &ChannelName, user: &UserId) {
         if let Some(backplane) = &self.inner.backplane {
-            backplane.send(&encode_evict(channel, user));
+            backplane.send(channel, &encode_evict(channel, user));
         }
     }
 
@@ -468,7 +625,7 @@ fn forward(
             channel: channel.clone(),
         });
     }
-    backplane.send(&event);
+    backplane.send(channel, &event);
     Ok(())
 }
 

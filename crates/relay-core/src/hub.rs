@@ -125,6 +125,7 @@ pub(crate) struct Inner {
 pub(crate) struct Counters {
     delivered: AtomicU64,
     replays_refused: AtomicU64,
+    cluster_received: AtomicU64,
     errors: [AtomicU64; ERROR_CODES.len()],
 }
 
@@ -151,6 +152,10 @@ impl Counters {
         self.replays_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn cluster_received(&self) {
+        self.cluster_received.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn delivered(&self, n: usize) {
         self.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -161,6 +166,9 @@ impl Counters {
 pub struct HubCounters {
     /// Messages handed to subscribers' outboxes (one per subscriber per message).
     pub delivered: u64,
+    /// Channel traffic other nodes sent this one through the backplane (messages, commit
+    /// pointers, signals, evictions; presence aside), whether or not anyone here wanted it.
+    pub cluster_received: u64,
     /// `subscribe {since}` answered `recovered: false` because the replay was over the
     /// connection's byte allowance or the hub's replay budget.
     pub replays_refused: u64,
@@ -265,6 +273,7 @@ impl Hub {
         let c = &self.inner.counters;
         HubCounters {
             delivered: c.delivered.load(Ordering::Relaxed),
+            cluster_received: c.cluster_received.load(Ordering::Relaxed),
             replays_refused: c.replays_refused.load(Ordering::Relaxed),
             errors: ERROR_CODES
                 .iter()

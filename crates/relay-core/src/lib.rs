@@ -53,7 +53,7 @@ mod subscriber;
 mod subscribers;
 
 pub use channels::{CreateChannel, MAX_LISTED_NAMES, MAX_PAGE, MemberUpdate};
-pub use cluster::{Backplane, BoxFuture};
+pub use cluster::{Backplane, BackplaneStatus, BoxFuture, commit_pointer};
 pub use connection::Connection;
 pub use error::HubError;
 pub use hub::{Action, Hub, HubConfig, HubCounters, HubStats};

@@ -227,7 +227,15 @@ impl Hub {
         };
         let appended = self.inner.store.append(message).await?;
         if let Appended::New(stored) = &appended {
-            self.deliver_from(stored, origin);
+            let local = self.inner.channels.contains_key(&stored.channel);
+            if local || self.inner.backplane.is_some() {
+                // Encoded once, for the local subscribers and the other nodes alike.
+                let frame = stored.to_frame().encode();
+                self.forward_commit(stored, &frame);
+                if local {
+                    self.deliver_encoded(stored, &frame, origin);
+                }
+            }
         }
         guard.armed = false;
         Ok(appended)
@@ -269,13 +277,23 @@ impl Hub {
         }
         // Encode once, outside the lock; every subscriber gets a reference to the same bytes.
         let frame = message.to_frame().encode();
+        self.deliver_encoded(message, &frame, origin);
+    }
+
+    /// Delivers a committed message already encoded as `frame`.
+    fn deliver_encoded(
+        &self,
+        message: &StoredMessage,
+        frame: &EncodedFrame,
+        origin: Option<ConnId>,
+    ) {
         let echo = self.policy(&message.channel).echo;
         let Some(mut state) = self.inner.channels.get_mut(&message.channel) else {
             return;
         };
         let mut gap = false;
         for (id, sub) in state.subscribers.iter_mut() {
-            let frame = (echo || origin != Some(*id)).then_some(&frame);
+            let frame = (echo || origin != Some(*id)).then_some(frame);
             gap |= sub.offer(message.seq, frame);
         }
         self.inner.counters.delivered(state.subscribers.len());

@@ -29,10 +29,26 @@ impl Hub {
         user: &UserId,
         outbox: Arc<Outbox>,
     ) {
-        let mut state = self.inner.channels.entry(channel.clone()).or_default();
-        state
-            .subscribers
-            .insert(id, Subscriber::joining(outbox, user.clone()));
+        let created = match self.inner.channels.entry(channel.clone()) {
+            dashmap::Entry::Occupied(mut state) => {
+                state
+                    .get_mut()
+                    .subscribers
+                    .insert(id, Subscriber::joining(outbox, user.clone()));
+                false
+            }
+            dashmap::Entry::Vacant(vacant) => {
+                let mut state = ChannelState::default();
+                state
+                    .subscribers
+                    .insert(id, Subscriber::joining(outbox, user.clone()));
+                vacant.insert(state);
+                true
+            }
+        };
+        if created {
+            self.interest_changed(channel);
+        }
     }
 
     /// Starts a joining subscriber: marks its user online (announcing `join` to the others if
@@ -156,9 +172,13 @@ impl Hub {
     }
 
     fn free_if_empty(&self, channel: &ChannelName) {
-        self.inner
+        let freed = self
+            .inner
             .channels
             .remove_if(channel, |_, state| state.subscribers.is_empty());
+        if freed.is_some() {
+            self.interest_changed(channel);
+        }
     }
 
     pub(crate) fn forget_connection(&self, id: ConnId) {

@@ -45,7 +45,7 @@ impl Backplane for PgBackplane {
         self.notifier.max_event_bytes()
     }
 
-    fn send(&self, event: &str) {
+    fn send(&self, _channel: &ChannelName, event: &str) {
         if !self.notifier.send(event) {
             tracing::warn!("cluster event queue full: a live event was dropped");
         }

@@ -89,15 +89,99 @@ async fn live_events_from_other_nodes_reach_local_subscribers() {
 #[derive(Default)]
 struct Recorder {
     sent: Mutex<Vec<String>>,
+    committed: Mutex<Vec<(String, u64, String)>>,
+    interest: Mutex<Vec<String>>,
 }
 
 impl Backplane for Recorder {
     fn max_event_bytes(&self) -> usize {
         1000
     }
-    fn send(&self, event: &str) {
+    fn send(&self, _channel: &relay_proto::ChannelName, event: &str) {
         self.sent.lock().push(event.to_owned());
     }
+    fn committed(&self, channel: &relay_proto::ChannelName, seq: Seq, event: &str) {
+        self.committed
+            .lock()
+            .push((channel.to_string(), seq.0, event.to_owned()));
+    }
+    fn interest(&self, channel: &relay_proto::ChannelName) {
+        self.interest.lock().push(channel.to_string());
+    }
+}
+
+#[tokio::test]
+async fn commits_are_forwarded_whole_or_as_pointers_and_interest_follows_subscribers() {
+    let recorder = Arc::new(Recorder::default());
+    let hub = Hub::with_backplane(
+        Arc::new(MemoryStore::new()),
+        HubConfig::default(),
+        recorder.clone(),
+    );
+    let alice = Client {
+        conn: hub.connect(Identity::user(user("alice"))),
+    };
+    let bob = Client {
+        conn: hub.connect(Identity::user(user("bob"))),
+    };
+    alice.subscribe("chat:1").await;
+    bob.subscribe("chat:1").await;
+    assert!(hub.serves(&ch("chat:1")));
+    assert_eq!(*recorder.interest.lock(), ["chat:1"], "first subscriber only");
+    alice
+        .send(json!({"type": "publish", "channel": "chat:1", "payload": "small"}))
+        .await;
+    alice
+        .send(json!({"type": "publish", "channel": "chat:2", "payload": "x".repeat(2000)}))
+        .await;
+    let committed = recorder.committed.lock().clone();
+    assert_eq!(committed.len(), 2, "{committed:?}");
+    let (channel, seq, event) = &committed[0];
+    assert_eq!((channel.as_str(), *seq), ("chat:1", 1));
+    assert!(event.starts_with(r#"{"k":"msg","f":{"type":"message""#), "{event}");
+    assert!(event.contains(r#""seq":1"#), "{event}");
+    assert_eq!(
+        committed[1].2,
+        relay_core::commit_pointer(&ch("chat:2"), Seq(1)),
+        "too large for the transport: a pointer"
+    );
+    alice
+        .send(json!({"type": "unsubscribe", "channel": "chat:1"}))
+        .await;
+    assert_eq!(recorder.interest.lock().len(), 1, "bob still subscribed");
+    drop(bob);
+    assert!(!hub.serves(&ch("chat:1")));
+    assert_eq!(*recorder.interest.lock(), ["chat:1", "chat:1"]);
+}
+
+#[tokio::test]
+async fn committed_messages_from_other_nodes_are_delivered_without_a_store_read() {
+    let t = TestHub::new();
+    let alice = t.connect("alice");
+    alice.subscribe("chat:1").await;
+    let message = |seq: u64| {
+        json!({"k": "msg", "f": {"type": "message", "channel": "chat:1", "seq": seq, "id": "0193a6f2-7c4e-7b21-9d3f-2a8c5e4b1f06", "from": "carol", "payload": seq, "ts": "2026-11-22T10:00:00.000Z"}}).to_string()
+    };
+    // Seqs 1 and 2 exist only in the events: the store of this test has none.
+    assert!(t.hub.receive("node-x", &message(1)));
+    assert!(t.hub.receive("node-x", &message(2)));
+    assert!(t.hub.receive("node-x", &message(1)), "a repeat is dropped");
+    assert_eq!(message_seqs(&alice.frames()), [1, 2]);
+    assert_eq!(t.hub.counters().cluster_received, 3);
+    // A pointer past what arrived: the rest is read from the store.
+    append_elsewhere(&t, "chat:1", 4).await;
+    assert!(t.hub.receive(
+        "node-x",
+        &relay_core::commit_pointer(&ch("chat:1"), Seq(4))
+    ));
+    assert_eq!(message_seqs(&alice.next_batch().await), [3, 4]);
+    assert!(
+        !t.hub.receive(
+            "node-x",
+            r#"{"k":"msg","f":{"type":"message","channel":"chat:1","id":"0193a6f2-7c4e-7b21-9d3f-2a8c5e4b1f06","payload":1,"ts":"2026-11-22T10:00:00.000Z"}}"#
+        ),
+        "a committed message without a seq is refused"
+    );
 }
 
 #[tokio::test]
@@ -134,7 +218,7 @@ async fn live_events_are_forwarded_and_oversized_ones_refused() {
     assert_eq!(
         sent.len(),
         2,
-        "persistent messages are not forwarded: {sent:?}"
+        "persistent messages go through `committed`, not `send`: {sent:?}"
     );
     assert!(sent[0].starts_with(r#"{"k":"ephemeral""#), "{}", sent[0]);
     assert!(
