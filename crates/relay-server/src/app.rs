@@ -57,7 +57,7 @@ impl App {
     /// A service over `hub`, verifying tokens with `auth`.
     pub fn new(config: Config, hub: Hub, auth: Authenticator) -> Self {
         let metrics = Metrics::new();
-        if config.cluster == crate::ClusterMode::Postgres
+        if config.cluster != crate::ClusterMode::Single
             && let Some(node_id) = &config.node_id
         {
             metrics.node_id(node_id);
@@ -207,10 +207,7 @@ impl App {
                 .err()
                 .map(|e| format!("store not reachable: {e}"))
         };
-        let Some(problem) = problem else {
-            return json(StatusCode::OK, &serde_json::json!({"status": "ready"}));
-        };
-        let service = match bearer(req) {
+        let service = || match bearer(req) {
             Some(token) => self
                 .inner
                 .auth
@@ -218,7 +215,24 @@ impl App {
                 .is_ok_and(|identity| identity.role == Role::Service),
             None => false,
         };
-        let body = if service {
+        let Some(problem) = problem else {
+            // Serving, but without part of the cluster: still ready (local delivery and
+            // commits go on), and said so.
+            let degraded = self
+                .inner
+                .hub
+                .backplane_status()
+                .and_then(|status| status.degraded);
+            let body = match degraded {
+                None => serde_json::json!({"status": "ready"}),
+                Some(reason) if service() => {
+                    serde_json::json!({"status": "degraded", "reason": reason})
+                }
+                Some(_) => serde_json::json!({"status": "degraded"}),
+            };
+            return json(StatusCode::OK, &body);
+        };
+        let body = if service() {
             serde_json::json!({"status": "unready", "reason": problem})
         } else {
             serde_json::json!({"status": "unready"})

@@ -99,8 +99,11 @@ pub struct Config {
     /// Serve the demo app at `/` and development tokens to loopback clients at
     /// `POST /demo/token`; the `demo` namespace then shows presence and joins unless configured.
     pub demo: bool,
-    /// `single` (the default) or `postgres`: several nodes sharing `database_url`.
+    /// `single` (the default), `postgres` (several nodes sharing `database_url`, fanning
+    /// out over `LISTEN`/`NOTIFY`) or `nats` (fanning out over NATS, see `nats`).
     pub cluster: ClusterMode,
+    /// How a `nats` cluster node reaches NATS (the `[nats]` table).
+    pub nats: crate::nats::NatsOptions,
     /// This node's id in a cluster (1 to 64 of `A-Z a-z 0-9 . _ -`); generated when unset.
     pub node_id: Option<String>,
     /// How long a cluster node's registration lives without renewal (renewed, and presence
@@ -289,6 +292,9 @@ pub enum ClusterMode {
     Single,
     /// Nodes sharing one Postgres database fan out to each other over `LISTEN`/`NOTIFY`.
     Postgres,
+    /// Nodes fan out to each other over NATS, each receiving only the channels it serves;
+    /// Postgres (when configured) stays the source of truth for seqs and recovery.
+    Nats,
 }
 
 impl Default for Config {
@@ -320,6 +326,7 @@ impl Default for Config {
             namespaces: BTreeMap::new(),
             demo: false,
             cluster: ClusterMode::Single,
+            nats: crate::nats::NatsOptions::default(),
             node_id: None,
             node_ttl_secs: 20,
             max_connections: 100_000,
@@ -407,6 +414,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &self.database_url.as_deref().map(redact))
             .field("auth", &self.auth)
             .field("cluster", &self.cluster)
+            .field("nats", &self.nats)
             .field("node_id", &self.node_id)
             .field("allowed_origins", &self.allowed_origins)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -601,6 +609,24 @@ impl Config {
                     .into(),
             ));
         }
+        if self.cluster == ClusterMode::Nats {
+            self.nats.validate().map_err(ConfigError::Invalid)?;
+            if self.database_url.is_none() {
+                let policies = self.hub_config().policies;
+                let ephemeral = |p: &NamespacePolicy| p.persistence == Persistence::EphemeralOnly;
+                let listed = self.namespaces.keys().map(|ns| policies.get(ns));
+                if !(ephemeral(policies.default_policy()) && listed.into_iter().all(ephemeral)) {
+                    return Err(ConfigError::Invalid(
+                        "cluster = \"nats\" with the in-memory store would number each channel's \
+                         messages separately on every node: set --database-url (Postgres stays \
+                         the source of truth, NATS carries the live traffic), or make every \
+                         namespace ephemeral-only (persistence = \"ephemeral\" in \
+                         [default_policy] and each [namespaces.*])"
+                            .into(),
+                    ));
+                }
+            }
+        }
         if let Some(id) = &self.node_id {
             let valid = (1..=64).contains(&id.len())
                 && id
@@ -703,7 +729,8 @@ impl Config {
     pub fn store_options(&self) -> relay_store::PgStoreOptions {
         let cluster_node = match self.cluster {
             ClusterMode::Postgres => self.node_id.clone(),
-            ClusterMode::Single => None,
+            // NATS carries this node's commits; the store announces nothing.
+            ClusterMode::Single | ClusterMode::Nats => None,
         };
         relay_store::PgStoreOptions {
             max_connections: self.database_max_connections.max(1),

@@ -31,6 +31,7 @@ mod config;
 pub mod frame;
 mod limits;
 mod metrics;
+mod nats;
 mod rest;
 mod serve;
 mod sse;
@@ -49,4 +50,5 @@ pub use config::{
 };
 pub use limits::RemoteAddr;
 pub use metrics::Metrics;
+pub use nats::{NatsError, NatsNode, NatsOptions, channel_from_subject, channel_subject};
 pub use serve::Relay;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use relay_core::Hub;
 use relay_server::{
     Authenticator, Claims, ClusterError, ClusterMode, ClusterNode, Config, JwtAlgorithm, LogFormat,
-    Relay,
+    NatsNode, Relay,
 };
 use relay_store::PgStore;
 
@@ -74,9 +74,25 @@ struct Settings {
     /// Log format [default: text]. Log level: RUST_LOG (default `info`).
     #[arg(long, env = "RELAY_LOG_FORMAT", global = true)]
     log_format: Option<LogFormat>,
-    /// `postgres`: one node of several sharing --database-url [default: single].
+    /// `postgres`: one node of several sharing --database-url; `nats`: nodes fan out over
+    /// NATS (--nats-url) [default: single].
     #[arg(long, env = "RELAY_CLUSTER", global = true)]
     cluster: Option<ClusterMode>,
+    /// NATS servers of `--cluster nats`, comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "RELAY_NATS_URL", global = true)]
+    nats_url: Option<String>,
+    /// A NATS `.creds` file (user JWT and nkey seed).
+    #[arg(long, env = "RELAY_NATS_CREDS", global = true)]
+    nats_creds: Option<PathBuf>,
+    /// A NATS token (prefer the environment variable: flags show in `ps`).
+    #[arg(long, env = "RELAY_NATS_TOKEN", global = true, hide_env_values = true)]
+    nats_token: Option<String>,
+    /// A NATS user, with RELAY_NATS_PASSWORD.
+    #[arg(long, env = "RELAY_NATS_USER", global = true)]
+    nats_user: Option<String>,
+    /// The NATS user's password (environment only: flags show in `ps`).
+    #[arg(skip = std::env::var("RELAY_NATS_PASSWORD").ok())]
+    nats_password: Option<String>,
     /// This node's id in a cluster (unique per live node) [default: generated].
     #[arg(long, env = "RELAY_NODE_ID", global = true)]
     node_id: Option<String>,
@@ -139,6 +155,21 @@ impl Settings {
         }
         if let Some(cluster) = self.cluster {
             config.cluster = cluster;
+        }
+        if let Some(url) = &self.nats_url {
+            config.nats.url = url.clone();
+        }
+        if let Some(path) = &self.nats_creds {
+            config.nats.creds_file = Some(path.clone());
+        }
+        if let Some(token) = &self.nats_token {
+            config.nats.token = Some(token.clone());
+        }
+        if let Some(user) = &self.nats_user {
+            config.nats.user = Some(user.clone());
+        }
+        if let Some(password) = &self.nats_password {
+            config.nats.password = Some(password.clone());
         }
         if self.demo {
             config.demo = true;
@@ -320,15 +351,38 @@ async fn serve(config: Config, generated_secret: bool) -> ExitCode {
             }
         },
         ClusterMode::Postgres => {
-            let node_id = config
-                .node_id
-                .get_or_insert_with(|| {
-                    format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-                })
-                .clone();
+            let node_id = node_id(&mut config);
             match join_cluster(&config, &node_id).await {
-                Ok((hub, node, name)) => (hub, Some(node), name),
+                Ok((hub, node, name)) => (hub, Some(Node::Postgres(node)), name),
                 Err(code) => return code,
+            }
+        }
+        ClusterMode::Nats => {
+            let node_id = node_id(&mut config);
+            let (store, name) = match config.open_store().await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the store");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match NatsNode::join(
+                store,
+                config.hub_config(),
+                &node_id,
+                config.node_ttl(),
+                &config.nats,
+            )
+            .await
+            {
+                Ok((hub, node)) => {
+                    tracing::info!(node_id, nats = ?config.nats, "joined the NATS cluster");
+                    (hub, Some(Node::Nats(node)), format!("{name}, NATS cluster"))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot join the cluster");
+                    return ExitCode::from(2);
+                }
             }
         }
     };
@@ -353,6 +407,29 @@ async fn serve(config: Config, generated_secret: bool) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// This node's cluster membership, left on shutdown.
+enum Node {
+    Postgres(ClusterNode),
+    Nats(NatsNode),
+}
+
+impl Node {
+    async fn leave(self) {
+        match self {
+            Self::Postgres(node) => node.leave().await,
+            Self::Nats(node) => node.leave().await,
+        }
+    }
+}
+
+/// The configured node id, or a generated one.
+fn node_id(config: &mut Config) -> String {
+    config
+        .node_id
+        .get_or_insert_with(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
+        .clone()
 }
 
 /// Opens the store as cluster node `node_id` and joins the cluster; a duplicate live node id

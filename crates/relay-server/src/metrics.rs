@@ -51,6 +51,12 @@ pub struct Metrics {
     pub(crate) handshakes_refused: Counter,
     refused: Family<RefusalLabels, Counter>,
     node: Family<NodeLabels, Gauge>,
+    cluster_degraded: Gauge,
+    cluster_routed_channels: Gauge,
+    cluster_events: Counter,
+    cluster_transport_messages: Counter,
+    cluster_transport_bytes: Counter,
+    cluster_dropped: Counter,
 }
 
 impl Metrics {
@@ -75,6 +81,12 @@ impl Metrics {
             handshakes_refused: Counter::default(),
             refused: Family::default(),
             node: Family::default(),
+            cluster_degraded: Gauge::default(),
+            cluster_routed_channels: Gauge::default(),
+            cluster_events: Counter::default(),
+            cluster_transport_messages: Counter::default(),
+            cluster_transport_bytes: Counter::default(),
+            cluster_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +164,36 @@ impl Metrics {
             "This node of a cluster (value 1, labelled with its node id)",
             metrics.node.clone(),
         );
+        registry.register(
+            "cluster_degraded",
+            "1 while the cluster backplane is degraded (NATS unreachable, say; /readyz says why)",
+            metrics.cluster_degraded.clone(),
+        );
+        registry.register(
+            "cluster_routed_channels",
+            "Channels this node receives cluster traffic for (NATS interest routing)",
+            metrics.cluster_routed_channels.clone(),
+        );
+        registry.register(
+            "cluster_events",
+            "Channel traffic other nodes sent this one (messages, commit pointers, signals, evictions)",
+            metrics.cluster_events.clone(),
+        );
+        registry.register(
+            "cluster_transport_messages",
+            "Messages the cluster transport received for this node (NATS; presence and heartbeats included)",
+            metrics.cluster_transport_messages.clone(),
+        );
+        registry.register(
+            "cluster_transport_bytes",
+            "Bytes the cluster transport received for this node (NATS)",
+            metrics.cluster_transport_bytes.clone(),
+        );
+        registry.register(
+            "cluster_dropped_events",
+            "Cluster events not sent (queue full or transport unreachable); commits among them are announced later",
+            metrics.cluster_dropped.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -204,6 +246,16 @@ impl Metrics {
         self.presence.set(stats.presence_entries as i64);
         self.replay_bytes.set(stats.replay_bytes as i64);
         let counters = hub.counters();
+        catch_up(&self.cluster_events, counters.cluster_received);
+        if let Some(status) = hub.backplane_status() {
+            self.cluster_degraded
+                .set(i64::from(status.degraded.is_some()));
+            self.cluster_routed_channels
+                .set(status.routed_channels.unwrap_or(0) as i64);
+            catch_up(&self.cluster_transport_messages, status.received_messages);
+            catch_up(&self.cluster_transport_bytes, status.received_bytes);
+            catch_up(&self.cluster_dropped, status.dropped_events);
+        }
         catch_up(&self.deliveries, counters.delivered);
         catch_up(&self.replays_refused, counters.replays_refused);
         for (code, total) in counters.errors {
