@@ -719,9 +719,6 @@ async fn route(shared: Arc<Shared>, hub: Hub) {
                 }
             }
         }
-        shared
-            .routed
-            .store(subscriptions.len() as u64, Ordering::Relaxed);
         if !added.is_empty() {
             // Once the server has the subscriptions, whatever was committed before they
             // took effect is read from the store (on a reconnect, every channel is).
@@ -730,6 +727,9 @@ async fn route(shared: Arc<Shared>, hub: Hub) {
                 hub.catch_up(channel);
             }
         }
+        shared
+            .routed
+            .store(subscriptions.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -179,3 +179,103 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// A `nats-server` process of a test's own, on its own loopback port (never the machine's
+/// shared server): stopped and started again on the same port by [`stop`](Self::stop) and
+/// [`start_again`](Self::start_again), killed when dropped.
+pub struct NatsServer {
+    binary: std::path::PathBuf,
+    child: Option<std::process::Child>,
+    port: u16,
+}
+
+impl NatsServer {
+    /// The `nats-server` binary: `$NATS_SERVER`, else the first found on `PATH` or in
+    /// `/usr/sbin`, `/usr/local/bin`, `/usr/bin`.
+    pub fn binary() -> Option<std::path::PathBuf> {
+        if let Some(path) = std::env::var_os("NATS_SERVER").filter(|p| !p.is_empty()) {
+            return Some(path.into());
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/usr/local/bin", "/usr/bin"].map(Into::into))
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    }
+
+    /// Starts a server on a free loopback port.
+    ///
+    /// # Panics
+    /// When there is no `nats-server` binary or it does not start within 10 s.
+    pub fn start() -> Self {
+        let binary = Self::binary().expect(
+            "no nats-server binary (install Debian's nats-server, or set NATS_SERVER)",
+        );
+        let mut server = Self {
+            binary,
+            child: None,
+            port: 0,
+        };
+        server.launch("-1");
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on its port.
+    pub fn start_again(&mut self) {
+        self.stop();
+        let port = self.port.to_string();
+        self.launch(&port);
+    }
+
+    fn launch(&mut self, port: &str) {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", port])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut port = None;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
+                    port = addr
+                        .trim()
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok());
+                }
+                if line.contains("Server is ready") {
+                    let _ = ready_tx.send(port);
+                }
+            }
+        });
+        let port = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .ok()
+            .flatten()
+            .expect("nats-server reports its port and readiness within 10 s");
+        self.port = port;
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,35 +1,190 @@
-//! Several nodes on one Postgres database (`--cluster postgres`), in process: each node is a
-//! real server with its own hub, and the nodes learn of each other only through the
-//! database (`LISTEN`/`NOTIFY` and the tables). Each test has its own fresh database.
-//! These run when `DATABASE_URL` is set at build time; otherwise they are listed as ignored.
+//! Several nodes in process, each a real server with its own hub, learning of each other
+//! only through the backplane. The cross-node suite is written once and runs on both
+//! backplanes, the way the store conformance suite runs on both stores:
+//! `cluster::postgres::*` (`LISTEN`/`NOTIFY`) and `cluster::nats::*` (a `nats-server` of the
+//! test's own, with Postgres as the store). Each test has its own fresh database. These run
+//! when `DATABASE_URL` is set at build time (and, for NATS, a `nats-server` binary is found);
+//! otherwise they are listed as ignored.
 
 use std::time::Duration;
 
 use relay_core::Publish;
 use relay_proto::{ChannelName, Payload, ServerFrame};
-use relay_server::{ClusterError, ClusterMode, ClusterNode};
+use relay_server::testing::NatsServer;
+use relay_server::{ClusterError, ClusterMode, ClusterNode, NatsNode};
 use relay_store::PgStoreOptions;
 use relay_store::testing::TestDatabase;
 use serde_json::json;
 
 use crate::support::*;
 
-struct Node {
+/// How the nodes of a test's cluster reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backplane {
+    Postgres,
+    Nats,
+}
+
+/// A fresh database, and for NATS a server of the test's own.
+pub struct Cluster {
+    pub db: TestDatabase,
+    pub nats: Option<NatsServer>,
+    backplane: Backplane,
+}
+
+/// A node: a real server over a cluster member's hub.
+pub struct Node {
+    pub server: TestServer,
+    /// The cluster membership (a `ClusterNode` or a `NatsNode`): dropped with the node.
+    _member: Box<dyn std::any::Any + Send>,
+}
+
+const NAMESPACES: &str = "[namespaces.room]\npresence = true\njoin_leave = true\n\
+     [namespaces.group]\nsubscribe = \"members\"\ncreate = \"any\"\n";
+
+impl Cluster {
+    pub async fn new(backplane: Backplane) -> Self {
+        Self {
+            db: TestDatabase::create().await,
+            nats: (backplane == Backplane::Nats).then(NatsServer::start),
+            backplane,
+        }
+    }
+
+    pub async fn node(&self, id: &str) -> Node {
+        self.node_with(id, NAMESPACES).await
+    }
+
+    pub async fn node_with(&self, id: &str, namespaces: &str) -> Node {
+        let nats_url = self.nats.as_ref().map(NatsServer::url);
+        let backplane = self.backplane;
+        let config = TestServer::config(|config| {
+            config.database_url = Some(self.db.url().to_owned());
+            config.node_id = Some(id.to_owned());
+            config.namespaces = relay_server::Config::from_toml(namespaces)
+                .unwrap()
+                .namespaces;
+            match backplane {
+                Backplane::Postgres => config.cluster = ClusterMode::Postgres,
+                Backplane::Nats => {
+                    config.cluster = ClusterMode::Nats;
+                    config.nats.url = nats_url.clone().unwrap();
+                }
+            }
+        });
+        let (hub, member): (_, Box<dyn std::any::Any + Send>) = match self.backplane {
+            Backplane::Postgres => {
+                let store = self
+                    .db
+                    .store_with(PgStoreOptions {
+                        cluster_node: Some(id.to_owned()),
+                        ..PgStoreOptions::default()
+                    })
+                    .await;
+                let (hub, node) =
+                    ClusterNode::join(store, config.hub_config(), id, config.node_ttl())
+                        .await
+                        .unwrap();
+                (hub, Box::new(node))
+            }
+            Backplane::Nats => {
+                let store = std::sync::Arc::new(self.db.store().await);
+                let (hub, node) = NatsNode::join(
+                    store,
+                    config.hub_config(),
+                    id,
+                    config.node_ttl(),
+                    &config.nats,
+                )
+                .await
+                .unwrap();
+                (hub, Box::new(node))
+            }
+        };
+        let server = TestServer::start_with_hub(hub, config).await;
+        Node {
+            server,
+            _member: member,
+        }
+    }
+
+    /// Waits until `nodes` nodes follow the cluster (on Postgres: are listening).
+    pub async fn settle(&self, nodes: i64) {
+        if self.backplane == Backplane::Postgres {
+            wait_for_listeners(&self.db, nodes).await;
+        }
+    }
+}
+
+/// Waits until `node` receives the traffic of `channels` channels (NATS interest routing:
+/// its subscriptions are confirmed by the server); nothing to wait for on Postgres.
+pub async fn await_routed(node: &Node, channels: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let routed = node
+            .server
+            .hub
+            .backplane_status()
+            .and_then(|s| s.routed_channels);
+        if routed.is_none_or(|n| n == channels) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "routed {routed:?} channels, not {channels}, within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs each named suite function on both backplanes.
+macro_rules! on_both_backplanes {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                #[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+                async fn $test() {
+                    super::$test(super::Backplane::Postgres).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test]
+                #[cfg_attr(
+                    not(all(pg_tests, nats_tests)),
+                    ignore = "NATS cluster tests need DATABASE_URL and a nats-server binary"
+                )]
+                async fn $test() {
+                    super::$test(super::Backplane::Nats).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backplanes!(
+    persistent_messages_reach_subscribers_on_every_node_once_in_order,
+    typing_and_signals_cross_nodes,
+    a_member_removed_on_one_node_loses_its_subscriptions_on_every_node,
+    a_database_restart_during_cluster_traffic_loses_and_duplicates_nothing,
+);
+
+struct PgNode {
     server: TestServer,
     _node: ClusterNode,
 }
 
-async fn node(db: &TestDatabase, id: &str) -> Node {
+/// A Postgres node, for the tests of what only that backplane has.
+async fn node(db: &TestDatabase, id: &str) -> PgNode {
     let config = TestServer::config(|config| {
         config.cluster = ClusterMode::Postgres;
         config.database_url = Some(db.url().to_owned());
         config.node_id = Some(id.to_owned());
-        config.namespaces = relay_server::Config::from_toml(
-            "[namespaces.room]\npresence = true\njoin_leave = true\n\
-             [namespaces.group]\nsubscribe = \"members\"\ncreate = \"any\"\n",
-        )
-        .unwrap()
-        .namespaces;
+        config.namespaces = relay_server::Config::from_toml(NAMESPACES)
+            .unwrap()
+            .namespaces;
     });
     let store = db
         .store_with(PgStoreOptions {
@@ -41,7 +196,7 @@ async fn node(db: &TestDatabase, id: &str) -> Node {
         .await
         .unwrap();
     let server = TestServer::start_with_hub(hub, config).await;
-    Node {
+    PgNode {
         server,
         _node: node,
     }
@@ -85,16 +240,14 @@ async fn collect_seqs(client: &mut WsClient, count: usize) -> Vec<u64> {
     seqs
 }
 
-#[tokio::test]
-#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
-async fn persistent_messages_reach_subscribers_on_every_node_once_in_order() {
-    let db = TestDatabase::create().await;
+async fn persistent_messages_reach_subscribers_on_every_node_once_in_order(backplane: Backplane) {
+    let cluster = Cluster::new(backplane).await;
     let nodes = [
-        node(&db, "node-a").await,
-        node(&db, "node-b").await,
-        node(&db, "node-c").await,
+        cluster.node("node-a").await,
+        cluster.node("node-b").await,
+        cluster.node("node-c").await,
     ];
-    wait_for_listeners(&db, 3).await;
+    cluster.settle(3).await;
     let mut subscribers = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         for j in 0..2 {
@@ -160,16 +313,15 @@ async fn persistent_messages_reach_subscribers_on_every_node_once_in_order() {
     }
 }
 
-#[tokio::test]
-#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
-async fn typing_and_signals_cross_nodes() {
-    let db = TestDatabase::create().await;
-    let (a, b) = (node(&db, "node-a").await, node(&db, "node-b").await);
-    wait_for_listeners(&db, 2).await;
+async fn typing_and_signals_cross_nodes(backplane: Backplane) {
+    let cluster = Cluster::new(backplane).await;
+    let (a, b) = (cluster.node("node-a").await, cluster.node("node-b").await);
+    cluster.settle(2).await;
     let mut alice = a.server.connect("alice").await;
     let mut bob = b.server.connect("bob").await;
     alice.subscribe("room:2").await;
     bob.subscribe("room:2").await;
+    await_routed(&a, 1).await;
 
     bob.send(json!({"type": "publish", "id": 1, "channel": "room:2", "event": "typing", "ephemeral": true, "payload": {}}))
         .await;
@@ -296,12 +448,12 @@ fn cluster_mode_without_a_database_is_a_configuration_error() {
     assert!(error.contains("needs a database"), "{error}");
 }
 
-#[tokio::test]
-#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
-async fn a_member_removed_on_one_node_loses_its_subscriptions_on_every_node() {
-    let db = TestDatabase::create().await;
-    let (a, b) = (node(&db, "node-a").await, node(&db, "node-b").await);
-    wait_for_listeners(&db, 2).await;
+async fn a_member_removed_on_one_node_loses_its_subscriptions_on_every_node(
+    backplane: Backplane,
+) {
+    let cluster = Cluster::new(backplane).await;
+    let (a, b) = (cluster.node("node-a").await, cluster.node("node-b").await);
+    cluster.settle(2).await;
     let alice = a.server.http(&a.server.token("alice"));
     let (status, body) = alice
         .post(
@@ -315,6 +467,7 @@ async fn a_member_removed_on_one_node_loses_its_subscriptions_on_every_node() {
         bob.subscribe("group:1").await,
         ServerFrame::Subscribed { .. }
     ));
+    await_routed(&b, 1).await;
     let (status, body) = alice.delete("/api/channels/group:1/members/bob").await;
     assert_eq!(status, 200, "{body}");
     let frame = tokio::time::timeout(Duration::from_secs(10), bob.recv())
@@ -367,12 +520,13 @@ async fn publish_through_outage(
     (acked, refused)
 }
 
-#[tokio::test]
-#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
-async fn a_database_restart_during_cluster_traffic_loses_and_duplicates_nothing() {
-    let db = TestDatabase::create().await;
-    let (a, b) = (node(&db, "node-a").await, node(&db, "node-b").await);
-    wait_for_listeners(&db, 2).await;
+async fn a_database_restart_during_cluster_traffic_loses_and_duplicates_nothing(
+    backplane: Backplane,
+) {
+    let cluster = Cluster::new(backplane).await;
+    let db = &cluster.db;
+    let (a, b) = (cluster.node("node-a").await, cluster.node("node-b").await);
+    cluster.settle(2).await;
     let mut readers = Vec::new();
     for n in [&a, &b] {
         let mut reader = n.server.connect("reader").await;
