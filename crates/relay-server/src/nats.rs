@@ -97,7 +97,7 @@ impl NatsOptions {
             && self
                 .subject_prefix
                 .split('.')
-                .all(|t| !t.is_empty() && t.bytes().all(|b| is_plain(b)));
+                .all(|t| !t.is_empty() && t.bytes().all(is_plain));
         if !prefix_ok {
             return Err(format!(
                 "nats.subject_prefix {:?} must be dot-separated tokens of A-Z a-z 0-9 _ -",
@@ -571,7 +571,10 @@ impl Backplane for NatsBackplane {
             && self
                 .shared
                 .control
-                .try_send((format!("{}.ctl.presence", self.shared.prefix), payload.into()))
+                .try_send((
+                    format!("{}.ctl.presence", self.shared.prefix),
+                    payload.into(),
+                ))
                 .is_ok()
         {
             return;
@@ -695,6 +698,7 @@ async fn route(shared: Arc<Shared>, hub: Hub) {
             continue;
         }
         let mut added = Vec::new();
+        let mut removed = false;
         for channel in changed {
             let wanted = hub.serves(&channel);
             if wanted == subscriptions.contains_key(&channel) {
@@ -703,6 +707,7 @@ async fn route(shared: Arc<Shared>, hub: Hub) {
             if !wanted {
                 // Dropping the reader drops its subscription: NATS stops sending.
                 subscriptions.remove(&channel);
+                removed = true;
                 continue;
             }
             let subject = channel_subject(&shared.prefix, channel.as_str());
@@ -718,6 +723,10 @@ async fn route(shared: Arc<Shared>, hub: Hub) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+        }
+        if removed && added.is_empty() {
+            // The count below is of subscriptions the server has dropped too.
+            let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
         }
         if !added.is_empty() {
             // Once the server has the subscriptions, whatever was committed before they
@@ -767,6 +776,9 @@ struct Change {
     e: String,
 }
 
+/// Online (channel, user) pairs.
+type Entries = Vec<(ChannelName, UserId)>;
+
 /// A part of a node's presence snapshot.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotPart {
@@ -775,7 +787,7 @@ struct SnapshotPart {
     v: u64,
     part: usize,
     parts: usize,
-    p: Vec<(ChannelName, UserId)>,
+    p: Entries,
 }
 
 /// This node's presence as announced: what a snapshot sends.
@@ -801,7 +813,7 @@ struct NodeView {
     /// Changes received ahead of a snapshot or past a gap, by number.
     held: BTreeMap<u64, Change>,
     /// Parts of the snapshot being received: (its number, parts so far).
-    assembling: Option<(u64, Vec<Option<Vec<(ChannelName, UserId)>>>)>,
+    assembling: Option<(u64, Vec<Option<Entries>>)>,
     requested: Option<Instant>,
 }
 
@@ -978,7 +990,8 @@ impl RemotePresence {
         let Some((version, parts)) = view.assembling.take() else {
             return;
         };
-        let online: HashSet<(ChannelName, UserId)> = parts.into_iter().flatten().flatten().collect();
+        let online: HashSet<(ChannelName, UserId)> =
+            parts.into_iter().flatten().flatten().collect();
         let old = std::mem::replace(&mut view.online, online.clone());
         view.synced = Some(version);
         view.requested = None;
@@ -1174,7 +1187,9 @@ fn on_event(shared: &Shared, hub: &Hub, event: async_nats::Event) {
             tracing::warn!(url = %shared.url, "NATS connection lost: cross-node delivery paused until it is back");
         }
         async_nats::Event::SlowConsumer(_) => {
-            tracing::warn!("NATS dropped messages for this node (slow consumer): catching up from the store");
+            tracing::warn!(
+                "NATS dropped messages for this node (slow consumer): catching up from the store"
+            );
             hub.resync();
         }
         other => tracing::warn!(event = %other, "NATS"),
@@ -1233,9 +1248,16 @@ mod tests {
             channel_subject("relay", "dm:#alice,bob"),
             "relay.c.dm~3A~23alice~2Cbob"
         );
-        assert_eq!(channel_subject("r", "a.b*>~ é"), "r.c.a~2Eb~2A~3E~7E~20~C3~A9");
+        assert_eq!(
+            channel_subject("r", "a.b*>~ é"),
+            "r.c.a~2Eb~2A~3E~7E~20~C3~A9"
+        );
         assert_eq!(channel_from_subject("r", "r.c.a~2Eb"), Some("a.b".into()));
-        assert_eq!(channel_from_subject("r", "r.c.a~2eb"), None, "one spelling only");
+        assert_eq!(
+            channel_from_subject("r", "r.c.a~2eb"),
+            None,
+            "one spelling only"
+        );
         assert_eq!(channel_from_subject("r", "r.c.a.b"), None);
         assert_eq!(channel_from_subject("r", "r.c."), None);
         assert_eq!(channel_from_subject("r", "x.c.ab"), None);
@@ -1306,8 +1328,15 @@ mod tests {
         let room = ChannelName::parse("room:1").unwrap();
         let mut fx = Effects::default();
         remote.change(change("b", 1, "room:1", "bob", true), &mut fx);
-        assert_eq!(fx.snapshots, ["b"], "an unknown node is asked for a snapshot");
-        assert!(remote.online_in(&room).is_empty(), "held until the snapshot");
+        assert_eq!(
+            fx.snapshots,
+            ["b"],
+            "an unknown node is asked for a snapshot"
+        );
+        assert!(
+            remote.online_in(&room).is_empty(),
+            "held until the snapshot"
+        );
         let mut fx = Effects::default();
         remote.change(change("b", 3, "room:1", "carol", true), &mut fx);
         let mut fx = Effects::default();
@@ -1329,7 +1358,10 @@ mod tests {
         remote.change(change("b", 2, "room:1", "bob", false), &mut fx);
         assert_eq!(
             fx.events,
-            [("b".to_owned(), "2".to_owned()), ("b".to_owned(), "3".to_owned())],
+            [
+                ("b".to_owned(), "2".to_owned()),
+                ("b".to_owned(), "3".to_owned())
+            ],
             "the gap filled: 2 then the held 3"
         );
         let online = remote.online_in(&room);

@@ -208,9 +208,8 @@ impl NatsServer {
     /// # Panics
     /// When there is no `nats-server` binary or it does not start within 10 s.
     pub fn start() -> Self {
-        let binary = Self::binary().expect(
-            "no nats-server binary (install Debian's nats-server, or set NATS_SERVER)",
-        );
+        let binary = Self::binary()
+            .expect("no nats-server binary (install Debian's nats-server, or set NATS_SERVER)");
         let mut server = Self {
             binary,
             child: None,

@@ -127,7 +127,11 @@ async fn commits_are_forwarded_whole_or_as_pointers_and_interest_follows_subscri
     alice.subscribe("chat:1").await;
     bob.subscribe("chat:1").await;
     assert!(hub.serves(&ch("chat:1")));
-    assert_eq!(*recorder.interest.lock(), ["chat:1"], "first subscriber only");
+    assert_eq!(
+        *recorder.interest.lock(),
+        ["chat:1"],
+        "first subscriber only"
+    );
     alice
         .send(json!({"type": "publish", "channel": "chat:1", "payload": "small"}))
         .await;
@@ -138,7 +142,10 @@ async fn commits_are_forwarded_whole_or_as_pointers_and_interest_follows_subscri
     assert_eq!(committed.len(), 2, "{committed:?}");
     let (channel, seq, event) = &committed[0];
     assert_eq!((channel.as_str(), *seq), ("chat:1", 1));
-    assert!(event.starts_with(r#"{"k":"msg","f":{"type":"message""#), "{event}");
+    assert!(
+        event.starts_with(r#"{"k":"msg","f":{"type":"message""#),
+        "{event}"
+    );
     assert!(event.contains(r#""seq":1"#), "{event}");
     assert_eq!(
         committed[1].2,
@@ -170,10 +177,10 @@ async fn committed_messages_from_other_nodes_are_delivered_without_a_store_read(
     assert_eq!(t.hub.counters().cluster_received, 3);
     // A pointer past what arrived: the rest is read from the store.
     append_elsewhere(&t, "chat:1", 4).await;
-    assert!(t.hub.receive(
-        "node-x",
-        &relay_core::commit_pointer(&ch("chat:1"), Seq(4))
-    ));
+    assert!(
+        t.hub
+            .receive("node-x", &relay_core::commit_pointer(&ch("chat:1"), Seq(4)))
+    );
     assert_eq!(message_seqs(&alice.next_batch().await), [3, 4]);
     assert!(
         !t.hub.receive(

@@ -226,7 +226,7 @@ async fn wait_for_listeners(db: &TestDatabase, at_least: i64) {
 }
 
 /// Reads frames until `count` messages arrived; returns their seqs in arrival order.
-async fn collect_seqs(client: &mut WsClient, count: usize) -> Vec<u64> {
+pub async fn collect_seqs(client: &mut WsClient, count: usize) -> Vec<u64> {
     let mut seqs = Vec::with_capacity(count);
     tokio::time::timeout(Duration::from_secs(30), async {
         while seqs.len() < count {
@@ -448,9 +448,7 @@ fn cluster_mode_without_a_database_is_a_configuration_error() {
     assert!(error.contains("needs a database"), "{error}");
 }
 
-async fn a_member_removed_on_one_node_loses_its_subscriptions_on_every_node(
-    backplane: Backplane,
-) {
+async fn a_member_removed_on_one_node_loses_its_subscriptions_on_every_node(backplane: Backplane) {
     let cluster = Cluster::new(backplane).await;
     let (a, b) = (cluster.node("node-a").await, cluster.node("node-b").await);
     cluster.settle(2).await;

@@ -11,6 +11,7 @@ mod bad_input;
 mod browser;
 mod cluster;
 mod cluster_binaries;
+mod cluster_nats;
 mod direct_messages;
 mod durability;
 mod group_chat;
