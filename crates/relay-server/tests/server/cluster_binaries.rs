@@ -1,14 +1,18 @@
-//! Two real `relay-server` processes as a cluster on one fresh database: messages, typing,
-//! signals and presence cross between them, and `kill -9` of one node makes its users leave
-//! on the other within the configured bound while its clients recover there with `since`.
-//! These run when `DATABASE_URL` is set at build time; otherwise they are listed as ignored.
+//! Two real `relay-server` processes as a cluster on one fresh database, on each backplane
+//! (`--cluster postgres`, and `--cluster nats` with a `nats-server` of the test's own):
+//! messages, typing, signals and presence cross between them, and `kill -9` of one node makes
+//! its users leave on the other within the configured bound while its clients recover there
+//! with `since`. These run when `DATABASE_URL` is set at build time (and, for NATS, a
+//! `nats-server` binary is found); otherwise they are listed as ignored.
 
 use std::time::Duration;
 
 use relay_proto::ServerFrame;
+use relay_server::testing::NatsServer;
 use relay_store::testing::TestDatabase;
 use serde_json::json;
 
+use crate::cluster::Backplane;
 use crate::support::*;
 
 /// (`echo = false`: a publisher's next frame is its ack.)
@@ -26,6 +30,79 @@ fn config_file(db: &TestDatabase) -> std::path::PathBuf {
     .unwrap();
     path
 }
+
+/// Relay processes of one cluster: a fresh database, and for NATS a server of the test's own.
+struct Processes {
+    db: TestDatabase,
+    nats: Option<NatsServer>,
+    config: std::path::PathBuf,
+}
+
+impl Processes {
+    async fn new(backplane: Backplane) -> Self {
+        let db = TestDatabase::create().await;
+        Self {
+            config: config_file(&db),
+            nats: (backplane == Backplane::Nats).then(NatsServer::start),
+            db,
+        }
+    }
+
+    fn spawn(&self, id: &str) -> ChildServer {
+        let nats_url = self.nats.as_ref().map(NatsServer::url);
+        let mut args = vec![
+            "--database-url",
+            self.db.url(),
+            "--node-id",
+            id,
+            "--config",
+            self.config.to_str().unwrap(),
+        ];
+        match &nats_url {
+            Some(url) => args.extend(["--cluster", "nats", "--nats-url", url]),
+            None => args.extend(["--cluster", "postgres"]),
+        }
+        ChildServer::spawn(&args)
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Runs each named suite function on both backplanes.
+macro_rules! on_both_backplanes {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                #[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
+                async fn $test() {
+                    super::$test(super::Backplane::Postgres).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test]
+                #[cfg_attr(
+                    not(all(pg_tests, nats_tests)),
+                    ignore = "NATS cluster tests need DATABASE_URL and a nats-server binary"
+                )]
+                async fn $test() {
+                    super::$test(super::Backplane::Nats).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backplanes!(
+    two_processes_share_messages_typing_signals_and_presence,
+    a_killed_node_s_users_leave_and_its_clients_recover_on_another_node,
+);
 
 fn spawn_node(db: &TestDatabase, config: &std::path::Path, id: &str) -> ChildServer {
     ChildServer::spawn(&[
@@ -86,13 +163,10 @@ async fn next_message_seq(client: &mut WsClient) -> u64 {
     }
 }
 
-#[tokio::test]
-#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
-async fn two_processes_share_messages_typing_signals_and_presence() {
-    let db = TestDatabase::create().await;
-    let config = config_file(&db);
-    let a = spawn_node(&db, &config, "node-a");
-    let b = spawn_node(&db, &config, "node-b");
+async fn two_processes_share_messages_typing_signals_and_presence(backplane: Backplane) {
+    let cluster = Processes::new(backplane).await;
+    let a = cluster.spawn("node-a");
+    let b = cluster.spawn("node-b");
 
     let mut alice = a.connect("alice").await;
     alice.subscribe("room:1").await;
@@ -157,16 +231,12 @@ async fn two_processes_share_messages_typing_signals_and_presence() {
         matches!(&frame, ServerFrame::Leave { user, .. } if user.as_str() == "bob"),
         "{frame:?}"
     );
-    let _ = std::fs::remove_file(config);
 }
 
-#[tokio::test]
-#[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
-async fn a_killed_node_s_users_leave_and_its_clients_recover_on_another_node() {
-    let db = TestDatabase::create().await;
-    let config = config_file(&db);
-    let a = spawn_node(&db, &config, "node-a");
-    let b = spawn_node(&db, &config, "node-b");
+async fn a_killed_node_s_users_leave_and_its_clients_recover_on_another_node(backplane: Backplane) {
+    let cluster = Processes::new(backplane).await;
+    let a = cluster.spawn("node-a");
+    let b = cluster.spawn("node-b");
 
     let mut alice = a.connect("alice").await;
     alice.subscribe("room:2").await;
@@ -234,7 +304,22 @@ async fn a_killed_node_s_users_leave_and_its_clients_recover_on_another_node() {
     }
     assert_eq!(replayed, [4, 5, 6]);
     bob.expect_nothing_pending().await;
-    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn a_nats_cluster_on_the_memory_store_with_persistent_namespaces_exits_with_2() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"))
+        .args(["--cluster", "nats", "--listen", "127.0.0.1:0"])
+        .env_remove("RELAY_DATABASE_URL")
+        .env_remove("RELAY_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--database-url") && stderr.contains("ephemeral-only"),
+        "{stderr}"
+    );
 }
 
 #[test]
