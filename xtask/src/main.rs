@@ -8,8 +8,8 @@
 //! - `cargo xtask ci`: lint, then test.
 //! - `cargo xtask bench <scenario> [flags]`: benchmarks (release builds); see
 //!   `docs/performance.md`. Scenarios: `fanout`, `baseline`, `compare` (both, and the
-//!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `cluster` (needs `DATABASE_URL` and
-//!   `psql`), `micro` (criterion, no sockets). The server runs pinned to core 0 on a
+//!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `cluster [--backplane postgres|nats|both]` (needs
+//!   `DATABASE_URL`, `psql`, and `nats-server` for NATS), `micro` (criterion, no sockets). The server runs pinned to core 0 on a
 //!   one-thread runtime, the load generator on core 1.
 //! - `cargo xtask fuzz [--cases N]`: the fuzz targets with N generated inputs each (1M).
 //! - `cargo xtask autobahn [--cases 1.*,2.*]`: the Autobahn|Testsuite conformance run; see

@@ -3,7 +3,7 @@
 //! generator to the other; see `docs/performance.md`.
 //!
 //! ```text
-//! loadgen fanout --addr A [--publish-addr B] [--publishers N] [--secret S] --subscribers 1000 --payload 100 --rates 1000,2000 ...
+//! loadgen fanout --addr A [--publish-addr B] [--publishers N] [--secret S] [--channel C] [--ephemeral] --subscribers 1000 --payload 100 --rates 1000,2000 ...
 //! loadgen idle --addr A --secret S --connections 10000
 //! loadgen abuse --addr A --secret S [--subscribers 1000] [--abusers 200] [--rate 100] [--step-secs 10]
 //! loadgen baseline-server [--listen 127.0.0.1:0]
@@ -437,7 +437,14 @@ async fn fanout(flags: &Flags) {
     let server_pid = flags.text("server-pid").unwrap_or("0").to_owned();
     let json = flags.text("json").is_some();
     let label = flags.text("label").unwrap_or("relay").to_owned();
-    let channel = "bench:fanout";
+    let channel = flags.text("channel").unwrap_or("bench:fanout").to_owned();
+    let channel = channel.as_str();
+    // `--ephemeral`: live-only publishes (not stored, no seq), as typing or cursors.
+    let kind = if flags.text("ephemeral").is_some() {
+        r#","ephemeral":true"#
+    } else {
+        ""
+    };
 
     let counters = Arc::new(Counters::new());
     let started = Instant::now();
@@ -481,6 +488,7 @@ async fn fanout(flags: &Flags) {
         let Some(step) = publish_step(
             &mut writers,
             channel,
+            kind,
             rate,
             step,
             &padding,
@@ -609,6 +617,7 @@ struct Step {
 async fn publish_step(
     writers: &mut [tokio::net::tcp::OwnedWriteHalf],
     channel: &str,
+    kind: &str,
     rate: u64,
     step: Duration,
     padding: &str,
@@ -633,7 +642,7 @@ async fn publish_step(
         let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         while sent < due {
             let body = format!(
-                r#"{{"type":"publish","channel":"{channel}","payload":{{"t":{},"p":"{padding}"}}}}"#,
+                r#"{{"type":"publish","channel":"{channel}"{kind},"payload":{{"t":{},"p":"{padding}"}}}}"#,
                 now_micros()
             );
             let batch = &mut batches[(sent % publishers as u64) as usize];
@@ -822,6 +831,7 @@ async fn abuse(flags: &Flags) {
     let Some(calm) = publish_step(
         &mut writers,
         channel,
+        "",
         rate,
         step,
         &padding,
@@ -855,6 +865,7 @@ async fn abuse(flags: &Flags) {
     let Some(abused) = publish_step(
         &mut writers,
         channel,
+        "",
         rate,
         step,
         &padding,
