@@ -313,7 +313,10 @@ fn interest(tools: &Tools, admin_url: &str) -> Result<(), String> {
             })
             .collect();
         runs.into_iter()
-            .map(|run| run.join().unwrap_or_else(|_| Err("generator thread panicked".into())))
+            .map(|run| {
+                run.join()
+                    .unwrap_or_else(|_| Err("generator thread panicked".into()))
+            })
             .collect()
     });
     let scrapes: Vec<String> = nodes
@@ -343,7 +346,9 @@ fn interest(tools: &Tools, admin_url: &str) -> Result<(), String> {
             metric(text, "relay_cluster_transport_bytes_total") as f64 / 1e6,
         );
     }
-    println!("(all channels together: 15,000 publishes; a node serving one channel should see a third)");
+    println!(
+        "(all channels together: 15,000 publishes; a node serving one channel should see a third)"
+    );
     Ok(())
 }
 

@@ -60,6 +60,14 @@ pub trait Backplane: Send + Sync + 'static {
         self.send(channel, event);
     }
 
+    /// `user` lost access to `channel`: `event` ends its subscriptions there on every node.
+    /// Unlike live events, an eviction must reach every node, whatever it serves: a
+    /// transport that routes by interest sends it to all of them, and keeps it for later when
+    /// it cannot send it now. The default sends it like any event.
+    fn evict(&self, channel: &ChannelName, event: &str) {
+        self.send(channel, event);
+    }
+
     /// This node committed `channel`'s message `seq`; `event` carries it whole (or, when it
     /// would not fit [`max_event_bytes`](Self::max_event_bytes), only its seq: receivers read
     /// the message from the store). A transport whose store announces commits itself
@@ -258,7 +266,7 @@ impl Hub {
     /// delivers nothing) for an event that does not decode.
     pub fn receive(&self, node: &str, event: &str) -> bool {
         let Some(event) = decode(event) else {
-            tracing::warn!(event, "undecodable event from the cluster");
+            warn_undecodable(event);
             return false;
         };
         let (frame, channel, to) = match event {
@@ -289,6 +297,29 @@ impl Hub {
             self.inner.counters.delivered(sent);
         }
         true
+    }
+
+    /// Delivers an event a transport received on `channel`'s own route (its NATS subject):
+    /// only messages, commit pointers and signals of that very channel are accepted; anything
+    /// else (another channel's event, presence, an eviction) is refused, so that a garbled or
+    /// misrouted event cannot act beyond the channel it came for.
+    pub fn receive_routed(&self, channel: &ChannelName, event: &str) -> bool {
+        let Some(decoded) = decode(event) else {
+            warn_undecodable(event);
+            return false;
+        };
+        let routed = match &decoded {
+            RemoteEvent::Ephemeral(_, c)
+            | RemoteEvent::Signal(_, c, _)
+            | RemoteEvent::Pointer(c, _) => c == channel,
+            RemoteEvent::Committed(message) => &message.channel == channel,
+            RemoteEvent::Presence(..) | RemoteEvent::Evict(..) => false,
+        };
+        if !routed {
+            tracing::warn!(%channel, "cluster event for another channel or kind on this channel's route");
+            return false;
+        }
+        self.receive("", event)
     }
 
     /// Another node committed messages to `channel` up to `seq`: local subscribers catch up
@@ -348,11 +379,35 @@ impl Hub {
     }
 
     /// Notifications for `channel` may have been lost (a transport subscribed to it only
-    /// now): its local subscribers catch up from the store.
+    /// now): its local subscribers catch up from the store, those still joining included
+    /// (the store's latest seq counts as announced, so they catch up once started).
     pub fn catch_up(&self, channel: &ChannelName) {
         if self.serves(channel) {
-            self.schedule_tail_check(channel, Duration::ZERO);
+            self.catch_up_all(vec![channel.clone()]);
         }
+    }
+
+    /// Reads the latest seq of each channel from the store and treats it as announced
+    /// ([`remote_commit`](Self::remote_commit)), in one task.
+    fn catch_up_all(&self, channels: Vec<ChannelName>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let hub = std::sync::Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            for channel in channels {
+                let Some(inner) = hub.upgrade() else { return };
+                let hub = Hub { inner };
+                if !hub.serves(&channel) {
+                    continue;
+                }
+                match hub.inner.store.latest_seq(&channel).await {
+                    Ok(seq) => hub.remote_commit(&channel, seq),
+                    // The store is down: a tail check retries until it answers.
+                    Err(_) => hub.schedule_tail_check(&channel, Duration::ZERO),
+                }
+            }
+        });
     }
 
     /// The backplane's health and counters; `None` on a single node.
@@ -361,17 +416,13 @@ impl Hub {
     }
 
     /// Notifications from other nodes may have been lost: every channel with local
-    /// subscribers catches up from the store.
+    /// subscribers catches up from the store (see [`catch_up`](Self::catch_up)).
     pub fn resync(&self) {
-        let channels: Vec<ChannelName> = self
-            .inner
-            .channels
-            .iter()
-            .map(|entry| entry.key().clone())
-            .collect();
-        for channel in channels {
-            self.schedule_tail_check(&channel, Duration::ZERO);
+        let channels = self.served_channels();
+        for channel in &channels {
+            self.schedule_tail_check(channel, Duration::ZERO);
         }
+        self.catch_up_all(channels);
     }
 
     /// Hands an ephemeral `message` frame to the backplane, if there is one. Refused with
@@ -398,6 +449,31 @@ impl Hub {
             event = commit_pointer(&message.channel, message.seq);
         }
         backplane.committed(&message.channel, message.seq, &event);
+    }
+
+    /// A commit to `channel` may have landed without this node learning its seq (the append
+    /// failed or was abandoned): after `delay`, the store's latest seq is announced to the
+    /// other nodes as a pointer. Nothing on a single node.
+    pub(crate) fn announce_tail_after(&self, channel: &ChannelName, delay: Duration) {
+        if self.inner.backplane.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (hub, channel) = (std::sync::Arc::downgrade(&self.inner), channel.clone());
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let Some(inner) = hub.upgrade() else { return };
+            let Ok(seq) = inner.store.latest_seq(&channel).await else {
+                return;
+            };
+            if seq.0 > 0
+                && let Some(backplane) = &inner.backplane
+            {
+                backplane.committed(&channel, seq, &commit_pointer(&channel, seq));
+            }
+        });
     }
 
     /// Tells the backplane that this node may have started or stopped serving `channel`.
@@ -428,7 +504,7 @@ impl Hub {
     /// there end on every node. Nothing on a single node.
     pub(crate) fn forward_evict(&self, channel: &ChannelName, user: &UserId) {
         if let Some(backplane) = &self.inner.backplane {
-            backplane.send(channel, &encode_evict(channel, user));
+            backplane.evict(channel, &encode_evict(channel, user));
         }
     }
 
@@ -610,6 +686,19 @@ impl Hub {
             }
         }
     }
+}
+
+/// Logs an event that does not decode, shortened: it may be large, and it is not ours.
+fn warn_undecodable(event: &str) {
+    let end = (0..=event.len().min(200))
+        .rev()
+        .find(|i| event.is_char_boundary(*i))
+        .unwrap_or(0);
+    tracing::warn!(
+        event = &event[..end],
+        bytes = event.len(),
+        "undecodable event from the cluster"
+    );
 }
 
 fn forward(

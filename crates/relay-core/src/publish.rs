@@ -355,10 +355,14 @@ impl Drop for TailGuard<'_> {
             // A store whose commits run on their own may land this one as late as its
             // commit deadline: look again then, so that a committed message reaches live
             // subscribers however late its commit lands.
+            let mut delay = self.hub.inner.config.repair_delay;
             if let Some(deadline) = self.hub.inner.store.commit_deadline() {
-                let delay = deadline + self.hub.inner.config.repair_delay;
+                delay += deadline;
                 self.hub.check_tail_after(&self.channel, delay);
             }
+            // The other nodes hear of a commit through this node: tell them where the
+            // channel's tail is once it has certainly landed.
+            self.hub.announce_tail_after(&self.channel, delay);
         }
     }
 }

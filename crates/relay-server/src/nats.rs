@@ -222,14 +222,25 @@ fn push_token(out: &mut String, text: &str) {
 
 /// Largest NATS message assumed until the server says otherwise (its default).
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// Bytes of channel events waiting for the publisher before new ones are dropped.
+const DATA_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// A live event older than this when its turn to be published comes is dropped: live events
+/// are never delivered late.
+const LIVE_EVENT_TTL: Duration = Duration::from_secs(2);
+/// How long one publish may wait for the client before its event counts as not sent.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Evictions kept while NATS is unreachable, sent when it is back.
+const MAX_PENDING_EVICTIONS: usize = 10_000;
+/// Other nodes a node keeps presence for; more are ignored (and logged).
+const MAX_NODES: usize = 10_000;
+/// Parts one presence snapshot may have.
+const MAX_SNAPSHOT_PARTS: usize = 100_000;
 /// Channel events waiting for the publisher before new ones are dropped.
 const DATA_QUEUE: usize = 16 * 1024;
 /// Presence changes and heartbeats waiting for the publisher.
 const CONTROL_QUEUE: usize = 4 * 1024;
 /// Most presence changes of one node held while its snapshot is on the way.
 const MAX_HELD_CHANGES: usize = 10_000;
-/// Presence entries per snapshot part.
-const SNAPSHOT_PART: usize = 2_000;
 
 /// A running NATS cluster node. Dropping it stops its tasks at once;
 /// [`leave`](Self::leave) also tells the other nodes, so that its users leave there at once.
@@ -253,12 +264,10 @@ impl NatsNode {
     ) -> Result<(Hub, Self), NatsError> {
         let (events_tx, events_rx) = mpsc::channel(64);
         let client = connect(options, node_id, events_tx).await?;
+        // A zero period would stop the control task at its first tick.
+        let ttl = ttl.max(Duration::from_secs(1));
         let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let max_payload = match client.server_info().max_payload {
-            0 => DEFAULT_MAX_PAYLOAD,
-            n => n,
-        };
         let shared = Arc::new(Shared {
             node_id: node_id.to_owned(),
             instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -266,11 +275,13 @@ impl NatsNode {
             url: redact_urls(&options.url),
             client,
             ttl,
-            max_payload: AtomicUsize::new(max_payload),
             data: data_tx,
+            queued_bytes: AtomicUsize::new(0),
             control: control_tx,
             dropped: AtomicU64::new(0),
             pointers: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
+            evictions: Mutex::new(Vec::new()),
             pointers_waiting: Notify::new(),
             interest: Mutex::new(HashSet::new()),
             interest_changed: Notify::new(),
@@ -278,6 +289,7 @@ impl NatsNode {
             local: Mutex::new(LocalPresence::default()),
             remote: Mutex::new(RemotePresence::default()),
             duplicate: Mutex::new(None),
+            slow_resync: Mutex::new(None),
         });
         let hub = Hub::with_backplane(
             store,
@@ -311,6 +323,10 @@ impl NatsNode {
     /// Tells the other nodes this node is leaving (its users leave there at once) and stops
     /// its tasks.
     pub async fn leave(mut self) {
+        // Stopped first: no heartbeat of this node may follow its goodbye.
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
         let bye = Heartbeat {
             n: self.shared.node_id.clone(),
             i: self.shared.instance.clone(),
@@ -335,9 +351,6 @@ impl NatsNode {
             {
                 tracing::warn!("could not tell the cluster this node is leaving");
             }
-        }
-        for task in self.tasks.drain(..) {
-            task.abort();
         }
     }
 }
@@ -412,12 +425,32 @@ async fn connect(
     if options.tls_required {
         connect = connect.require_tls(true);
     }
-    let urls: Vec<async_nats::ServerAddr> = options
-        .url
-        .split(',')
-        .map(|url| url.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e| NatsError::Options(format!("nats_url: {e}")))?;
+    // Credentials in URLs are taken out and passed as options: the client logs server
+    // addresses (at debug level) as they are.
+    let mut urls = Vec::new();
+    let mut url_credentials = None;
+    for url in options.url.split(',') {
+        let (url, credentials) = split_credentials(url.trim());
+        url_credentials = url_credentials.or(credentials);
+        urls.push(
+            url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                NatsError::Options(format!("nats.url {:?}: {e}", redact_urls(&url)))
+            })?,
+        );
+    }
+    match url_credentials {
+        Some(UrlCredentials::UserPassword(user, password))
+            if options.user.is_none() && options.creds_file.is_none() =>
+        {
+            connect = connect.user_and_password(user, password);
+        }
+        Some(UrlCredentials::Token(token))
+            if options.token.is_none() && options.creds_file.is_none() =>
+        {
+            connect = connect.token(token);
+        }
+        _ => {}
+    }
     connect
         .connect(urls.as_slice())
         .await
@@ -425,6 +458,33 @@ async fn connect(
             url: redact_urls(&options.url),
             reason: e.to_string(),
         })
+}
+
+/// Credentials written into a server URL.
+enum UrlCredentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// `url` without its `user:password@` or `token@`, and what it held (percent-decoded).
+fn split_credentials(url: &str) -> (String, Option<UrlCredentials>) {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => (&url[..at + 3], &url[at + 3..]),
+        None => ("", url),
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return (url.to_owned(), None);
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = match userinfo.split_once(':') {
+        Some((user, password)) => UrlCredentials::UserPassword(decode(user), decode(password)),
+        None => UrlCredentials::Token(decode(userinfo)),
+    };
+    (format!("{scheme}{host}"), Some(credentials))
 }
 
 /// What the backplane, the publisher and the control task share.
@@ -437,12 +497,18 @@ struct Shared {
     url: String,
     client: async_nats::Client,
     ttl: Duration,
-    max_payload: AtomicUsize,
     data: mpsc::Sender<Outgoing>,
+    /// Bytes of `data` queued.
+    queued_bytes: AtomicUsize,
     control: mpsc::Sender<(String, Bytes)>,
     dropped: AtomicU64,
     /// Commits not sent while NATS was unreachable: the highest seq per channel.
     pointers: Mutex<HashMap<ChannelName, Seq>>,
+    /// Commits of this period, announced again as pointers at its end: a commit lost on the
+    /// way (the connection dropped with it in a buffer) costs a period of latency at most.
+    recent: Mutex<HashMap<ChannelName, Seq>>,
+    /// Evictions not sent while NATS was unreachable: (channel, event).
+    evictions: Mutex<Vec<(ChannelName, String)>>,
     pointers_waiting: Notify,
     /// Channels whose local interest may have changed since the router last looked.
     interest: Mutex<HashSet<ChannelName>>,
@@ -451,8 +517,10 @@ struct Shared {
     routed: AtomicU64,
     local: Mutex<LocalPresence>,
     remote: Mutex<RemotePresence>,
-    /// Set when another live process uses this node id.
-    duplicate: Mutex<Option<String>>,
+    /// Set when another live process uses this node id, with when it was last heard.
+    duplicate: Mutex<Option<(String, Instant)>>,
+    /// When a slow-consumer event last made the node catch up.
+    slow_resync: Mutex<Option<Instant>>,
 }
 
 /// One channel event for the publisher.
@@ -461,6 +529,7 @@ struct Outgoing {
     payload: Bytes,
     /// The seq of a committed message (remembered as a pointer when it cannot be sent).
     commit: Option<Seq>,
+    queued: Instant,
 }
 
 impl Shared {
@@ -478,17 +547,30 @@ impl Shared {
     }
 
     fn enqueue(&self, channel: &ChannelName, event: &str, commit: Option<Seq>) {
+        if let Some(seq) = commit {
+            let mut recent = self.recent.lock();
+            let last = recent.entry(channel.clone()).or_default();
+            *last = (*last).max(seq);
+        }
+        if self.queued_bytes.load(Ordering::Relaxed) + event.len() > DATA_QUEUE_BYTES {
+            self.drop_event(channel, commit);
+            return;
+        }
         let item = Outgoing {
             channel: channel.clone(),
             payload: Bytes::copy_from_slice(event.as_bytes()),
             commit,
+            queued: Instant::now(),
         };
+        self.queued_bytes.fetch_add(event.len(), Ordering::Relaxed);
         if let Err(e) = self.data.try_send(item) {
             let item = match e {
                 mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => {
                     item
                 }
             };
+            self.queued_bytes
+                .fetch_sub(item.payload.len(), Ordering::Relaxed);
             self.drop_event(&item.channel, item.commit);
             if item.commit.is_some() {
                 self.pointers_waiting.notify_one();
@@ -513,6 +595,39 @@ impl Shared {
         }
     }
 
+    /// Publishes, giving up after [`PUBLISH_TIMEOUT`] (the client's queue is full: it is
+    /// cut off from the server). True when the client took the message.
+    async fn publish(&self, subject: String, payload: Bytes) -> bool {
+        self.connected()
+            && matches!(
+                tokio::time::timeout(PUBLISH_TIMEOUT, self.client.publish(subject, payload)).await,
+                Ok(Ok(()))
+            )
+    }
+
+    /// Queues an eviction for every node; kept for later when it cannot be queued now.
+    fn evict(&self, channel: &ChannelName, event: &str) {
+        let subject = format!("{}.ctl.evict", self.prefix);
+        if self
+            .control
+            .try_send((subject, Bytes::copy_from_slice(event.as_bytes())))
+            .is_err()
+        {
+            self.keep_eviction(channel, event);
+        }
+    }
+
+    fn keep_eviction(&self, channel: &ChannelName, event: &str) {
+        let mut evictions = self.evictions.lock();
+        if evictions.len() < MAX_PENDING_EVICTIONS {
+            evictions.push((channel.clone(), event.to_owned()));
+        } else {
+            tracing::error!(%channel, "too many evictions waiting for NATS: one is lost");
+        }
+        drop(evictions);
+        self.pointers_waiting.notify_one();
+    }
+
     fn snapshot_subject(&self, node: &str) -> String {
         let mut subject = format!("{}.snap.", self.prefix);
         push_token(&mut subject, node);
@@ -532,11 +647,16 @@ struct NatsBackplane {
 
 impl Backplane for NatsBackplane {
     fn max_event_bytes(&self) -> usize {
+        let max_payload = match self.shared.client.max_payload() {
+            0 => DEFAULT_MAX_PAYLOAD,
+            n => n,
+        };
         // Room for the subject and protocol line within the server's limit.
-        self.shared
-            .max_payload
-            .load(Ordering::Relaxed)
-            .saturating_sub(1024)
+        max_payload.saturating_sub(1024)
+    }
+
+    fn evict(&self, channel: &ChannelName, event: &str) {
+        self.shared.evict(channel, event);
     }
 
     fn send(&self, channel: &ChannelName, event: &str) {
@@ -604,8 +724,18 @@ impl Backplane for NatsBackplane {
                 shared.url
             ));
         }
-        if let Some(other) = shared.duplicate.lock().as_ref() {
-            problems.push(other.clone());
+        {
+            let mut duplicate = shared.duplicate.lock();
+            // Cleared once the other process has not been heard from for a lifetime.
+            if duplicate
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() > shared.ttl)
+            {
+                *duplicate = None;
+            }
+            if let Some((problem, _)) = duplicate.as_ref() {
+                problems.push(problem.clone());
+            }
         }
         let statistics = shared.client.statistics();
         BackplaneStatus {
@@ -634,22 +764,29 @@ async fn publish(
             biased;
             item = control.recv() => {
                 let Some((subject, payload)) = item else { return };
-                if shared.connected()
-                    && shared.client.publish(subject, payload).await.is_ok()
-                {
-                    continue;
+                let eviction = subject.ends_with(".ctl.evict").then(|| payload.clone());
+                if !shared.publish(subject, payload).await {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    if let Some(event) = eviction
+                        && let Ok(event) = std::str::from_utf8(&event)
+                        && let Some(channel) = evicted_channel(event)
+                    {
+                        shared.keep_eviction(&channel, event);
+                    }
                 }
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
             n = data.recv_many(&mut batch, PUBLISH_BATCH) => {
                 if n == 0 {
                     return;
                 }
                 for item in batch.drain(..) {
+                    shared
+                        .queued_bytes
+                        .fetch_sub(item.payload.len(), Ordering::Relaxed);
+                    let stale = item.queued.elapsed() > LIVE_EVENT_TTL;
                     let subject = channel_subject(&shared.prefix, item.channel.as_str());
-                    if !(shared.connected()
-                        && shared.client.publish(subject, item.payload).await.is_ok())
-                    {
+                    // A stale live event is dropped; a stale commit goes as a pointer.
+                    if stale || !shared.publish(subject, item.payload).await {
                         shared.drop_event(&item.channel, item.commit);
                     }
                 }
@@ -662,35 +799,46 @@ async fn publish(
     }
 }
 
+/// Sends the pointers of commits not carried, and the evictions kept, while connected.
 async fn send_pointers(shared: &Shared) {
-    let pointers: Vec<(ChannelName, Seq)> = {
-        let mut pointers = shared.pointers.lock();
-        if pointers.is_empty() {
-            return;
-        }
-        pointers.drain().collect()
-    };
-    tracing::info!(
-        channels = pointers.len(),
-        "announcing commits NATS could not carry"
-    );
+    let pointers: Vec<(ChannelName, Seq)> = shared.pointers.lock().drain().collect();
     for (channel, seq) in pointers {
         let subject = channel_subject(&shared.prefix, channel.as_str());
         let event = commit_pointer(&channel, seq);
-        if shared
-            .client
-            .publish(subject, event.into_bytes().into())
-            .await
-            .is_err()
-        {
+        if !shared.publish(subject, event.into_bytes().into()).await {
             shared.drop_event(&channel, Some(seq));
+            return;
         }
     }
+    let evictions: Vec<(ChannelName, String)> = std::mem::take(&mut *shared.evictions.lock());
+    let mut evictions = evictions.into_iter();
+    for (channel, event) in evictions.by_ref() {
+        let subject = format!("{}.ctl.evict", shared.prefix);
+        if !shared
+            .publish(subject, Bytes::copy_from_slice(event.as_bytes()))
+            .await
+        {
+            shared.keep_eviction(&channel, &event);
+            break;
+        }
+    }
+    for (channel, event) in evictions {
+        shared.keep_eviction(&channel, &event);
+    }
+}
+
+/// The channel an encoded eviction names.
+fn evicted_channel(event: &str) -> Option<ChannelName> {
+    #[derive(Deserialize)]
+    struct Evict {
+        ch: ChannelName,
+    }
+    serde_json::from_str::<Evict>(event).ok().map(|e| e.ch)
 }
 
 /// Keeps one subscription per channel this node serves, and none for the others.
 async fn route(shared: Arc<Shared>, hub: Hub) {
-    let mut subscriptions: HashMap<ChannelName, AbortOnDropHandle<()>> = HashMap::new();
+    let mut subscriptions: HashMap<ChannelName, Reader> = HashMap::new();
     loop {
         let changed: Vec<ChannelName> = shared.interest.lock().drain().collect();
         if changed.is_empty() {
@@ -705,16 +853,27 @@ async fn route(shared: Arc<Shared>, hub: Hub) {
                 continue;
             }
             if !wanted {
-                // Dropping the reader drops its subscription: NATS stops sending.
-                subscriptions.remove(&channel);
+                if let Some(reader) = subscriptions.remove(&channel) {
+                    reader.stop().await;
+                }
                 removed = true;
                 continue;
             }
             let subject = channel_subject(&shared.prefix, channel.as_str());
             match shared.client.subscribe(subject).await {
                 Ok(subscriber) => {
-                    let reader = tokio::spawn(read_channel(subscriber, hub.clone()));
-                    subscriptions.insert(channel.clone(), AbortOnDropHandle::new(reader));
+                    let (stop, stopped) = tokio::sync::oneshot::channel();
+                    let task = tokio::spawn(read_channel(
+                        subscriber,
+                        channel.clone(),
+                        hub.clone(),
+                        stopped,
+                    ));
+                    let reader = Reader {
+                        task: AbortOnDropHandle::new(task),
+                        stop,
+                    };
+                    subscriptions.insert(channel.clone(), reader);
                     added.push(channel);
                 }
                 Err(e) => {
@@ -724,17 +883,24 @@ async fn route(shared: Arc<Shared>, hub: Hub) {
                 }
             }
         }
-        if removed && added.is_empty() {
-            // The count below is of subscriptions the server has dropped too.
+        if removed || !added.is_empty() {
+            // The server has the (un)subscriptions once it answers a flush.
             let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
         }
         if !added.is_empty() {
-            // Once the server has the subscriptions, whatever was committed before they
-            // took effect is read from the store (on a reconnect, every channel is).
-            let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
+            // Whatever was committed before the subscriptions took effect is read from the
+            // store, now and once more a second later: in a cluster of NATS servers, interest
+            // takes a moment to reach the others.
             for channel in &added {
                 hub.catch_up(channel);
             }
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for channel in &added {
+                    hub.catch_up(channel);
+                }
+            });
         }
         shared
             .routed
@@ -742,13 +908,43 @@ async fn route(shared: Arc<Shared>, hub: Hub) {
     }
 }
 
-async fn read_channel(mut subscriber: async_nats::Subscriber, hub: Hub) {
-    while let Some(message) = subscriber.next().await {
-        match std::str::from_utf8(&message.payload) {
-            Ok(event) => {
-                hub.receive("", event);
+/// The reader of one channel's subject.
+struct Reader {
+    task: AbortOnDropHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Reader {
+    /// Unsubscribes (the client has sent `UNSUB` once this returns) and ends the reader.
+    async fn stop(self) {
+        let Self { task, stop } = self;
+        if stop.send(()).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+}
+
+async fn read_channel(
+    mut subscriber: async_nats::Subscriber,
+    channel: ChannelName,
+    hub: Hub,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            message = subscriber.next() => {
+                let Some(message) = message else { return };
+                match std::str::from_utf8(&message.payload) {
+                    Ok(event) => {
+                        hub.receive_routed(&channel, event);
+                    }
+                    Err(_) => tracing::warn!(%channel, "non-UTF-8 cluster event"),
+                }
             }
-            Err(_) => tracing::warn!(subject = %message.subject, "non-UTF-8 cluster event"),
+            _ = &mut stop => {
+                let _ = subscriber.unsubscribe().await;
+                return;
+            }
         }
     }
 }
@@ -893,6 +1089,15 @@ impl RemotePresence {
         Some(view)
     }
 
+    /// Whether a message of `node` is taken: a known node, or room for one more.
+    fn admits(&self, node: &str) -> bool {
+        let admitted = self.nodes.contains_key(node) || self.nodes.len() < MAX_NODES;
+        if !admitted {
+            tracing::warn!(node, "too many cluster nodes: ignoring one more");
+        }
+        admitted
+    }
+
     /// The view of `node`'s run `instance`, made fresh when the node is new or restarted.
     fn view(&mut self, node: &str, instance: &str, effects: &mut Effects) -> &mut NodeView {
         let restarted = self
@@ -914,6 +1119,9 @@ impl RemotePresence {
             }
             return;
         }
+        if !self.admits(&beat.n) {
+            return;
+        }
         let view = self.view(&beat.n, &beat.i, effects);
         view.last_seen = Instant::now();
         if view.synced != Some(beat.v) {
@@ -924,6 +1132,9 @@ impl RemotePresence {
 
     fn change(&mut self, change: Change, effects: &mut Effects) {
         let node = change.n.clone();
+        if !self.admits(&node) {
+            return;
+        }
         let view = self.view(&node, &change.i, effects);
         view.last_seen = Instant::now();
         match view.synced {
@@ -974,11 +1185,14 @@ impl RemotePresence {
 
     fn snapshot_part(&mut self, part: SnapshotPart, effects: &mut Effects) {
         let node = part.n.clone();
-        let view = self.view(&node, &part.i, effects);
-        view.last_seen = Instant::now();
-        if part.parts == 0 || part.part >= part.parts || part.parts > 1_000_000 {
+        if part.parts == 0 || part.part >= part.parts || part.parts > MAX_SNAPSHOT_PARTS {
             return;
         }
+        if !self.admits(&node) {
+            return;
+        }
+        let view = self.view(&node, &part.i, effects);
+        view.last_seen = Instant::now();
         let assembling = match &mut view.assembling {
             Some((version, parts)) if *version == part.v && parts.len() == part.parts => parts,
             slot => &mut slot.insert((part.v, vec![None; part.parts])).1,
@@ -1067,10 +1281,21 @@ impl ControlSubscriptions {
         let mut every = tokio::time::interval(shared.ttl / 4);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let heartbeat_subject = format!("{}.ctl.hb", shared.prefix);
+        let evict_subject = format!("{}.ctl.evict", shared.prefix);
+        let mut was_connected = shared.connected();
         loop {
             let mut effects = Effects::default();
             tokio::select! {
                 Some(message) = self.control.next() => {
+                    if message.subject.as_str() == evict_subject {
+                        match std::str::from_utf8(&message.payload) {
+                            Ok(event) if evicted_channel(event).is_some() => {
+                                hub.receive("", event);
+                            }
+                            _ => tracing::warn!("undecodable cluster eviction"),
+                        }
+                        continue;
+                    }
                     let mut remote = shared.remote.lock();
                     if message.subject.as_str() == heartbeat_subject {
                         match serde_json::from_slice::<Heartbeat>(&message.payload) {
@@ -1100,10 +1325,27 @@ impl ControlSubscriptions {
                 Some(event) = events.recv() => on_event(&shared, &hub, event),
                 _ = every.tick() => {
                     shared.heartbeat(false);
-                    // Nodes are judged only while this one hears the cluster.
-                    if shared.connected() && shared.remote.lock().expire(shared.ttl) {
+                    // This period's commits, announced again as pointers.
+                    let recent = std::mem::take(&mut *shared.recent.lock());
+                    if !recent.is_empty() {
+                        let mut pointers = shared.pointers.lock();
+                        for (channel, seq) in recent {
+                            let last = pointers.entry(channel).or_default();
+                            *last = (*last).max(seq);
+                        }
+                        drop(pointers);
+                        shared.pointers_waiting.notify_one();
+                    }
+                    let connected = shared.connected();
+                    if connected && !was_connected {
+                        // Back after an outage (whether or not its event got through): the
+                        // other nodes get a lifetime to be heard from again.
+                        reconnected(&shared, &hub);
+                    } else if connected && shared.remote.lock().expire(shared.ttl) {
+                        // Nodes are judged only while this one hears the cluster.
                         effects.reconcile = true;
                     }
+                    was_connected = connected;
                     // Repairs whatever the incremental changes got wrong.
                     effects.reconcile = true;
                 }
@@ -1162,35 +1404,44 @@ fn duplicate(shared: &Shared, beat: &Heartbeat) {
     if slot.is_none() {
         tracing::error!("{problem}");
     }
-    *slot = Some(problem);
+    *slot = Some((problem, Instant::now()));
 }
 
-fn on_event(shared: &Shared, hub: &Hub, event: async_nats::Event) {
+/// The connection is back: the other nodes get a lifetime to be heard from again, and once
+/// the server has this node's subscriptions again, whatever was committed meanwhile is read
+/// from the store; pointers and evictions kept go out.
+fn reconnected(shared: &Arc<Shared>, hub: &Hub) {
+    for view in shared.remote.lock().nodes.values_mut() {
+        view.last_seen = Instant::now();
+    }
+    shared.pointers_waiting.notify_one();
+    shared.heartbeat(false);
+    let (shared, hub) = (shared.clone(), hub.clone());
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
+        hub.resync();
+    });
+}
+
+fn on_event(shared: &Arc<Shared>, hub: &Hub, event: async_nats::Event) {
     match event {
         async_nats::Event::Connected => {
             tracing::info!(url = %shared.url, "connected to NATS");
-            let max_payload = match shared.client.server_info().max_payload {
-                0 => DEFAULT_MAX_PAYLOAD,
-                n => n,
-            };
-            shared.max_payload.store(max_payload, Ordering::Relaxed);
-            // Whatever the other nodes committed meanwhile is read from the store; they
-            // are given a lifetime to be heard from again before they count as dead.
-            hub.resync();
-            for view in shared.remote.lock().nodes.values_mut() {
-                view.last_seen = Instant::now();
-            }
-            shared.pointers_waiting.notify_one();
-            shared.heartbeat(false);
+            reconnected(shared, hub);
         }
         async_nats::Event::Disconnected => {
             tracing::warn!(url = %shared.url, "NATS connection lost: cross-node delivery paused until it is back");
         }
         async_nats::Event::SlowConsumer(_) => {
-            tracing::warn!(
-                "NATS dropped messages for this node (slow consumer): catching up from the store"
-            );
-            hub.resync();
+            // At most one catch-up a second, however many subscriptions overflow.
+            let mut last = shared.slow_resync.lock();
+            if last.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    "NATS dropped messages for this node (slow consumer): catching up from the store"
+                );
+                hub.resync();
+            }
         }
         other => tracing::warn!(event = %other, "NATS"),
     }
@@ -1198,18 +1449,30 @@ fn on_event(shared: &Shared, hub: &Hub, event: async_nats::Event) {
 
 /// Sends this node's presence, in parts, to `reply`.
 async fn answer_snapshot(shared: &Shared, reply: String) {
-    let (version, online): (u64, Vec<(ChannelName, UserId)>) = {
+    let (version, online): (u64, Entries) = {
         let local = shared.local.lock();
         (local.version, local.online.iter().cloned().collect())
     };
-    let parts = online.len().div_ceil(SNAPSHOT_PART).max(1);
-    for part in 0..parts {
-        let p = online
-            .iter()
-            .skip(part * SNAPSHOT_PART)
-            .take(SNAPSHOT_PART)
-            .cloned()
-            .collect();
+    // Parts under half the server's limit, counting each entry at its longest encoding.
+    let budget = match shared.client.max_payload() {
+        0 => DEFAULT_MAX_PAYLOAD,
+        n => n,
+    } / 2;
+    let mut chunks: Vec<Entries> = vec![Vec::new()];
+    let mut size = 0;
+    for entry in online {
+        let longest = 6 * (entry.0.as_str().len() + entry.1.as_str().len()) + 8;
+        if size + longest > budget && chunks.last().is_some_and(|c| !c.is_empty()) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += longest;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(entry);
+        }
+    }
+    let parts = chunks.len();
+    for (part, p) in chunks.into_iter().enumerate() {
         let message = SnapshotPart {
             n: shared.node_id.clone(),
             i: shared.instance.clone(),
@@ -1221,8 +1484,8 @@ async fn answer_snapshot(shared: &Shared, reply: String) {
         let Ok(payload) = serde_json::to_vec(&message) else {
             return;
         };
-        if let Err(e) = shared.client.publish(reply.clone(), payload.into()).await {
-            tracing::warn!(error = %e, "cannot send a presence snapshot");
+        if !shared.publish(reply.clone(), payload.into()).await {
+            tracing::warn!("cannot send a presence snapshot");
             return;
         }
     }

@@ -189,6 +189,12 @@ async fn committed_messages_from_other_nodes_are_delivered_without_a_store_read(
         ),
         "a committed message without a seq is refused"
     );
+    // On a channel's own route, only that channel's messages, pointers and signals count.
+    assert!(t.hub.receive_routed(&ch("chat:1"), &message(5)));
+    assert!(!t.hub.receive_routed(&ch("chat:2"), &message(6)));
+    let evict = json!({"k": "evict", "ch": "chat:1", "u": "alice"}).to_string();
+    assert!(!t.hub.receive_routed(&ch("chat:1"), &evict));
+    assert!(t.hub.serves(&ch("chat:1")), "alice is still subscribed");
 }
 
 #[tokio::test]

@@ -301,3 +301,47 @@ fn nats_with_the_memory_store_needs_every_namespace_ephemeral_only() {
     config.nats.subject_prefix = "bad prefix".into();
     assert!(config.validate().is_err());
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(pg_tests, nats_tests)),
+    ignore = "NATS cluster tests need DATABASE_URL and a nats-server binary"
+)]
+async fn a_member_removed_while_nats_is_down_loses_access_everywhere_once_it_is_back() {
+    let mut cluster = Cluster::new(Backplane::Nats).await;
+    let (a, b) = (cluster.node("node-a").await, cluster.node("node-b").await);
+    let alice = a.server.http(&a.server.token("alice"));
+    let (status, body) = alice
+        .post(
+            "/api/channels",
+            json!({"name": "group:7", "members": ["bob"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut bob = b.server.connect("bob").await;
+    assert!(matches!(
+        bob.subscribe("group:7").await,
+        ServerFrame::Subscribed { .. }
+    ));
+    let nats = cluster.nats.as_mut().unwrap();
+    nats.stop();
+    await_readiness(&a.server, "degraded").await;
+    // Committed while no node can hear it: kept, and sent once NATS is back.
+    let (status, body) = alice.delete("/api/channels/group:7/members/bob").await;
+    assert_eq!(status, 200, "{body}");
+    nats.start_again();
+    let frame = tokio::time::timeout(Duration::from_secs(15), bob.recv())
+        .await
+        .expect("the eviction reaches node B once NATS is back");
+    assert!(
+        matches!(
+            &frame,
+            ServerFrame::Unsubscribed {
+                id: None,
+                reason: Some(_),
+                ..
+            }
+        ),
+        "{frame:?}"
+    );
+}
