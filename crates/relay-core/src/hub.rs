@@ -167,7 +167,8 @@ pub struct HubCounters {
     /// Messages handed to subscribers' outboxes (one per subscriber per message).
     pub delivered: u64,
     /// Channel traffic other nodes sent this one through the backplane (messages, commit
-    /// pointers, signals, evictions; presence aside), whether or not anyone here wanted it.
+    /// pointers carried as events, signals; presence and evictions aside), whether or not
+    /// anyone here wanted it.
     pub cluster_received: u64,
     /// `subscribe {since}` answered `recovered: false` because the replay was over the
     /// connection's byte allowance or the hub's replay budget.

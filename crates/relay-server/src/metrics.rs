@@ -176,7 +176,7 @@ impl Metrics {
         );
         registry.register(
             "cluster_events",
-            "Channel traffic other nodes sent this one (messages, commit pointers, signals, evictions)",
+            "Channel traffic other nodes sent this one (messages, commit pointers, signals; presence and evictions aside)",
             metrics.cluster_events.clone(),
         );
         registry.register(

@@ -11,8 +11,13 @@
 //!   them without reading the store. Subscribers' seq tracking repairs a lost or repeated one
 //!   from the store. A commit made while NATS was unreachable is remembered as a pointer
 //!   (channel and highest seq), sent once NATS is back; receivers read those from the store.
-//! - **Ephemeral messages, signals and evictions** travel on the channel's subject too; while
-//!   NATS is unreachable they are dropped (live events are never delivered late).
+//!   Each period (a quarter of the node lifetime) the node announces its commits of the
+//!   period again as pointers, so a commit lost on the way costs a period of latency at most.
+//! - **Ephemeral messages and signals** travel on the channel's subject too; while NATS is
+//!   unreachable, or once they waited 2 s in the queue, they are dropped (live events are never
+//!   delivered late).
+//! - **Evictions** (a user lost access) go to every node on `{prefix}.ctl.evict`, whatever it
+//!   serves, and are kept while NATS is unreachable, then sent.
 //! - **Presence** is low-rate control traffic that every node receives: each node announces
 //!   its local first joins and last leaves on `{prefix}.ctl.presence`, numbered, and a
 //!   heartbeat on `{prefix}.ctl.hb` with its latest number. A node that missed a number (or
