@@ -337,8 +337,13 @@ impl Connection {
         }
         // Joining before the rights are read: a membership removal that commits after that
         // read finds the joining subscriber and ends it, so no subscription outlives access.
-        self.hub
-            .add_subscriber(&channel, self.id, &self.identity.user, self.outbox.clone());
+        self.hub.add_subscriber(
+            &channel,
+            self.id,
+            &self.identity.user,
+            self.identity.is_service(),
+            self.outbox.clone(),
+        );
         let recovery = match self.authorize_and_recover(&channel, since).await {
             Ok(recovery) => recovery,
             Err(e) => {

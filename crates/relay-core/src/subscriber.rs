@@ -36,6 +36,8 @@ pub(crate) enum Position {
 pub(crate) struct Subscriber {
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) user: UserId,
+    /// Subscribed with a service token (members-only rules do not bind it).
+    pub(crate) service: bool,
     pub(crate) position: Position,
 }
 
@@ -48,6 +50,7 @@ impl Subscriber {
         Self {
             outbox,
             user,
+            service: false,
             position,
         }
     }

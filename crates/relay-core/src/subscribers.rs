@@ -27,21 +27,21 @@ impl Hub {
         channel: &ChannelName,
         id: ConnId,
         user: &UserId,
+        service: bool,
         outbox: Arc<Outbox>,
     ) {
+        let subscriber = Subscriber {
+            service,
+            ..Subscriber::joining(outbox, user.clone())
+        };
         let created = match self.inner.channels.entry(channel.clone()) {
             dashmap::Entry::Occupied(mut state) => {
-                state
-                    .get_mut()
-                    .subscribers
-                    .insert(id, Subscriber::joining(outbox, user.clone()));
+                state.get_mut().subscribers.insert(id, subscriber);
                 false
             }
             dashmap::Entry::Vacant(vacant) => {
                 let mut state = ChannelState::default();
-                state
-                    .subscribers
-                    .insert(id, Subscriber::joining(outbox, user.clone()));
+                state.subscribers.insert(id, subscriber);
                 vacant.insert(state);
                 true
             }
@@ -169,6 +169,35 @@ impl Hub {
             .get(channel)
             .map(|c| c.online_users())
             .unwrap_or_default()
+    }
+
+    /// Ends the local subscriptions of users who are no longer members of a members-only
+    /// channel they subscribed to: for a transport that may have lost evictions (it was cut
+    /// off from the other nodes). Services are not bound by membership. A channel whose
+    /// store read fails is left alone. Returns how many subscriptions ended.
+    pub async fn revalidate_members(&self) -> usize {
+        let mut ended = 0;
+        for channel in self.served_channels() {
+            if !self.policy(&channel).membership_grants_access() {
+                continue;
+            }
+            let users: std::collections::BTreeSet<UserId> = match self.inner.channels.get(&channel)
+            {
+                Some(state) => state
+                    .subscribers
+                    .values()
+                    .filter(|sub| !sub.service)
+                    .map(|sub| sub.user.clone())
+                    .collect(),
+                None => continue,
+            };
+            for user in users {
+                if let Ok(false) = self.inner.store.is_member(&channel, &user).await {
+                    ended += self.evict(&channel, &user, crate::channels::REMOVED);
+                }
+            }
+        }
+        ended
     }
 
     fn free_if_empty(&self, channel: &ChannelName) {

@@ -154,7 +154,14 @@ async fn follow(hub: Hub, store: PgStore, mut feed: tokio::sync::mpsc::Receiver<
         let mut commits: HashMap<ChannelName, Seq> = HashMap::new();
         for item in items.drain(..) {
             match item {
-                FeedItem::Resync => hub.resync(),
+                FeedItem::Resync => {
+                    hub.resync();
+                    // Evictions announced while the listener was away never arrived.
+                    let hub = hub.clone();
+                    tokio::spawn(async move {
+                        hub.revalidate_members().await;
+                    });
+                }
                 FeedItem::Notice(notice) => match notice.body {
                     NoticeBody::Commits(pointers) => {
                         for (channel, seq) in pointers {

@@ -268,7 +268,8 @@ impl NatsNode {
         options: &NatsOptions,
     ) -> Result<(Hub, Self), NatsError> {
         let (events_tx, events_rx) = mpsc::channel(64);
-        let client = connect(options, node_id, events_tx).await?;
+        let (connected_tx, mut first_connect) = tokio::sync::watch::channel(false);
+        let client = connect(options, node_id, events_tx, connected_tx).await?;
         // A zero period would stop the control task at its first tick.
         let ttl = ttl.max(Duration::from_secs(1));
         let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
@@ -309,14 +310,20 @@ impl NatsNode {
             tokio::spawn(route(shared.clone(), hub.clone())),
             tokio::spawn(control.run(shared.clone(), hub.clone(), events_rx)),
         ];
-        // Heard from at once: the others learn of this node without waiting a period.
-        shared.heartbeat(false);
-        if tokio::time::timeout(Duration::from_secs(5), shared.client.flush())
-            .await
-            .is_err()
-        {
+        // The client connects in the background; a node whose server answers starts
+        // connected (its first events are not dropped), one whose server does not starts
+        // degraded after a bounded wait.
+        let connected = tokio::time::timeout(
+            Duration::from_secs(5),
+            first_connect.wait_for(|connected| *connected),
+        )
+        .await;
+        if !matches!(connected, Ok(Ok(_))) {
             tracing::warn!(url = %shared.url, "NATS not reachable yet: the node starts degraded");
         }
+        // Heard from at once: the others learn of this node without waiting a period.
+        shared.heartbeat(false);
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
         Ok((hub, Self { shared, tasks }))
     }
 
@@ -372,6 +379,7 @@ async fn connect(
     options: &NatsOptions,
     node_id: &str,
     events: mpsc::Sender<async_nats::Event>,
+    connected: tokio::sync::watch::Sender<bool>,
 ) -> Result<async_nats::Client, NatsError> {
     let mut connect = async_nats::ConnectOptions::new()
         .name(format!("relay {node_id}"))
@@ -386,6 +394,9 @@ async fn connect(
         })
         .event_callback(move |event| {
             let events = events.clone();
+            if matches!(event, async_nats::Event::Connected) {
+                connected.send_replace(true);
+            }
             async move {
                 // Only a stalled control task lets this fill; the next event says it again.
                 let _ = events.try_send(event);
@@ -1425,6 +1436,14 @@ fn reconnected(shared: &Arc<Shared>, hub: &Hub) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
         hub.resync();
+        // Evictions sent while this node was cut off never reached it.
+        let ended = hub.revalidate_members().await;
+        if ended > 0 {
+            tracing::info!(
+                ended,
+                "subscriptions of removed members ended after reconnecting"
+            );
+        }
     });
 }
 

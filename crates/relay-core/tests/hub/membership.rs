@@ -533,3 +533,35 @@ async fn a_user_creates_at_most_max_channels_per_user_records_and_services_any_n
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn revalidation_ends_subscriptions_of_members_removed_behind_the_hub_s_back() {
+    // Another node removed bob, and its eviction never arrived here.
+    let t = group().await;
+    let bob = t.connect("bob");
+    let backend = t.connect_as(service());
+    bob.subscribe("group:1").await;
+    backend.subscribe("group:1").await;
+    bob.frames();
+    t.store
+        .remove_member(&ch("group:1"), &user("bob"), MemberRole::Owner)
+        .await
+        .unwrap();
+    assert_eq!(t.hub.revalidate_members().await, 1);
+    assert!(
+        matches!(
+            &bob.frames()[..],
+            [ServerFrame::Unsubscribed {
+                reason: Some(_),
+                ..
+            }]
+        ),
+        "bob's subscription ended"
+    );
+    assert_eq!(
+        t.hub.revalidate_members().await,
+        0,
+        "the service is not bound by membership, and bob is gone"
+    );
+    assert!(t.hub.serves(&ch("group:1")));
+}

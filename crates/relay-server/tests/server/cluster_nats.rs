@@ -53,6 +53,9 @@ async fn a_nats_restart_mid_traffic_loses_and_duplicates_nothing() {
     let mut reader = a.server.connect("reader").await;
     reader.subscribe("room:4").await;
     await_routed(&a, 1).await;
+    // On the writer's own node: served throughout, NATS or not.
+    let mut local = b.server.connect("local").await;
+    local.subscribe("room:4").await;
     // A backend's connection: a user's publish rate limit would slow the test down.
     let mut writer = WsClient::connect(&b.server.ws_url(&b.server.service_token("writer"))).await;
     assert!(matches!(writer.recv().await, ServerFrame::Welcome { .. }));
@@ -100,6 +103,23 @@ async fn a_nats_restart_mid_traffic_loses_and_duplicates_nothing() {
             .contains("relay_cluster_degraded 1")
     );
     more_acks(50).await;
+    // Local delivery went on during the outage: node B's subscriber has every message
+    // acked so far (one writer: its n-th ack is seq n), while NATS is still down.
+    let during = acked.load(Ordering::Relaxed) as u64;
+    let mut seen = 0;
+    while seen < during {
+        match tokio::time::timeout(Duration::from_secs(10), local.recv())
+            .await
+            .expect("local delivery goes on without NATS")
+        {
+            ServerFrame::Message { seq: Some(seq), .. } => {
+                assert_eq!(seq.0, seen + 1, "in order, none missing");
+                seen = seq.0;
+            }
+            ServerFrame::Join { .. } | ServerFrame::Leave { .. } => {}
+            frame => panic!("{frame:?}"),
+        }
+    }
     nats.start_again();
     await_readiness(&a.server, "ready").await;
     await_readiness(&b.server, "ready").await;
