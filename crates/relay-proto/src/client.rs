@@ -83,6 +83,17 @@ pub enum ClientFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         event: Option<String>,
     },
+    /// Marks the channel read up to `seq` for the user (monotonic: a lower seq changes
+    /// nothing). Answered with `read` carrying the stored marker.
+    Read {
+        /// Echoed in the reply.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// The channel.
+        channel: ChannelName,
+        /// The highest seq read.
+        seq: Seq,
+    },
     /// Ask for the channel's online users.
     Presence {
         /// Echoed in the reply.
@@ -109,6 +120,8 @@ struct WireClientFrame<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(default)]
     since: Option<Seq>,
+    #[serde(default)]
+    seq: Option<Seq>,
     #[serde(default, deserialize_with = "present")]
     payload: Option<Payload>,
     #[serde(default)]
@@ -136,6 +149,7 @@ impl ClientFrame {
             "publish" => "publish",
             "signal" => "signal",
             "presence" => "presence",
+            "read" => "read",
             "ping" => "ping",
             other => {
                 let kind = DecodeErrorKind::UnknownType(other.chars().take(64).collect());
@@ -188,6 +202,11 @@ impl ClientFrame {
                 channel: f.channel(channel)?,
                 id: wire.id,
             },
+            "read" => Self::Read {
+                channel: f.channel(channel)?,
+                seq: f.require("seq", wire.seq)?,
+                id: wire.id,
+            },
             _ => Self::Ping { id: wire.id },
         })
     }
@@ -207,6 +226,7 @@ impl ClientFrame {
             | Self::Publish { id, .. }
             | Self::Signal { id, .. }
             | Self::Presence { id, .. }
+            | Self::Read { id, .. }
             | Self::Ping { id } => id.as_ref(),
         }
     }
@@ -218,7 +238,8 @@ impl ClientFrame {
             | Self::Unsubscribe { channel, .. }
             | Self::Publish { channel, .. }
             | Self::Signal { channel, .. }
-            | Self::Presence { channel, .. } => Some(channel),
+            | Self::Presence { channel, .. }
+            | Self::Read { channel, .. } => Some(channel),
             Self::Ping { .. } => None,
         }
     }

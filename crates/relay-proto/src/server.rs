@@ -119,6 +119,17 @@ pub enum ServerFrame {
         /// Online users.
         users: Vec<UserId>,
     },
+    /// A user's read marker in a channel: the reply to `read` (with its `id`), and sent
+    /// to the user's other connections subscribed to the channel whenever it moves.
+    Read {
+        /// Echo of the request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// The channel.
+        channel: ChannelName,
+        /// The highest seq the user has read there.
+        seq: Seq,
+    },
     /// Reply to `ping`.
     Pong {
         /// Echo of the request's id.
@@ -211,6 +222,7 @@ impl ServerFrame {
             "leave" => "leave",
             "presence" => "presence",
             "pong" => "pong",
+            "read" => "read",
             "error" => "error",
             other => {
                 let kind = DecodeErrorKind::UnknownType(other.chars().take(64).collect());
@@ -284,6 +296,11 @@ impl ServerFrame {
                 id: w.id,
             },
             "pong" => Self::Pong { id: w.id },
+            "read" => Self::Read {
+                channel: f.channel(channel)?,
+                seq: f.require("seq", w.seq)?,
+                id: w.id,
+            },
             _ => Self::Error {
                 code: f.require("code", w.code)?,
                 message: f.require("message", w.message)?,

@@ -104,6 +104,11 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         ),
         (frame_id(), channel()).prop_map(|(id, channel)| ClientFrame::Presence { id, channel }),
         frame_id().prop_map(|id| ClientFrame::Ping { id }),
+        (frame_id(), channel(), seq()).prop_map(|(id, channel, seq)| ClientFrame::Read {
+            id,
+            channel,
+            seq
+        }),
     ]
 }
 
@@ -206,6 +211,11 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             users
         }),
         frame_id().prop_map(|id| ServerFrame::Pong { id }),
+        (frame_id(), channel(), seq()).prop_map(|(id, channel, seq)| ServerFrame::Read {
+            id,
+            channel,
+            seq
+        }),
         (
             frame_id(),
             error_code(),

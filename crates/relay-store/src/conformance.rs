@@ -50,7 +50,9 @@ macro_rules! conformance_tests {
             records_are_counted_per_creator,
             a_repeated_key_stores_nothing_and_answers_the_original,
             keys_are_scoped_by_channel_and_publisher,
-            concurrent_repeats_store_one_copy);
+            concurrent_repeats_store_one_copy,
+            read_markers_are_monotonic_and_bounded_by_the_latest_seq,
+            unread_lists_member_and_marked_channels_by_name);
     };
     ($make:expr) => {
         $crate::conformance_tests!([] $make);
@@ -204,6 +206,95 @@ pub async fn query_returns_only_existing_channels(store: Arc<dyn Store>) {
     let found = store.query_channels(&names).await.expect("query");
     let found: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(found, ["t:c", "t:a"]);
+}
+
+/// A read marker only moves up, never past the channel's latest seq, and is kept per user.
+pub async fn read_markers_are_monotonic_and_bounded_by_the_latest_seq(store: Arc<dyn Store>) {
+    let ch = channel("chat:read");
+    let (alice, bob) = (user("alice"), user("bob"));
+    assert_eq!(
+        store.read_marker(&alice, &ch).await.expect("marker"),
+        Seq(0)
+    );
+    append_n(&*store, &ch, 5).await;
+    assert_eq!(
+        store.mark_read(&alice, &ch, Seq(3)).await.expect("mark"),
+        Seq(3)
+    );
+    assert_eq!(
+        store.mark_read(&alice, &ch, Seq(2)).await.expect("mark"),
+        Seq(3),
+        "a lower seq changes nothing"
+    );
+    assert_eq!(
+        store.mark_read(&alice, &ch, Seq(99)).await.expect("mark"),
+        Seq(5),
+        "not past the latest seq"
+    );
+    assert_eq!(
+        store.read_marker(&alice, &ch).await.expect("marker"),
+        Seq(5)
+    );
+    assert_eq!(store.read_marker(&bob, &ch).await.expect("marker"), Seq(0));
+    assert_eq!(
+        store
+            .mark_read(&bob, &channel("chat:empty"), Seq(4))
+            .await
+            .expect("mark"),
+        Seq(0),
+        "a channel without messages has nothing to read"
+    );
+}
+
+/// `unread` covers the channels whose record lists the user and those it marked, by name.
+pub async fn unread_lists_member_and_marked_channels_by_name(store: Arc<dyn Store>) {
+    let alice = user("alice");
+    for name in ["team:b", "team:a"] {
+        store
+            .create_channel(NewChannel {
+                members: vec![alice.clone()],
+                ..NewChannel::named(channel(name))
+            })
+            .await
+            .expect("create");
+    }
+    append_n(&*store, &channel("team:a"), 4).await;
+    append_n(&*store, &channel("chat:z"), 2).await;
+    append_n(&*store, &channel("chat:other"), 7).await;
+    store
+        .mark_read(&alice, &channel("team:a"), Seq(1))
+        .await
+        .expect("mark");
+    store
+        .mark_read(&alice, &channel("chat:z"), Seq(2))
+        .await
+        .expect("mark");
+    let all = store.unread(&alice, None, 100).await.expect("unread");
+    let seen: Vec<(&str, u64, u64, u64)> = all
+        .iter()
+        .map(|r| (r.channel.as_str(), r.last_seq.0, r.read_seq.0, r.unread()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("chat:z", 2, 2, 0),
+            ("team:a", 4, 1, 3),
+            ("team:b", 0, 0, 0)
+        ]
+    );
+    let page = store
+        .unread(&alice, Some(&channel("chat:z")), 1)
+        .await
+        .expect("unread");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].channel.as_str(), "team:a");
+    assert!(
+        store
+            .unread(&user("nobody"), None, 100)
+            .await
+            .expect("unread")
+            .is_empty()
+    );
 }
 
 /// The creator of a new channel is its owner, the listed members are plain members (the
@@ -879,6 +970,25 @@ impl<T: AppendHook> Store for T {
     }
     async fn trim(&self, channel: &ChannelName, keep: u64) -> crate::StoreResult<u64> {
         self.inner().trim(channel, keep).await
+    }
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        channel: &ChannelName,
+        seq: Seq,
+    ) -> crate::StoreResult<Seq> {
+        self.inner().mark_read(user, channel, seq).await
+    }
+    async fn read_marker(&self, user: &UserId, channel: &ChannelName) -> crate::StoreResult<Seq> {
+        self.inner().read_marker(user, channel).await
+    }
+    async fn unread(
+        &self,
+        user: &UserId,
+        after: Option<&ChannelName>,
+        limit: usize,
+    ) -> crate::StoreResult<Vec<crate::ReadState>> {
+        self.inner().unread(user, after, limit).await
     }
     async fn ping(&self) -> crate::StoreResult<()> {
         self.inner().ping().await

@@ -59,7 +59,7 @@ pub use error::StoreError;
 pub use memory::{MemoryRetention, MemoryStore};
 pub use model::{
     Appended, ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Original,
-    Removal, RoleChange, StoredMessage,
+    ReadState, Removal, RoleChange, StoredMessage,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{MIGRATOR, PgStore, PgStoreOptions};
@@ -168,6 +168,23 @@ pub trait Store: Send + Sync + 'static {
     /// Drops the oldest messages so that at most `keep` remain; returns how many were dropped.
     /// Seqs are never reused after a trim.
     async fn trim(&self, channel: &ChannelName, keep: u64) -> StoreResult<u64>;
+
+    /// Moves `user`'s read marker in `channel` up to `seq`, never down, and never past the
+    /// channel's latest seq; returns the marker as stored after the call.
+    async fn mark_read(&self, user: &UserId, channel: &ChannelName, seq: Seq) -> StoreResult<Seq>;
+
+    /// `user`'s read marker in `channel` ([`Seq::ZERO`] if none).
+    async fn read_marker(&self, user: &UserId, channel: &ChannelName) -> StoreResult<Seq>;
+
+    /// The read state of `user`'s channels (those whose record lists the user as a member,
+    /// and those the user has a read marker in), ordered by name, names after `after` only,
+    /// at most `limit`.
+    async fn unread(
+        &self,
+        user: &UserId,
+        after: Option<&ChannelName>,
+        limit: usize,
+    ) -> StoreResult<Vec<ReadState>>;
 
     /// Checks that the store is reachable (readiness).
     async fn ping(&self) -> StoreResult<()>;

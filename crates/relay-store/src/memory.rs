@@ -11,7 +11,8 @@ use relay_proto::{ChannelName, IdempotencyKey, MemberRole, Seq, Timestamp, UserI
 
 use crate::{
     Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member, NewChannel,
-    NewMessage, Original, Removal, RoleChange, Store, StoreError, StoreResult, StoredMessage,
+    NewMessage, Original, ReadState, Removal, RoleChange, Store, StoreError, StoreResult,
+    StoredMessage,
 };
 
 /// An in-memory [`Store`]. Cloning shares the same data.
@@ -63,6 +64,8 @@ struct Inner {
     order: Mutex<VecDeque<(ChannelName, Seq)>>,
     /// Idempotency keys in the order they were stored, oldest first, for expiry.
     key_order: Mutex<VecDeque<KeyEntry>>,
+    /// Read markers per user, by channel.
+    read: RwLock<HashMap<UserId, BTreeMap<ChannelName, Seq>>>,
 }
 
 /// An idempotency key's scope within a channel: the publisher and the key.
@@ -489,6 +492,58 @@ impl Store for MemoryStore {
 
     async fn latest_seq(&self, channel: &ChannelName) -> StoreResult<Seq> {
         Ok(self.log(channel).map_or(Seq::ZERO, |log| log.lock().last))
+    }
+
+    async fn mark_read(&self, user: &UserId, channel: &ChannelName, seq: Seq) -> StoreResult<Seq> {
+        let latest = self.log(channel).map_or(Seq::ZERO, |log| log.lock().last);
+        let mut read = self.inner.read.write();
+        let marker = read
+            .entry(user.clone())
+            .or_default()
+            .entry(channel.clone())
+            .or_default();
+        *marker = (*marker).max(seq.min(latest));
+        Ok(*marker)
+    }
+
+    async fn read_marker(&self, user: &UserId, channel: &ChannelName) -> StoreResult<Seq> {
+        Ok(self
+            .inner
+            .read
+            .read()
+            .get(user)
+            .and_then(|markers| markers.get(channel).copied())
+            .unwrap_or_default())
+    }
+
+    async fn unread(
+        &self,
+        user: &UserId,
+        after: Option<&ChannelName>,
+        limit: usize,
+    ) -> StoreResult<Vec<ReadState>> {
+        let mut names: BTreeMap<ChannelName, Seq> = self
+            .inner
+            .read
+            .read()
+            .get(user)
+            .cloned()
+            .unwrap_or_default();
+        for (name, roles) in self.inner.members.read().iter() {
+            if roles.contains_key(user) {
+                names.entry(name.clone()).or_default();
+            }
+        }
+        Ok(names
+            .into_iter()
+            .filter(|(name, _)| after.is_none_or(|after| name > after))
+            .take(limit)
+            .map(|(channel, read_seq)| ReadState {
+                last_seq: self.log(&channel).map_or(Seq::ZERO, |log| log.lock().last),
+                channel,
+                read_seq,
+            })
+            .collect())
     }
 
     async fn trim(&self, channel: &ChannelName, keep: u64) -> StoreResult<u64> {

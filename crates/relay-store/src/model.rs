@@ -261,6 +261,24 @@ impl StoredMessage {
     }
 }
 
+/// A user's read state in one channel ([`Store::unread`](crate::Store::unread)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadState {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Its latest seq.
+    pub last_seq: Seq,
+    /// The user's read marker there.
+    pub read_seq: Seq,
+}
+
+impl ReadState {
+    /// Messages after the read marker (edits and deletes count, being seq'd events too).
+    pub fn unread(&self) -> u64 {
+        self.last_seq.0.saturating_sub(self.read_seq.0)
+    }
+}
+
 /// Which messages [`Store::history`](crate::Store::history) returns, always ascending by seq.
 ///
 /// - `after` set: the first `limit` messages with seq > `after` (and < `before`, if set);

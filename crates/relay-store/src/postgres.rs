@@ -34,7 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member, NewChannel,
-    NewMessage, Original, Removal, RoleChange, Store, StoreError, StoreResult, StoredMessage,
+    NewMessage, Original, ReadState, Removal, RoleChange, Store, StoreError, StoreResult,
+    StoredMessage,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -1070,6 +1071,72 @@ impl Store for PgStore {
                 .await
                 .map_err(map_err)?;
         Ok(Seq(row.map_or(0, |(s,)| s.max(0) as u64)))
+    }
+
+    async fn mark_read(&self, user: &UserId, channel: &ChannelName, seq: Seq) -> StoreResult<Seq> {
+        let (stored,): (i64,) = sqlx::query_as(
+            "INSERT INTO read_markers (user_id, channel, seq)
+             VALUES ($1, $2, LEAST($3, COALESCE(
+                 (SELECT last_seq FROM channel_seqs WHERE channel = $2), 0)))
+             ON CONFLICT (user_id, channel) DO UPDATE
+                SET seq = GREATEST(read_markers.seq, EXCLUDED.seq), updated_at = now()
+             RETURNING seq",
+        )
+        .bind(user.as_str())
+        .bind(channel.as_str())
+        .bind(i64::try_from(seq.0).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(Seq(stored.max(0) as u64))
+    }
+
+    async fn read_marker(&self, user: &UserId, channel: &ChannelName) -> StoreResult<Seq> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT seq FROM read_markers WHERE user_id = $1 AND channel = $2")
+                .bind(user.as_str())
+                .bind(channel.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(Seq(row.map_or(0, |(s,)| s.max(0) as u64)))
+    }
+
+    async fn unread(
+        &self,
+        user: &UserId,
+        after: Option<&ChannelName>,
+        limit: usize,
+    ) -> StoreResult<Vec<ReadState>> {
+        // Both sources are read through indexes led by the user (members_by_user, the
+        // markers' primary key), merged, then joined to the channels' counters.
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT c.channel, COALESCE(s.last_seq, 0), COALESCE(r.seq, 0)
+             FROM (
+                SELECT channel FROM members WHERE user_id = $1 AND channel > $2
+                UNION
+                SELECT channel FROM read_markers WHERE user_id = $1 AND channel > $2
+             ) c
+             LEFT JOIN channel_seqs s ON s.channel = c.channel
+             LEFT JOIN read_markers r ON r.user_id = $1 AND r.channel = c.channel
+             ORDER BY c.channel
+             LIMIT $3",
+        )
+        .bind(user.as_str())
+        .bind(after.map_or("", ChannelName::as_str))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(|(name, last, read)| {
+                Ok(ReadState {
+                    channel: ChannelName::parse(&name).map_err(|e| corrupt("channel", e))?,
+                    last_seq: Seq(last.max(0) as u64),
+                    read_seq: Seq(read.max(0) as u64),
+                })
+            })
+            .collect()
     }
 
     async fn trim(&self, channel: &ChannelName, keep: u64) -> StoreResult<u64> {
