@@ -1,4 +1,6 @@
-//! A terminal chat: type a line to send it, see everyone's messages as they arrive.
+//! A terminal chat: type a line to send it, see everyone's messages as they arrive. Every
+//! message shown is marked read, so the user's other devices (another run of this example
+//! with the same user) follow: they print where the reading got to.
 //!
 //! ```sh
 //! export RELAY_JWT_SECRET=dev-secret-change-me-0123456789abcdef
@@ -45,10 +47,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.channel
     );
 
+    let (reader, channel) = (client.clone(), args.channel.clone());
     let printer = tokio::spawn(async move {
         while let Some(event) = room.next_event().await {
             match event {
                 Event::Message(m) => {
+                    // Shown: read. A failure (the connection is down) is retried by the
+                    // next message's mark, markers being monotonic.
+                    if let Some(seq) = m.seq {
+                        let _ = reader.mark_read(&channel, seq).await;
+                    }
                     let who = m
                         .from
                         .as_ref()
@@ -65,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Event::Gap { since, resumed_at } => {
                     println!("(missed {}..={resumed_at})", since.0 + 1)
                 }
+                Event::Read(seq) => println!("* read up to {} on another device", seq.0),
                 Event::Join(user) => println!("* {user} joined"),
                 Event::Leave(user) => println!("* {user} left"),
                 _ => {}

@@ -468,6 +468,26 @@ impl Client {
         }
     }
 
+    /// Marks `channel` read up to `seq` for this user; returns the stored marker (markers
+    /// never move back, nor past the channel's latest seq). The user's other subscribed
+    /// connections get [`Event::Read`](crate::Event::Read).
+    pub async fn mark_read(&self, channel: &str, seq: Seq) -> Result<Seq, ClientError> {
+        let channel = channel_name(channel)?;
+        match self
+            .request(|id| ClientFrame::Read {
+                id: Some(id.into()),
+                channel,
+                seq,
+            })
+            .await?
+        {
+            ServerFrame::Read { seq, .. } => Ok(seq),
+            other => Err(ClientError::Protocol(format!(
+                "expected read, got {other:?}"
+            ))),
+        }
+    }
+
     /// Round-trips an application-level ping.
     pub async fn ping(&self) -> Result<(), ClientError> {
         self.request(|id| ClientFrame::Ping {

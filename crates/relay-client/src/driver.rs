@@ -515,6 +515,11 @@ impl Driver {
                 id, code, message, ..
             } => self.on_error(numeric(&id), code, message),
             ServerFrame::Pong { id } => self.on_pong(id),
+            ServerFrame::Read {
+                id: None,
+                channel,
+                seq,
+            } => self.subs.on_event(&channel, Event::Read(seq)),
             ServerFrame::Unsubscribed {
                 id: None,
                 channel,
@@ -522,6 +527,7 @@ impl Driver {
             } => self.subs.on_ended(&channel, reason.unwrap_or_default()),
             frame @ (ServerFrame::Ack { .. }
             | ServerFrame::Presence { .. }
+            | ServerFrame::Read { .. }
             | ServerFrame::Unsubscribed { .. }) => self.on_reply(frame),
             ServerFrame::Welcome { .. } => {}
         }
@@ -625,6 +631,7 @@ impl Driver {
         let id = match &frame {
             ServerFrame::Ack { id, .. }
             | ServerFrame::Presence { id, .. }
+            | ServerFrame::Read { id, .. }
             | ServerFrame::Unsubscribed { id, .. } => numeric(id),
             _ => None,
         };

@@ -55,6 +55,9 @@ pub enum Event {
         /// The opaque payload.
         payload: Payload,
     },
+    /// This user's read marker in the channel moved (another of its connections, or a REST
+    /// call, marked it read up to this seq): for keeping unread badges in step across devices.
+    Read(Seq),
     /// After a reconnect (or after the application fell behind and caught up), the server
     /// replayed everything missed since `since`: nothing was lost. Informational.
     Recovered {

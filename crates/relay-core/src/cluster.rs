@@ -251,7 +251,8 @@ fn decode(event: &str) -> Option<RemoteEvent> {
             let channel = channel.clone();
             Some(RemoteEvent::Ephemeral(frame.encode(), channel))
         }
-        ("signal", ServerFrame::Signal { channel, .. }) => {
+        // A read marker travels like a signal to its user's connections.
+        ("signal", ServerFrame::Signal { channel, .. } | ServerFrame::Read { channel, .. }) => {
             let to: String = serde_json::from_str(fields.get("to")?.get()).ok()?;
             let to = UserId::parse(&to).ok()?;
             let channel = channel.clone();

@@ -271,6 +271,11 @@ impl Connection {
                 ..
             } => self.signal(channel, to, payload, event).await,
             ClientFrame::Presence { id, channel } => self.presence(id, channel).await,
+            ClientFrame::Read { id, channel, seq } => self
+                .hub
+                .mark_read_from(&self.identity, &channel, seq, Some(self.id))
+                .await
+                .map(|seq| self.send(&ServerFrame::Read { id, channel, seq })),
             ClientFrame::Ping { id } => {
                 self.send(&ServerFrame::Pong { id });
                 Ok(())
@@ -290,6 +295,8 @@ impl Connection {
             ClientFrame::Publish { channel, .. } => (FrameKind::Publish, channel),
             ClientFrame::Subscribe { channel, .. } => (FrameKind::Subscribe, channel),
             ClientFrame::Signal { channel, .. } => (FrameKind::Signal, channel),
+            // A stored write, like a publish.
+            ClientFrame::Read { channel, .. } => (FrameKind::Publish, channel),
             _ => return Verdict::Allow,
         };
         match (&self.hub.policy(channel).rate_limits, self.identity.role) {

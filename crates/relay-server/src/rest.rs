@@ -88,6 +88,17 @@ where
             api.count(channel(name)?).await
         }
         (&Method::GET, ["api", "channels", name, "presence"]) => api.presence(channel(name)?).await,
+        (&Method::GET, ["api", "channels", name, "read"]) => api.read_marker(channel(name)?).await,
+        (&Method::PUT, ["api", "channels", name, "read"]) => {
+            let name = channel(name)?;
+            api.mark_read(name, app.read_body(req.into_body()).await?)
+                .await
+        }
+        (&Method::GET, ["api", "unread"]) => api.unread(&req).await,
+        (_, ["api", "unread"]) | (_, ["api", "channels", _, "read"]) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("method {method} is not allowed here"),
+        )),
         (_, ["api", "publish"])
         | (_, ["api", "channels"])
         | (_, ["api", "channels", _])
@@ -381,6 +392,63 @@ impl Api<'_> {
         Ok(json(
             StatusCode::OK,
             &serde_json::json!({ "channel": name, "count": count }),
+        ))
+    }
+
+    async fn read_marker(&self, name: ChannelName) -> ApiResult {
+        let seq = self.hub().read_marker(self.identity, &name).await?;
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "channel": name, "seq": seq }),
+        ))
+    }
+
+    async fn mark_read(&self, name: ChannelName, body: Bytes) -> ApiResult {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct MarkRead {
+            seq: Seq,
+        }
+        let request: MarkRead = parse_body(&body)?;
+        let seq = self
+            .hub()
+            .mark_read(self.identity, &name, request.seq)
+            .await?;
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "channel": name, "seq": seq }),
+        ))
+    }
+
+    /// The read state of the caller's channels, by name: `?after=NAME&limit=N` (default
+    /// 1,000, at most 10,000); `next` is the `after` of the following page, or null.
+    async fn unread<B>(&self, req: &Request<B>) -> ApiResult {
+        let limit = number::<_, usize>(req, "limit")?
+            .unwrap_or(1000)
+            .clamp(1, relay_core::MAX_UNREAD_PAGE);
+        let after = query_param(req, "after").map(|a| channel(&a)).transpose()?;
+        let states = self
+            .hub()
+            .unread(self.identity, after.as_ref(), limit)
+            .await?;
+        let next = (states.len() == limit)
+            .then(|| states.last().map(|s| s.channel.clone()))
+            .flatten();
+        let total: u64 = states.iter().map(relay_store::ReadState::unread).sum();
+        let channels: Vec<serde_json::Value> = states
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "channel": s.channel,
+                    "last_seq": s.last_seq,
+                    "read_seq": s.read_seq,
+                    "unread": s.unread(),
+                })
+            })
+            .collect();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "channels": channels, "unread": total, "next": next }),
         ))
     }
 

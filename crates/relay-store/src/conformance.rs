@@ -219,16 +219,20 @@ pub async fn read_markers_are_monotonic_and_bounded_by_the_latest_seq(store: Arc
     append_n(&*store, &ch, 5).await;
     assert_eq!(
         store.mark_read(&alice, &ch, Seq(3)).await.expect("mark"),
-        Seq(3)
+        (Seq(3), true)
     );
     assert_eq!(
         store.mark_read(&alice, &ch, Seq(2)).await.expect("mark"),
-        Seq(3),
+        (Seq(3), false),
         "a lower seq changes nothing"
     );
     assert_eq!(
+        store.mark_read(&alice, &ch, Seq(3)).await.expect("mark"),
+        (Seq(3), false)
+    );
+    assert_eq!(
         store.mark_read(&alice, &ch, Seq(99)).await.expect("mark"),
-        Seq(5),
+        (Seq(5), true),
         "not past the latest seq"
     );
     assert_eq!(
@@ -241,7 +245,7 @@ pub async fn read_markers_are_monotonic_and_bounded_by_the_latest_seq(store: Arc
             .mark_read(&bob, &channel("chat:empty"), Seq(4))
             .await
             .expect("mark"),
-        Seq(0),
+        (Seq(0), false),
         "a channel without messages has nothing to read"
     );
 }
@@ -976,7 +980,7 @@ impl<T: AppendHook> Store for T {
         user: &UserId,
         channel: &ChannelName,
         seq: Seq,
-    ) -> crate::StoreResult<Seq> {
+    ) -> crate::StoreResult<(Seq, bool)> {
         self.inner().mark_read(user, channel, seq).await
     }
     async fn read_marker(&self, user: &UserId, channel: &ChannelName) -> crate::StoreResult<Seq> {

@@ -170,8 +170,14 @@ pub trait Store: Send + Sync + 'static {
     async fn trim(&self, channel: &ChannelName, keep: u64) -> StoreResult<u64>;
 
     /// Moves `user`'s read marker in `channel` up to `seq`, never down, and never past the
-    /// channel's latest seq; returns the marker as stored after the call.
-    async fn mark_read(&self, user: &UserId, channel: &ChannelName, seq: Seq) -> StoreResult<Seq>;
+    /// channel's latest seq; returns the marker as stored after the call, and whether this
+    /// call moved it.
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        channel: &ChannelName,
+        seq: Seq,
+    ) -> StoreResult<(Seq, bool)>;
 
     /// `user`'s read marker in `channel` ([`Seq::ZERO`] if none).
     async fn read_marker(&self, user: &UserId, channel: &ChannelName) -> StoreResult<Seq>;

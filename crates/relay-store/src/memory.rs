@@ -494,7 +494,12 @@ impl Store for MemoryStore {
         Ok(self.log(channel).map_or(Seq::ZERO, |log| log.lock().last))
     }
 
-    async fn mark_read(&self, user: &UserId, channel: &ChannelName, seq: Seq) -> StoreResult<Seq> {
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        channel: &ChannelName,
+        seq: Seq,
+    ) -> StoreResult<(Seq, bool)> {
         let latest = self.log(channel).map_or(Seq::ZERO, |log| log.lock().last);
         let mut read = self.inner.read.write();
         let marker = read
@@ -502,8 +507,9 @@ impl Store for MemoryStore {
             .or_default()
             .entry(channel.clone())
             .or_default();
+        let moved = seq.min(latest) > *marker;
         *marker = (*marker).max(seq.min(latest));
-        Ok(*marker)
+        Ok((*marker, moved))
     }
 
     async fn read_marker(&self, user: &UserId, channel: &ChannelName) -> StoreResult<Seq> {

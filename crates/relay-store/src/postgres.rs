@@ -1073,22 +1073,33 @@ impl Store for PgStore {
         Ok(Seq(row.map_or(0, |(s,)| s.max(0) as u64)))
     }
 
-    async fn mark_read(&self, user: &UserId, channel: &ChannelName, seq: Seq) -> StoreResult<Seq> {
-        let (stored,): (i64,) = sqlx::query_as(
-            "INSERT INTO read_markers (user_id, channel, seq)
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        channel: &ChannelName,
+        seq: Seq,
+    ) -> StoreResult<(Seq, bool)> {
+        // A row comes back only when the marker was created or moved up; otherwise the
+        // marker as it stands is read.
+        let moved: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO read_markers AS r (user_id, channel, seq)
              VALUES ($1, $2, LEAST($3, COALESCE(
                  (SELECT last_seq FROM channel_seqs WHERE channel = $2), 0)))
              ON CONFLICT (user_id, channel) DO UPDATE
-                SET seq = GREATEST(read_markers.seq, EXCLUDED.seq), updated_at = now()
+                SET seq = EXCLUDED.seq, updated_at = now()
+                WHERE r.seq < EXCLUDED.seq
              RETURNING seq",
         )
         .bind(user.as_str())
         .bind(channel.as_str())
         .bind(i64::try_from(seq.0).unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        Ok(Seq(stored.max(0) as u64))
+        match moved {
+            Some((stored,)) => Ok((Seq(stored.max(0) as u64), stored > 0)),
+            None => Ok((self.read_marker(user, channel).await?, false)),
+        }
     }
 
     async fn read_marker(&self, user: &UserId, channel: &ChannelName) -> StoreResult<Seq> {

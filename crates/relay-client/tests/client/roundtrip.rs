@@ -112,3 +112,37 @@ async fn dropping_a_subscription_unsubscribes() {
     alice.ping().await.unwrap();
     assert_eq!(server.hub.stats().subscriptions, 0);
 }
+
+#[tokio::test]
+async fn read_markers_keep_a_user_s_devices_in_step() {
+    let server = Server::start().await;
+    let bob = server.client("bob").await;
+    let phone = server.client("alice").await;
+    let laptop = server.client("alice").await;
+    let _p = phone.subscribe("room:7").await.unwrap();
+    let mut l = laptop.subscribe("room:7").await.unwrap();
+    for n in 0..4 {
+        bob.publish("room:7", &n).await.unwrap();
+    }
+    assert_eq!(phone.mark_read("room:7", Seq(3)).await.unwrap(), Seq(3));
+    assert_eq!(
+        phone.mark_read("room:7", Seq(1)).await.unwrap(),
+        Seq(3),
+        "markers never move back"
+    );
+    let deadline = std::time::Duration::from_secs(5);
+    loop {
+        let event = tokio::time::timeout(deadline, l.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        match event {
+            Event::Message(_) => {}
+            Event::Read(seq) => {
+                assert_eq!(seq, Seq(3));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -169,7 +169,51 @@ on_both_backplanes!(
     typing_and_signals_cross_nodes,
     a_member_removed_on_one_node_loses_its_subscriptions_on_every_node,
     a_database_restart_during_cluster_traffic_loses_and_duplicates_nothing,
+    read_markers_reach_the_user_s_devices_on_every_node,
 );
+
+async fn read_markers_reach_the_user_s_devices_on_every_node(backplane: Backplane) {
+    let cluster = Cluster::new(backplane).await;
+    let (a, b) = (cluster.node("node-a").await, cluster.node("node-b").await);
+    cluster.settle(2).await;
+    let mut phone = a.server.connect("alice").await;
+    let mut laptop = b.server.connect("alice").await;
+    phone.subscribe("feed:9").await;
+    laptop.subscribe("feed:9").await;
+    await_routed(&b, 1).await;
+    let mut bob = a.server.connect("bob").await;
+    for n in 0..3 {
+        let ack = bob
+            .request(json!({"type": "publish", "channel": "feed:9", "payload": n}))
+            .await;
+        assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+    }
+    phone
+        .send(json!({"type": "read", "id": 50, "channel": "feed:9", "seq": 3}))
+        .await;
+    loop {
+        match phone.recv().await {
+            ServerFrame::Message { .. } => {}
+            ServerFrame::Read { seq, .. } => {
+                assert_eq!(seq.0, 3);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let synced = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match laptop.recv().await {
+                ServerFrame::Read { id: None, seq, .. } => return seq.0,
+                ServerFrame::Message { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the marker reaches the other node within 10 s");
+    assert_eq!(synced, 3);
+}
 
 struct PgNode {
     server: TestServer,

@@ -19,6 +19,7 @@ mod idempotency;
 mod limits;
 mod liveness;
 mod membership;
+mod read_markers;
 mod shutdown;
 mod sse;
 mod thread_relay;
