@@ -9,8 +9,9 @@
 //! - `cargo xtask bench <scenario> [flags]`: benchmarks (release builds); see
 //!   `docs/performance.md`. Scenarios: `fanout`, `baseline`, `compare` (both, and the
 //!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `cluster [--backplane postgres|nats|both]` (needs
-//!   `DATABASE_URL`, `psql`, and `nats-server` for NATS), `micro` (criterion, no sockets). The server runs pinned to core 0 on a
-//!   one-thread runtime, the load generator on core 1.
+//!   `DATABASE_URL`, `psql`, and `nats-server` for NATS), `unread` (needs `DATABASE_URL`),
+//!   `micro` (criterion, no sockets). The server runs pinned to core 0 on a one-thread
+//!   runtime, the load generator on core 1.
 //! - `cargo xtask fuzz [--cases N]`: the fuzz targets with N generated inputs each (1M).
 //! - `cargo xtask autobahn [--cases 1.*,2.*]`: the Autobahn|Testsuite conformance run; see
 //!   `autobahn.rs`.
@@ -158,7 +159,7 @@ fn bench_config(name: &str, text: &str) -> Result<String, String> {
 fn bench(args: &[String]) -> Result<(), String> {
     let Some(scenario) = args.first() else {
         return Err(
-            "name a scenario: fanout | baseline | compare | idle | abuse | persist | cluster | micro"
+            "name a scenario: fanout | baseline | compare | idle | abuse | persist | cluster | unread | micro"
                 .into(),
         );
     };
@@ -169,6 +170,17 @@ fn bench(args: &[String]) -> Result<(), String> {
                 return Err("bench persist needs DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)".into());
             }
             let mut cargo_args = vec!["bench", "-p", "relay-server", "--bench", "persist", "--"];
+            cargo_args.extend(flags.iter().map(String::as_str));
+            cargo(&cargo_args)
+        }
+        "unread" => {
+            if std::env::var("DATABASE_URL").map_or(true, |u| u.is_empty()) {
+                return Err(
+                    "bench unread needs DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)"
+                        .into(),
+                );
+            }
+            let mut cargo_args = vec!["bench", "-p", "relay-server", "--bench", "unread", "--"];
             cargo_args.extend(flags.iter().map(String::as_str));
             cargo(&cargo_args)
         }
@@ -238,7 +250,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         other => Err(format!(
-            "unknown scenario {other:?}; known: fanout baseline compare idle abuse persist cluster micro"
+            "unknown scenario {other:?}; known: fanout baseline compare idle abuse persist cluster unread micro"
         )),
     }
 }

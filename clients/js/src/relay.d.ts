@@ -31,7 +31,10 @@ export interface RelayClientOptions {
    * `[0, min(max, min * 2^n)]` (full jitter). Defaults: 250 and 30000. Reset by each welcome.
    */
   backoff?: { min?: number; max?: number };
-  /** How long `subscribe`, `publish`, `signal` and `presence` may take, in ms (default 10000). */
+  /**
+   * How long `subscribe`, `publish`, `signal`, `presence` and `markRead` may take, in ms
+   * (default 10000).
+   */
   requestTimeout?: number;
   /**
    * How long a connection attempt may take, in ms (default 10000): from asking the token
@@ -145,6 +148,17 @@ export interface SignalEvent {
   payload: unknown;
 }
 
+/**
+ * This user's read marker in the channel moved to `seq` elsewhere: on another of its
+ * connections (another tab or device, with {@link RelayClient.markRead}) or over REST
+ * (`PUT /api/channels/{name}/read`). Never sent for this connection's own `markRead`, whose
+ * promise carries the marker instead.
+ */
+export interface ReadEvent {
+  type: "read";
+  seq: number;
+}
+
 /** After a reconnect the server replayed everything after `since`: nothing was lost. */
 export interface RecoveredEvent {
   type: "recovered";
@@ -180,6 +194,7 @@ export type SubscriptionEvent =
   | JoinEvent
   | LeaveEvent
   | SignalEvent
+  | ReadEvent
   | RecoveredEvent
   | GapEvent
   | EndedEvent;
@@ -190,6 +205,7 @@ export interface SubscriptionEventMap {
   join: JoinEvent;
   leave: LeaveEvent;
   signal: SignalEvent;
+  read: ReadEvent;
   recovered: RecoveredEvent;
   gap: GapEvent;
   ended: EndedEvent;
@@ -313,6 +329,26 @@ export class RelayClient {
 
   /** The users online in `channel`, sorted. */
   presence(channel: string): Promise<string[]>;
+
+  /**
+   * Marks `channel` read up to `seq` for this user and resolves with the marker the server
+   * stored. That may differ from `seq`: the marker never moves back (a lower `seq` changes
+   * nothing) and never passes the channel's latest seq. When it moved, the user's other
+   * connections subscribed to the channel get a `read` event ({@link ReadEvent}). Needs the
+   * right to subscribe to the channel; counts against the publish rate limit. Rejects like
+   * `presence`: with the server's code (`"forbidden"`, `"rate_limited"`, …), `"timeout"`,
+   * `"disconnected"` (the connection dropped before the reply; the marker may have moved,
+   * and repeating the call is harmless), `"closed"`; and at once, with nothing sent, with
+   * `"bad_request"` when `seq` is not a non-negative safe integer.
+   *
+   * @example
+   * // Everything shown so far has been seen.
+   * const marker = await client.markRead("chat:42", room.lastSeq ?? 0);
+   * clearUnreadUpTo(marker);
+   * // Another tab or device of this user read further.
+   * room.on("read", ({ seq }) => clearUnreadUpTo(seq));
+   */
+  markRead(channel: string, seq: number): Promise<number>;
 
   /**
    * Tells the channel this user is typing: an ephemeral publish with event `"typing"` and

@@ -18,7 +18,7 @@
 // The wire protocol is docs/protocol.md in the server's repository.
 
 const CLIENT_EVENTS = ["connected", "disconnected", "closed", "transport"];
-const SUBSCRIPTION_EVENTS = ["message", "join", "leave", "signal", "recovered", "gap", "ended"];
+const SUBSCRIPTION_EVENTS = ["message", "join", "leave", "signal", "read", "recovered", "gap", "ended"];
 const TRANSPORTS = ["auto", "websocket", "sse"];
 
 /** Requests (queued while disconnected, or sent and unanswered) allowed at once. */
@@ -188,6 +188,19 @@ export class RelayClient {
     return this.#issue("presence", (request) => [{ type: "presence", id: request.id, channel }]);
   }
 
+  /**
+   * Marks `channel` read up to `seq` for this user; resolves with the marker the server
+   * stored, which differs from `seq` when the marker was already higher (it never moves
+   * back) or the channel's latest seq is lower (it never passes it).
+   */
+  markRead(channel, seq) {
+    if (!Number.isSafeInteger(seq) || seq < 0) {
+      const got = typeof seq === "number" ? seq : typeof seq;
+      return Promise.reject(new RelayError("bad_request", `seq must be a non-negative safe integer, got ${got}`));
+    }
+    return this.#issue("read", (request) => [{ type: "read", id: request.id, channel, seq }]);
+  }
+
   /** An ephemeral "typing" notice, at most one per channel every two seconds; never rejects. */
   typing(channel) {
     if (this.#typing.has(channel) || this.state === "closed") return Promise.resolve();
@@ -330,6 +343,11 @@ export class RelayClient {
           event: frame.event ?? null,
           payload: frame.payload,
         });
+        break;
+      case "read":
+        // Without an id, the marker moved on another connection of this user.
+        if (frame.id == null) this.#routes.get(frame.channel)?.live({ type: "read", seq: frame.seq });
+        else this.#answered(frame);
         break;
       case "unsubscribed":
         if (frame.id == null) this.#kicked(frame);
@@ -509,12 +527,14 @@ const REPLY_TYPES = {
   ephemeral: "ack",
   signal: "pong",
   presence: "presence",
+  read: "read",
 };
 const REPLY_VALUES = {
   publish: ackOf,
   ephemeral: ackOf,
   signal: () => undefined,
   presence: (frame) => frame.users,
+  read: (frame) => frame.seq,
 };
 
 function ackOf(frame) {
@@ -658,7 +678,7 @@ class Route {
     });
   }
 
-  /** Routes an event outside the sequence (join, leave, signal). */
+  /** Routes an event outside the sequence (join, leave, signal, read). */
   live(event) {
     if (this.awaiting === null) this.deliver(event);
   }

@@ -286,6 +286,11 @@ pub async fn unread_lists_member_and_marked_channels_by_name(store: Arc<dyn Stor
             ("team:b", 0, 0, 0)
         ]
     );
+    // Marking a channel with nothing in it stores nothing.
+    store
+        .mark_read(&alice, &channel("chat:nothing"), Seq(3))
+        .await
+        .expect("mark");
     let page = store
         .unread(&alice, Some(&channel("chat:z")), 1)
         .await
@@ -298,6 +303,26 @@ pub async fn unread_lists_member_and_marked_channels_by_name(store: Arc<dyn Stor
             .await
             .expect("unread")
             .is_empty()
+    );
+    // A member removed loses the marker too: the channel leaves its unread counts.
+    store
+        .remove_member(&channel("team:a"), &alice, MemberRole::Owner)
+        .await
+        .expect("remove");
+    let names: Vec<String> = store
+        .unread(&alice, None, 100)
+        .await
+        .expect("unread")
+        .iter()
+        .map(|r| r.channel.to_string())
+        .collect();
+    assert_eq!(names, ["chat:z", "team:b"]);
+    assert_eq!(
+        store
+            .read_marker(&alice, &channel("team:a"))
+            .await
+            .expect("marker"),
+        Seq(0)
     );
 }
 

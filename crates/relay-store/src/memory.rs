@@ -385,6 +385,10 @@ impl Store for MemoryStore {
             return Ok(Removal::LastOwner);
         }
         roles.remove(user);
+        // The read marker goes with the membership.
+        if let Some(markers) = self.inner.read.write().get_mut(user) {
+            markers.remove(channel);
+        }
         Ok(Removal::Removed(role))
     }
 
@@ -501,6 +505,13 @@ impl Store for MemoryStore {
         seq: Seq,
     ) -> StoreResult<(Seq, bool)> {
         let latest = self.log(channel).map_or(Seq::ZERO, |log| log.lock().last);
+        if seq.min(latest) == Seq::ZERO {
+            // Nothing to read: no marker row for it.
+            return self
+                .read_marker(user, channel)
+                .await
+                .map(|seq| (seq, false));
+        }
         let mut read = self.inner.read.write();
         let marker = read
             .entry(user.clone())

@@ -949,12 +949,19 @@ impl Store for PgStore {
         if current.role == MemberRole::Owner && current.owners == 1 {
             return Ok(Removal::LastOwner);
         }
-        sqlx::query("DELETE FROM members WHERE channel = $1 AND user_id = $2")
-            .bind(channel.as_str())
-            .bind(user.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        // The read marker goes with the membership: a former member's unread counts no
+        // longer show the channel.
+        for sql in [
+            "DELETE FROM members WHERE channel = $1 AND user_id = $2",
+            "DELETE FROM read_markers WHERE channel = $1 AND user_id = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(channel.as_str())
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
         tx.commit().await.map_err(map_err)?;
         Ok(Removal::Removed(current.role))
     }
@@ -1083,8 +1090,9 @@ impl Store for PgStore {
         // marker as it stands is read.
         let moved: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO read_markers AS r (user_id, channel, seq)
-             VALUES ($1, $2, LEAST($3, COALESCE(
-                 (SELECT last_seq FROM channel_seqs WHERE channel = $2), 0)))
+             SELECT $1, $2, m FROM (SELECT LEAST($3, COALESCE(
+                 (SELECT last_seq FROM channel_seqs WHERE channel = $2), 0)) AS m) clamped
+             WHERE m > 0
              ON CONFLICT (user_id, channel) DO UPDATE
                 SET seq = EXCLUDED.seq, updated_at = now()
                 WHERE r.seq < EXCLUDED.seq
