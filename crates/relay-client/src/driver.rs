@@ -555,9 +555,13 @@ impl Driver {
             return Ok(());
         };
         let notify = reply.is_none();
-        let current = self
-            .subs
-            .on_subscribed(&channel, id, since, recovered, seq, notify);
+        let current = match since {
+            // Further behind than the server replays: read the history over REST.
+            Some(since) if recovered == Some(false) => self.catch_up(&channel, id, since, seq),
+            _ => self
+                .subs
+                .on_subscribed(&channel, id, since, recovered, seq, notify),
+        };
         if let Some(reply) = reply
             && (!current || reply.send(Ok(seq)).is_err())
         {
@@ -568,6 +572,37 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Starts paging `channel` from `since` up to (at least) `latest` over REST; false when
+    /// the reply to subscribe frame `id` is stale.
+    fn catch_up(&mut self, channel: &ChannelName, id: u64, since: Seq, latest: Seq) -> bool {
+        let Some(events) = self.subs.begin_paging(channel, id, since) else {
+            return false;
+        };
+        let cursor = Arc::new(std::sync::atomic::AtomicU64::new(since.0));
+        let done = Arc::new(AtomicBool::new(false));
+        let rest =
+            crate::rest::RestClient::new(&self.settings.url, self.settings.token_provider.clone());
+        let task = tokio::spawn(page_history(
+            rest,
+            channel.clone(),
+            since,
+            latest,
+            events,
+            cursor.clone(),
+            done.clone(),
+        ));
+        self.subs.set_paging(
+            channel,
+            crate::subs::Paging {
+                cursor,
+                done,
+                task: task.abort_handle(),
+                subscribed: true,
+            },
+        );
+        true
     }
 
     /// An `error` frame: fails the request it answers, or ends or retries a subscription.
@@ -700,4 +735,92 @@ async fn send(sink: &mut Sink, frame: &ClientFrame) -> Result<(), End> {
             code: None,
             reason: e.to_string(),
         })
+}
+
+/// Messages per history page of a catch-up (the server's maximum).
+const CATCH_UP_PAGE: usize = 200;
+/// Failed history reads in a row before a catch-up gives up on the rest (a gap).
+const CATCH_UP_ATTEMPTS: u32 = 5;
+
+/// Reads `channel`'s history after `since` page by page and hands it to the subscription,
+/// waiting on the application (one page in memory at most), until a page comes back short.
+/// Messages trimmed away before they could be read are reported as a gap; a history that
+/// cannot be read is given up on after [`CATCH_UP_ATTEMPTS`] failures in a row (a gap up to
+/// `latest`). Publishes its progress in `cursor`, then sets `done`.
+async fn page_history(
+    rest: Result<crate::rest::RestClient, ClientError>,
+    channel: ChannelName,
+    since: Seq,
+    latest: Seq,
+    events: mpsc::Sender<Event>,
+    cursor: Arc<std::sync::atomic::AtomicU64>,
+    done: Arc<AtomicBool>,
+) {
+    let mut at = since;
+    let mut failures = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let page = match &rest {
+            Ok(rest) => {
+                rest.history(
+                    channel.as_str(),
+                    crate::rest::HistoryPage {
+                        after: Some(at),
+                        before: None,
+                        limit: Some(CATCH_UP_PAGE),
+                    },
+                )
+                .await
+            }
+            Err(e) => Err(ClientError::InvalidUrl(e.to_string())),
+        };
+        match page {
+            Ok(messages) => {
+                failures = 0;
+                let full = messages.len() == CATCH_UP_PAGE;
+                for message in messages {
+                    let Some(seq) = message.seq.filter(|seq| *seq > at) else {
+                        continue;
+                    };
+                    if seq.0 > at.0 + 1 {
+                        let gap = Event::Gap {
+                            since: at,
+                            resumed_at: Seq(seq.0 - 1),
+                        };
+                        if events.send(gap).await.is_err() {
+                            return;
+                        }
+                    }
+                    if events.send(Event::Message(message)).await.is_err() {
+                        return;
+                    }
+                    at = seq;
+                    cursor.store(at.0, Ordering::Release);
+                }
+                if !full {
+                    break;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(%channel, error = %e, failures, "catch-up: history read failed");
+                if failures >= CATCH_UP_ATTEMPTS {
+                    if latest > at {
+                        let gap = Event::Gap {
+                            since: at,
+                            resumed_at: latest,
+                        };
+                        if events.send(gap).await.is_err() {
+                            return;
+                        }
+                        cursor.store(latest.0, Ordering::Release);
+                    }
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    done.store(true, Ordering::Release);
 }

@@ -5,9 +5,11 @@
 //!   token provider for a new token and never retries a refused one.
 //! - [`Client::subscribe`] returns a [`Subscription`], a `Stream` of [`Event`]s. Across
 //!   reconnects every subscription is restored with `since` = the last seq it yielded and
-//!   duplicates are filtered, so each persistent message arrives exactly once, in order; when
-//!   the server cannot replay everything, the subscription yields an explicit
-//!   [`Event::Gap`] instead of silently skipping. Dropping it unsubscribes.
+//!   duplicates are filtered, so each persistent message arrives exactly once, in order. A
+//!   subscription further behind than the server replays (`max_recovery`: a client offline
+//!   for a week) reads what it missed over REST, page by page, waiting on the application
+//!   so that memory stays bounded, then goes on live. Only messages the channel's history no
+//!   longer holds are skipped, with an explicit [`Event::Gap`]. Dropping it unsubscribes.
 //! - [`Client::publish`] resolves to the server's [`Ack`] (seq, message id) or a typed
 //!   [`ClientError`], within a timeout. Exactly once: each persistent publish carries an
 //!   idempotency key and is sent again after a reconnect if its ack was lost, so it is

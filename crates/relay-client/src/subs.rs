@@ -6,8 +6,16 @@
 //! moving its cursor, and once the application has drained half of the queue the driver
 //! unsubscribes and subscribes again with `since` = the cursor, so the server replays exactly
 //! what was dropped. One slow reader therefore costs nobody else anything, and loses nothing.
+//!
+//! A subscription further behind than the server replays (`subscribed` answers
+//! `recovered: false`) is *paging*: a catch-up task reads the missed history over REST, page
+//! by page, and hands it to the application (waiting on it, so memory stays bounded); live
+//! messages meanwhile are dropped without moving the cursor. Once the task is done, the
+//! subscription subscribes again from where it got to, and the server replays the rest.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use relay_proto::{ChannelName, ErrorCode, Seq};
@@ -30,6 +38,26 @@ struct Sub {
     behind: bool,
     /// A restore was refused for a passing reason: subscribe again at this time.
     retry_at: Option<Instant>,
+    /// History is being read over REST by a catch-up task.
+    paging: Option<Paging>,
+}
+
+/// A subscription's catch-up over REST, shared with its task.
+pub(crate) struct Paging {
+    /// The last seq the task handed to the application.
+    pub(crate) cursor: Arc<AtomicU64>,
+    /// The task finished.
+    pub(crate) done: Arc<AtomicBool>,
+    /// Ends the task when the subscription goes.
+    pub(crate) task: tokio::task::AbortHandle,
+    /// The server still holds the channel's subscription (not after a reconnect).
+    pub(crate) subscribed: bool,
+}
+
+impl Drop for Paging {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What the driver must send to bring a subscription back.
@@ -66,6 +94,7 @@ impl Subs {
             awaiting: Some(id),
             behind: false,
             retry_at: None,
+            paging: None,
         };
         self.map.insert(channel, sub);
     }
@@ -92,12 +121,17 @@ impl Subs {
     ) -> Vec<(u64, ChannelName, Option<Seq>)> {
         self.map
             .iter_mut()
-            .map(|(channel, sub)| {
+            .filter_map(|(channel, sub)| {
+                if let Some(paging) = &mut sub.paging {
+                    // Subscribed again once its catch-up is done.
+                    paging.subscribed = false;
+                    return None;
+                }
                 let id = next_id();
                 sub.awaiting = Some(id);
                 sub.behind = false;
                 sub.retry_at = None;
-                (id, channel.clone(), sub.last_seq)
+                Some((id, channel.clone(), sub.last_seq))
             })
             .collect()
     }
@@ -135,6 +169,32 @@ impl Subs {
             Self::offer(sub, notice, &mut self.maintenance);
         }
         true
+    }
+
+    /// The server answered subscribe frame `id` with `recovered: false` for `since`: the
+    /// subscription starts paging from `since`. Returns the subscription's queue for the
+    /// catch-up task, or `None` when the reply is stale.
+    pub(crate) fn begin_paging(
+        &mut self,
+        channel: &ChannelName,
+        id: u64,
+        since: Seq,
+    ) -> Option<mpsc::Sender<Event>> {
+        let sub = self.map.get_mut(channel)?;
+        if sub.awaiting != Some(id) {
+            return None;
+        }
+        sub.awaiting = None;
+        sub.last_seq = Some(since);
+        Some(sub.events.clone())
+    }
+
+    /// Hands the running catch-up task of `channel` to its subscription.
+    pub(crate) fn set_paging(&mut self, channel: &ChannelName, paging: Paging) {
+        if let Some(sub) = self.map.get_mut(channel) {
+            sub.paging = Some(paging);
+            self.maintenance = true;
+        }
     }
 
     /// A subscribe (or restore) was refused. Refusals that will not change (no right, no
@@ -190,7 +250,7 @@ impl Subs {
         let Some(sub) = self.map.get_mut(&message.channel) else {
             return;
         };
-        if sub.awaiting.is_some() || sub.behind {
+        if sub.awaiting.is_some() || sub.behind || sub.paging.is_some() {
             return;
         }
         let seq = message.seq;
@@ -243,6 +303,29 @@ impl Subs {
         let mut due = Vec::new();
         let mut still = false;
         for (channel, sub) in &mut self.map {
+            if let Some(paging) = &sub.paging {
+                if !paging.done.load(Ordering::Acquire) {
+                    still = true;
+                    continue;
+                }
+                // Paged up to here: the server replays the rest.
+                let subscribed = paging.subscribed;
+                sub.last_seq = Some(Seq(paging.cursor.load(Ordering::Acquire)));
+                sub.paging = None;
+                let id = next_id();
+                due.push((
+                    id,
+                    Resubscribe {
+                        channel: channel.clone(),
+                        since: sub.last_seq,
+                        unsubscribe_first: subscribed,
+                    },
+                ));
+                sub.awaiting = Some(id);
+                sub.behind = false;
+                sub.retry_at = None;
+                continue;
+            }
             let caught_up = sub.behind && sub.events.capacity() * 2 >= sub.events.max_capacity();
             let retry = sub.retry_at.is_some_and(|at| now >= at);
             if caught_up || retry {

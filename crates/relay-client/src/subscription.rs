@@ -72,9 +72,11 @@ pub enum Event {
         /// The server's explanation.
         message: String,
     },
-    /// After a reconnect, the server could not replay everything after `since` (history
-    /// trimmed or too far behind): messages `since + 1 ..= resumed_at` are missing here. Reload
-    /// them over REST (`history`) if needed; live messages continue after `resumed_at`.
+    /// Messages `since + 1 ..= resumed_at` cannot be delivered: the channel's history no
+    /// longer holds them (trimmed, `max_history`), or it could not be read over REST five
+    /// times in a row. A subscription further behind than the server replays does not get
+    /// a gap: it pages through the history over REST and then goes on live. Messages after
+    /// `resumed_at` follow.
     Gap {
         /// The last seq seen before the reconnect.
         since: Seq,

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod catch_up;
 mod exactly_once;
 mod heartbeat;
 mod membership;
