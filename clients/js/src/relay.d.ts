@@ -9,8 +9,11 @@ export type Transport = "websocket" | "sse";
 /** Options of {@link RelayClient}. */
 export interface RelayClientOptions {
   /**
-   * The WebSocket endpoint, `ws://host:port/ws` or `wss://…/ws`. The SSE endpoint is derived
-   * from it: `ws:` → `http:`, `wss:` → `https:`, a trailing `/ws` → `/sse`.
+   * The WebSocket endpoint, `ws://host:port/ws` or `wss://…/ws`. The HTTP endpoints are
+   * derived from it: `ws:` → `http:`, `wss:` → `https:`, a trailing `/ws` → `/sse` for the
+   * SSE fallback and `/api` for the REST API, which a subscription catching up reads its
+   * history from (so the REST API must be reachable from the page, like the SSE endpoint:
+   * same origin, or an origin in the server's `allowed_origins`).
    */
   url: string;
   /**
@@ -42,14 +45,17 @@ export interface RelayClientOptions {
    * like a missing `welcome` does, and the backoff tries again; its late answer is ignored.
    */
   connectTimeout?: number;
-  /** Events buffered per subscription for its async iterator (default 1024). */
+  /**
+   * Events buffered per subscription for its async iterator (default 1024). A subscription
+   * catching up over REST waits for a reader of its iterator when this buffer is full.
+   */
   bufferSize?: number;
 
   /** For tests: the WebSocket constructor (default `globalThis.WebSocket`). */
   WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
   /** For tests: the EventSource constructor (default `globalThis.EventSource`). */
   EventSource?: new (url: string) => EventSource;
-  /** For tests: `fetch` (default `globalThis.fetch`). */
+  /** For tests: `fetch` (default `globalThis.fetch`), for SSE POSTs and history reads. */
   fetch?: (url: string, init: RequestInit) => Promise<Response>;
   /** For tests: a random number in [0, 1) for the backoff jitter (default `Math.random`). */
   random?: () => number;
@@ -90,7 +96,9 @@ export interface SignalOptions {
 export interface SubscribeOptions {
   /**
    * The last seq the application has seen on the channel: the server first replays every
-   * stored message after it. If it cannot, the subscription starts with a `gap` event.
+   * stored message after it. When it cannot (further behind than it replays), the
+   * subscription catches up over REST first (see {@link Subscription}); only messages the
+   * history no longer holds are reported, with a `gap` event.
    */
   since?: number;
 }
@@ -159,17 +167,23 @@ export interface ReadEvent {
   seq: number;
 }
 
-/** After a reconnect the server replayed everything after `since`: nothing was lost. */
+/**
+ * After a reconnect, or at the end of a catch-up over REST, the server replayed everything
+ * after `since`: nothing was lost.
+ */
 export interface RecoveredEvent {
   type: "recovered";
   since: number;
 }
 
 /**
- * Messages `since + 1 … resumedAt` are missing; reload them over REST
- * (`GET /api/channels/{name}/messages?after=since`) if needed. Sent when the server cannot
- * replay them (history trimmed, too far behind) and live delivery resumes after
- * `resumedAt`; and, to the async iterator only, when its buffer overflowed and dropped them.
+ * Messages `since + 1 … resumedAt` are missing. Sent when the channel's history no longer
+ * holds them (trimmed by the namespace's `max_history`), found while catching up over REST;
+ * when that history could not be read five times in a row (then up to the channel's seq at
+ * `subscribed`, and delivery goes on from there); when `since` was past the channel's latest
+ * seq (a wiped store); and, to the async iterator only, when its buffer overflowed with live
+ * events and dropped them (a catch-up waits for room instead): reload those over REST
+ * (`GET /api/channels/{name}/messages?after=since`) if needed.
  */
 export interface GapEvent {
   type: "gap";
@@ -283,7 +297,8 @@ export class RelayClient {
 
   /**
    * Subscribes to `channel`; resolves after the server's `subscribed`. The subscription is
-   * restored after every reconnect from its {@link Subscription.lastSeq}. Rejects with the
+   * restored after every reconnect from its {@link Subscription.lastSeq}; when the server
+   * cannot replay that far, it catches up over REST ({@link Subscription}). Rejects with the
    * server's code (`"forbidden"`, …), `"bad_request"` when this client is already
    * subscribed, `"disconnected"` when the connection dropped before the reply, `"timeout"`
    * when no reply came within `requestTimeout`. A subscribe that timed out may still take
@@ -365,6 +380,22 @@ export class RelayClient {
  * A subscription to one channel. Events go to handlers (synchronously, never buffered) and
  * to its async iterator (through a buffer of at most `bufferSize` events: when it is full,
  * the oldest messages are dropped and the iterator gets a `gap` naming the persistent ones).
+ *
+ * **Catch-up.** When the server cannot replay what the subscription missed (`subscribed`
+ * with `recovered: false`: more than its `max_recovery` messages, or a replay too large),
+ * the subscription reads the missed history over REST
+ * (`GET /api/channels/{name}/messages?after={lastSeq}&limit=200`, with the session's token)
+ * and delivers it as ordinary `message` events, once each and in order, page after page.
+ * Live messages arriving meanwhile are dropped without moving {@link Subscription.lastSeq}. After a short
+ * page, it subscribes again from `lastSeq` (an `unsubscribe` and a `subscribe`); the server
+ * replays the rest (a `recovered` event), or cannot again, and the catch-up goes on. A
+ * client offline for a week thus misses nothing, and holds one page at most: while the
+ * async iterator is read, each event waits for room in its buffer before the next is
+ * delivered and the next page is read. Only history the server no longer holds produces a
+ * `gap`. A failed read is retried after 100 ms, doubling up to 5 s; after five failures in
+ * a row the subscription reports a `gap` up to the channel's seq at `subscribed` and
+ * continues from there. The catch-up stops with the subscription; across a reconnect it
+ * goes on, and the subscription is subscribed again when it is done.
  */
 export class Subscription implements AsyncIterable<SubscriptionEvent> {
   private constructor();

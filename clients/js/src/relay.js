@@ -7,8 +7,10 @@
 //   where WebSockets do not get through) and reconnects on its own with full-jitter backoff.
 //   After a 4001 it asks the token provider for a new token and never reuses a refused one.
 // - Every subscription is restored after a reconnect with `since` = its cursor, and
-//   duplicates are filtered by seq, so each persistent message arrives once, in order; when
-//   the server cannot replay everything, the subscription says so with a `gap` event.
+//   duplicates are filtered by seq, so each persistent message arrives once, in order.
+// - A subscription further behind than the server replays catches up over REST, page by
+//   page, then subscribes again from where it got to; only history the server no longer
+//   holds is reported, with a `gap` event.
 // - Every persistent publish carries an idempotency key and is sent again, with that key,
 //   after a reconnect that lost its ack: it is stored once. It ends with its ack, the
 //   server's error, "timeout" (never sent) or "unconfirmed" (sent, no ack in time).
@@ -48,6 +50,13 @@ const SSE_MAX_FRAMES_PER_POST = 32;
  * the server's setting and keeps under the default's (131072 bytes).
  */
 const SSE_MAX_POST_BYTES = 4 * 131072;
+/** Messages per history page read while a subscription catches up (the server's maximum). */
+const CATCH_UP_PAGE = 200;
+/** History reads that may fail in a row before a catch-up gives up with a `gap`. */
+const CATCH_UP_ATTEMPTS = 5;
+/** Wait before reading a failed history page again; it doubles up to the maximum. */
+const CATCH_UP_RETRY_MS = 100;
+const CATCH_UP_MAX_RETRY_MS = 5000;
 
 /** Why an operation failed: a server error code, or one of the client's own. */
 export class RelayError extends Error {
@@ -276,7 +285,8 @@ export class RelayClient {
     this.#user = user;
     const frames = [];
     for (const route of this.#routes.values()) {
-      if (route.confirmed) frames.push(...this.#restoreFrames(route));
+      // A subscription catching up subscribes again itself once it is done.
+      if (route.confirmed && route.catchUp === null) frames.push(...this.#restoreFrames(route));
     }
     for (const request of this.#outbox.splice(0)) frames.push(...this.#register(request));
     if (frames.length > 0) this.#connection.send(frames);
@@ -303,7 +313,11 @@ export class RelayClient {
       this.#finish(entry, new RelayError("disconnected", `the connection was lost (${code ?? "no close code"}) ${reason}`.trim()));
     }
     this.#pending.clear();
-    for (const route of this.#routes.values()) route.cancelRetry();
+    for (const route of this.#routes.values()) {
+      route.cancelRetry();
+      // The server forgot the subscription: the catch-up's resubscribe has nothing to undo.
+      if (route.catchUp !== null) route.catchUp.subscribed = false;
+    }
     resend.sort((a, b) => a.id - b.id);
     this.#outbox.unshift(...resend);
     this.#events.emit("disconnected", { code, reason });
@@ -388,8 +402,12 @@ export class RelayClient {
 
   #subscribed(request, frame) {
     const { route } = request;
-    const notice = route.confirm(request.since, frame, false);
-    if (notice !== null) route.hold(notice);
+    if (mustCatchUp(request.since, frame)) {
+      this.#catchUp(route, request.since, frame.seq);
+    } else {
+      const notice = route.confirm(request.since, frame, false);
+      if (notice !== null) route.hold(notice);
+    }
     this.#finish(request, null, route.subscription);
   }
 
@@ -445,7 +463,9 @@ export class RelayClient {
     this.#env.clearTimeout(restore.timer);
     const { route } = restore;
     if (this.#routes.get(route.channel) !== route || route.awaiting !== id) return;
-    if (frame.type === "subscribed") {
+    if (frame.type === "subscribed" && mustCatchUp(restore.since, frame)) {
+      this.#catchUp(route, restore.since, frame.seq);
+    } else if (frame.type === "subscribed") {
       const notice = route.confirm(restore.since, frame, true);
       if (notice !== null) route.deliver(notice);
     } else if (frame.type === "error" && PASSING_ERRORS.has(frame.code)) {
@@ -478,6 +498,40 @@ export class RelayClient {
     if (this.#connection.isOpen && this.#routes.get(route.channel) === route) {
       this.#connection.send(this.#restoreFrames(route));
     }
+  }
+
+  /**
+   * The server cannot replay what `route` missed after `since`: the subscription reads that
+   * history over REST, up to at least `latest` (the seq of `subscribed`), while the server
+   * keeps it subscribed and its live messages are dropped without moving the cursor. Then
+   * it subscribes again from its cursor, and the server replays the rest (or answers
+   * `recovered: false` again, and the catch-up goes on from there).
+   */
+  async #catchUp(route, since, latest) {
+    const read = (after, signal) => this.#readHistory(route.channel, after, signal);
+    const catchUp = route.beginCatchUp(since, latest, read);
+    if (!(await catchUp.run())) return;
+    route.catchUp = null;
+    // Not connected: the next welcome restores it like any other subscription.
+    if (this.#routes.get(route.channel) !== route || !this.#connection.isOpen) return;
+    const frames = this.#restoreFrames(route);
+    if (catchUp.subscribed) frames.unshift({ type: "unsubscribe", id: this.#nextId++, channel: route.channel });
+    this.#connection.send(frames);
+  }
+
+  /**
+   * The messages of `channel` after seq `after`, one page of them in ascending seq order,
+   * read from the REST API beside the WebSocket endpoint with the session's token. Throws
+   * on a network failure, a status other than 2xx, or a body without `messages`.
+   */
+  async #readHistory(channel, after, signal) {
+    const url = `${this.#settings.apiUrl}/channels/${encodeURIComponent(channel)}/messages?after=${after}&limit=${CATCH_UP_PAGE}`;
+    const headers = { authorization: `Bearer ${this.#connection.token}` };
+    const response = await this.#env.fetch(url, { method: "GET", headers, signal });
+    if (!response.ok) throw new RelayError("unavailable", `reading the history answered HTTP ${response.status}`);
+    const body = await response.json();
+    if (!Array.isArray(body?.messages)) throw new RelayError("protocol", "the history page has no messages");
+    return body.messages;
   }
 
   /**
@@ -552,6 +606,29 @@ function timeoutError(request) {
   return new RelayError("timeout", `no reply to ${request.kind} within the request timeout`);
 }
 
+/**
+ * Whether a `subscribed` for a subscribe with `since` leaves history to read over REST. A
+ * `since` at or past the channel's latest seq (a wiped store, a client bug) has nothing to
+ * page through: the subscription reports the gap and goes on from the latest seq.
+ */
+function mustCatchUp(since, frame) {
+  return since !== null && frame.recovered === false && Number.isSafeInteger(frame.seq) && since < frame.seq;
+}
+
+/** The `message` event of a `message` frame, or of a message of the REST history. */
+function messageEventOf(frame) {
+  return {
+    type: "message",
+    channel: frame.channel,
+    id: frame.id,
+    seq: frame.seq ?? null,
+    from: frame.from ?? null,
+    event: frame.event ?? null,
+    payload: frame.payload,
+    ts: frame.ts,
+  };
+}
+
 function subscribeFrame(id, channel, since) {
   return since === null ? { type: "subscribe", id, channel } : { type: "subscribe", id, channel, since };
 }
@@ -608,7 +685,10 @@ export class Subscription {
     const queue = this.#route.queue;
     return {
       next: () => queue.next(),
-      return: () => Promise.resolve({ value: undefined, done: true }),
+      return: () => {
+        queue.stopReading();
+        return Promise.resolve({ value: undefined, done: true });
+      },
       [Symbol.asyncIterator]() {
         return this;
       },
@@ -637,6 +717,8 @@ class Route {
     this.confirmed = false;
     /** Timer of a restore retried after a passing refusal. */
     this.retryTimer = null;
+    /** Its catch-up over REST, while it reads history the server could not replay. */
+    this.catchUp = null;
     this.unsubscribe = unsubscribe;
     this.listeners = new Listeners(SUBSCRIPTION_EVENTS);
     this.queue = new EventQueue(bufferSize);
@@ -658,24 +740,31 @@ class Route {
     return { type: "gap", since, resumedAt: frame.seq };
   }
 
-  /** Routes a `message`: drops duplicates and frames of a subscription being replaced. */
+  /**
+   * Applies a `subscribed` that starts a catch-up from `since`; returns the catch-up, which
+   * the client runs.
+   */
+  beginCatchUp(since, latest, read) {
+    this.awaiting = null;
+    this.confirmed = true;
+    this.cursor = since;
+    this.catchUp = new CatchUp(this, latest, read, this.#env);
+    return this.catchUp;
+  }
+
+  /**
+   * Routes a `message`: drops duplicates and frames of a subscription being replaced. While
+   * the subscription catches up, live messages are dropped without moving the cursor: the
+   * resubscribe at the end of the catch-up replays them.
+   */
   message(frame) {
-    if (this.awaiting !== null) return;
+    if (this.awaiting !== null || this.catchUp !== null) return;
     const seq = frame.seq ?? null;
     if (seq !== null) {
       if (this.cursor !== null && seq <= this.cursor) return;
       this.cursor = seq;
     }
-    this.deliver({
-      type: "message",
-      channel: frame.channel,
-      id: frame.id,
-      seq,
-      from: frame.from ?? null,
-      event: frame.event ?? null,
-      payload: frame.payload,
-      ts: frame.ts,
-    });
+    this.deliver(messageEventOf(frame));
   }
 
   /** Routes an event outside the sequence (join, leave, signal, read). */
@@ -712,6 +801,7 @@ class Route {
   end(event) {
     if (event !== null) this.deliver(event);
     this.ended = true;
+    this.catchUp?.stop();
     this.queue.close();
     this.cancelRetry();
     this.#env.clearTimeout(this.heldTimer);
@@ -731,6 +821,113 @@ class Route {
 }
 
 /**
+ * A subscription's catch-up: it reads the history the server could not replay over REST, a
+ * page at a time, and hands each message to the subscription as if it had arrived live,
+ * skipping those at or below the cursor. A seq that jumps (history trimmed) is reported as a
+ * `gap` first. The next page is read only once the subscription took the last one: while
+ * its async iterator is read, each event waits for room in the iterator's buffer, so a
+ * client a week behind holds one page at most. A page that cannot be read is tried again
+ * with backoff; after CATCH_UP_ATTEMPTS failures in a row the rest is reported as a `gap`.
+ */
+class CatchUp {
+  #route;
+  #latest;
+  #read;
+  #env;
+  #stopped = false;
+  #abort = new AbortController();
+  #retryTimer = null;
+  #wakeRetry = null;
+
+  /**
+   * @param {Route} route
+   * @param {number} latest the seq of the `subscribed` that started it
+   * @param {(after: number, signal: AbortSignal) => Promise<object[]>} read one history page
+   */
+  constructor(route, latest, read, env) {
+    this.#route = route;
+    this.#latest = latest;
+    this.#read = read;
+    this.#env = env;
+    /** The server still holds the subscription (false after a reconnect). */
+    this.subscribed = true;
+  }
+
+  /**
+   * Pages from the subscription's cursor until a page comes back short. Resolves with true
+   * when the subscription should subscribe again from its cursor, false when it was stopped.
+   */
+  async run() {
+    let failures = 0;
+    let retryMs = CATCH_UP_RETRY_MS;
+    for (;;) {
+      let messages;
+      try {
+        messages = await this.#read(this.#route.cursor, this.#abort.signal);
+      } catch {
+        if (this.#stopped) return false;
+        failures += 1;
+        if (failures >= CATCH_UP_ATTEMPTS) break;
+        await this.#sleep(retryMs);
+        if (this.#stopped) return false;
+        retryMs = Math.min(2 * retryMs, CATCH_UP_MAX_RETRY_MS);
+        continue;
+      }
+      if (this.#stopped) return false;
+      failures = 0;
+      retryMs = CATCH_UP_RETRY_MS;
+      for (const message of messages) {
+        if (!(await this.#take(message))) return false;
+      }
+      if (messages.length < CATCH_UP_PAGE) break;
+    }
+    // Whatever the history did not yield up to the seq of `subscribed` is gone (trimmed) or
+    // unreadable. Moving past it also keeps the resubscribe from asking for it again.
+    const { cursor } = this.#route;
+    if (cursor < this.#latest) return this.#give({ type: "gap", since: cursor, resumedAt: this.#latest }, this.#latest);
+    return true;
+  }
+
+  /** Ends the catch-up: no more reads, nothing more handed over. */
+  stop() {
+    this.#stopped = true;
+    this.#abort.abort();
+    this.#env.clearTimeout(this.#retryTimer);
+    this.#wakeRetry?.();
+  }
+
+  /** Hands one history message over, after a `gap` when seqs were skipped. */
+  async #take(message) {
+    const seq = message?.seq;
+    const { cursor } = this.#route;
+    if (!Number.isSafeInteger(seq) || seq <= cursor) return true;
+    if (seq > cursor + 1 && !(await this.#give({ type: "gap", since: cursor, resumedAt: seq - 1 }, cursor))) {
+      return false;
+    }
+    return this.#give(messageEventOf(message), seq);
+  }
+
+  /**
+   * Delivers `event` once the iterator's buffer has room, moving the cursor to `cursor`;
+   * false when the catch-up was stopped meanwhile.
+   */
+  async #give(event, cursor) {
+    for (let room = this.#route.queue.room(); room !== null; room = this.#route.queue.room()) await room;
+    if (this.#stopped) return false;
+    this.#route.cursor = cursor;
+    this.#route.deliver(event);
+    return true;
+  }
+
+  #sleep(ms) {
+    return new Promise((resolve) => {
+      this.#wakeRetry = resolve;
+      this.#retryTimer = this.#env.setTimeout(resolve, ms);
+    });
+  }
+}
+
+/**
  * The events of one subscription waiting for its async iterator, at most `capacity` of
  * them. When it is full, the oldest message is dropped (other events only when it holds no
  * message). The persistent messages dropped are reported to the iterator as one `gap`
@@ -742,9 +939,29 @@ class EventQueue {
   #waiting = [];
   #dropped = null;
   #closed = false;
+  /** Whether an iterator reads the buffer: asked for an event, and did not return since. */
+  #reading = false;
+  /** Whoever waits for room (a catch-up). */
+  #roomWaiting = [];
 
   constructor(capacity) {
     this.#capacity = capacity;
+  }
+
+  /**
+   * Null when an event can be pushed without dropping one, or when no iterator reads the
+   * buffer (handlers get every event anyway, and an unread buffer only keeps the newest);
+   * otherwise a promise that resolves when the reader takes an event or stops reading.
+   */
+  room() {
+    if (this.#closed || !this.#reading || this.#events.length < this.#capacity) return null;
+    return new Promise((resolve) => this.#roomWaiting.push(resolve));
+  }
+
+  /** The iterator left its loop: nothing waits on it any more. */
+  stopReading() {
+    this.#reading = false;
+    this.#madeRoom();
   }
 
   push(event) {
@@ -760,12 +977,17 @@ class EventQueue {
   }
 
   next() {
+    this.#reading = true;
     if (this.#dropped !== null) {
       const gap = { type: "gap", ...this.#dropped };
       this.#dropped = null;
       return Promise.resolve({ value: gap, done: false });
     }
-    if (this.#events.length > 0) return Promise.resolve({ value: this.#events.shift(), done: false });
+    if (this.#events.length > 0) {
+      const event = this.#events.shift();
+      this.#madeRoom();
+      return Promise.resolve({ value: event, done: false });
+    }
     if (this.#closed) return Promise.resolve({ value: undefined, done: true });
     return new Promise((resolve) => this.#waiting.push(resolve));
   }
@@ -773,6 +995,11 @@ class EventQueue {
   close() {
     this.#closed = true;
     for (const waiter of this.#waiting.splice(0)) waiter({ value: undefined, done: true });
+    this.#madeRoom();
+  }
+
+  #madeRoom() {
+    for (const resolve of this.#roomWaiting.splice(0)) resolve();
   }
 
   #dropOldest() {
@@ -834,6 +1061,11 @@ class Connection {
 
   get isOpen() {
     return this.#state === "open";
+  }
+
+  /** The token of the current session (or attempt), for the client's REST calls. */
+  get token() {
+    return this.#token;
   }
 
   start() {
@@ -1338,7 +1570,8 @@ function settingsOf(options) {
   const backoff = options.backoff ?? {};
   return Object.freeze({
     url: url.href,
-    sseUrl: sseUrlOf(url),
+    sseUrl: `${httpBaseOf(url)}/sse`,
+    apiUrl: `${httpBaseOf(url)}/api`,
     token,
     transport,
     backoff: { min: positive(backoff.min, 250, "backoff.min"), max: positive(backoff.max, 30000, "backoff.max") },
@@ -1369,14 +1602,17 @@ function environmentOf(options) {
   };
 }
 
-/** The SSE endpoint beside the WebSocket one: ws→http, wss→https, a trailing `/ws` → `/sse`. */
-function sseUrlOf(wsUrl) {
+/**
+ * Where the server's HTTP endpoints (`/sse`, `/api`) are, beside the WebSocket one: ws→http,
+ * wss→https, without a trailing `/ws` (or `/`), so that a path prefix is kept.
+ */
+function httpBaseOf(wsUrl) {
   const url = new URL(wsUrl.href);
   url.protocol = url.protocol === "wss:" ? "https:" : "http:";
-  url.pathname = `${url.pathname.replace(/\/(ws\/?)?$/, "")}/sse`;
+  url.pathname = url.pathname.replace(/\/(ws\/?)?$/, "");
   url.search = "";
   url.hash = "";
-  return url.href;
+  return url.href.replace(/\/$/, "");
 }
 
 function heartbeatOf(welcome) {

@@ -106,23 +106,26 @@ test("a subscription that saw nothing resubscribes from the seq it started at", 
   assert.equal((await again.sent.next("subscribe")).since, 12);
 });
 
-test("a resubscribe the server cannot replay reports a gap and continues live", async () => {
+// Resubscribes that the server cannot replay because the client is behind are caught up over
+// REST (catch_up.test.js); a cursor past the channel's latest seq leaves nothing to read.
+test("a resubscribe from past the channel's latest seq (a wiped store) reports a gap and continues live", async () => {
   const { connect, reconnect, subscribe } = harness();
   const socket = await connect();
-  const sub = await subscribe(socket, "chat:42", {}, { seq: 3 });
+  const sub = await subscribe(socket, "chat:42", {}, { seq: 2000 });
   const events = record(sub, EVENTS);
   socket.drop(4008, "slow consumer: outbound queue overflowed");
 
   const again = await reconnect();
   const restore = await again.sent.next("subscribe");
-  again.push({ type: "subscribed", id: restore.id, channel: "chat:42", seq: 2000, recovered: false });
-  again.push(message("chat:42", 2001));
+  assert.equal(restore.since, 2000);
+  again.push({ type: "subscribed", id: restore.id, channel: "chat:42", seq: 3, recovered: false });
+  again.push(message("chat:42", 4));
 
   assert.deepEqual(events, [
-    { type: "gap", since: 3, resumedAt: 2000 },
-    { type: "message", channel: "chat:42", id: "m2001", seq: 2001, from: "bob", event: null, payload: { seq: 2001 }, ts: "2025-11-21T10:00:00.123Z" },
+    { type: "gap", since: 2000, resumedAt: 3 },
+    { type: "message", channel: "chat:42", id: "m4", seq: 4, from: "bob", event: null, payload: { seq: 4 }, ts: "2025-11-21T10:00:00.123Z" },
   ]);
-  assert.equal(sub.lastSeq, 2001);
+  assert.equal(sub.lastSeq, 4);
 });
 
 test("subscribing with since replays after it, or reports a gap to handlers attached after await", async () => {
@@ -133,22 +136,23 @@ test("subscribing with since replays after it, or reports a gap to handlers atta
   assert.equal(recovered.lastSeq, 17);
   assert.deepEqual(socket.sent.ofType("subscribe")[0].since, 17);
 
-  const missed = await subscribe(socket, "chat:2", { since: 100 }, { seq: 5000, recovered: false });
+  // A `since` past the channel's latest seq (a wiped store) leaves nothing to catch up on.
+  const missed = await subscribe(socket, "chat:2", { since: 5000 }, { seq: 100, recovered: false });
   const events = record(missed, EVENTS);
   await clock.advance(0);
-  assert.deepEqual(events, [{ type: "gap", since: 100, resumedAt: 5000 }]);
-  assert.equal(missed.lastSeq, 5000);
+  assert.deepEqual(events, [{ type: "gap", since: 5000, resumedAt: 100 }]);
+  assert.equal(missed.lastSeq, 100);
 });
 
 test("the gap of a first subscribe precedes the messages that follow it", async () => {
   const { connect, subscribe } = harness();
   const socket = await connect();
-  const sub = await subscribe(socket, "chat:2", { since: 100 }, { seq: 5000, recovered: false });
+  const sub = await subscribe(socket, "chat:2", { since: 5000 }, { seq: 100, recovered: false });
   const events = record(sub, EVENTS);
 
-  socket.push(message("chat:2", 5001));
-  assert.deepEqual(brief(events), ["gap", "message 5001"]);
-  assert.deepEqual(brief(await take(sub[Symbol.asyncIterator](), 2)), ["gap", "message 5001"]);
+  socket.push(message("chat:2", 101));
+  assert.deepEqual(brief(events), ["gap", "message 101"]);
+  assert.deepEqual(brief(await take(sub[Symbol.asyncIterator](), 2)), ["gap", "message 101"]);
 });
 
 test("a subscribe refused by the server rejects, and subscribing twice is refused locally", async () => {

@@ -519,7 +519,7 @@ impl Driver {
                 id: None,
                 channel,
                 seq,
-            } => self.subs.on_event(&channel, Event::Read(seq)),
+            } => self.subs.on_read(&channel, seq),
             ServerFrame::Unsubscribed {
                 id: None,
                 channel,
@@ -556,8 +556,11 @@ impl Driver {
         };
         let notify = reply.is_none();
         let current = match since {
-            // Further behind than the server replays: read the history over REST.
-            Some(since) if recovered == Some(false) => self.catch_up(&channel, id, since, seq),
+            // Further behind than the server replays: read the history over REST. (A `since`
+            // at or past the latest seq has nothing to page: a gap, as before.)
+            Some(since) if recovered == Some(false) && since < seq => {
+                self.catch_up(&channel, id, since, seq)
+            }
             _ => self
                 .subs
                 .on_subscribed(&channel, id, since, recovered, seq, notify),
@@ -583,7 +586,8 @@ impl Driver {
         let cursor = Arc::new(std::sync::atomic::AtomicU64::new(since.0));
         let done = Arc::new(AtomicBool::new(false));
         let rest =
-            crate::rest::RestClient::new(&self.settings.url, self.settings.token_provider.clone());
+            crate::rest::RestClient::new(&self.settings.url, self.settings.token_provider.clone())
+                .map(|rest| rest.with_timeout(self.settings.request_timeout));
         let task = tokio::spawn(page_history(
             rest,
             channel.clone(),
@@ -739,14 +743,17 @@ async fn send(sink: &mut Sink, frame: &ClientFrame) -> Result<(), End> {
 
 /// Messages per history page of a catch-up (the server's maximum).
 const CATCH_UP_PAGE: usize = 200;
-/// Failed history reads in a row before a catch-up gives up on the rest (a gap).
-const CATCH_UP_ATTEMPTS: u32 = 5;
+/// Failed history reads in a row before a catch-up gives up on the rest (a gap); with the
+/// backoff (100 ms doubling to 5 s) about half a minute of outage.
+const CATCH_UP_ATTEMPTS: u32 = 10;
 
 /// Reads `channel`'s history after `since` page by page and hands it to the subscription,
 /// waiting on the application (one page in memory at most), until a page comes back short.
 /// Messages trimmed away before they could be read are reported as a gap; a history that
-/// cannot be read is given up on after [`CATCH_UP_ATTEMPTS`] failures in a row (a gap up to
-/// `latest`). Publishes its progress in `cursor`, then sets `done`.
+/// cannot be read is given up on after [`CATCH_UP_ATTEMPTS`] failures in a row, or at once
+/// when refused for good (a gap up to `latest`). History that ends before `latest` (emptied
+/// by retention) is a gap up to `latest` too, so the subscription never pages from the same
+/// place twice. Publishes its progress in `cursor`, then sets `done`.
 async fn page_history(
     rest: Result<crate::rest::RestClient, ClientError>,
     channel: ChannelName,
@@ -798,13 +805,27 @@ async fn page_history(
                     cursor.store(at.0, Ordering::Release);
                 }
                 if !full {
+                    if at < latest {
+                        let gap = Event::Gap {
+                            since: at,
+                            resumed_at: latest,
+                        };
+                        if events.send(gap).await.is_err() {
+                            return;
+                        }
+                        cursor.store(latest.0, Ordering::Release);
+                    }
                     break;
                 }
             }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(%channel, error = %e, failures, "catch-up: history read failed");
-                if failures >= CATCH_UP_ATTEMPTS {
+                let final_refusal = matches!(
+                    e.code(),
+                    Some(ErrorCode::Forbidden | ErrorCode::NotFound | ErrorCode::BadRequest)
+                );
+                if final_refusal || failures >= CATCH_UP_ATTEMPTS {
                     if latest > at {
                         let gap = Event::Gap {
                             since: at,

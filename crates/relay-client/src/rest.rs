@@ -122,6 +122,14 @@ impl RestClient {
         })
     }
 
+    /// The same client, each request bounded by `timeout`.
+    pub(crate) fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        if let Ok(http) = reqwest::Client::builder().timeout(timeout).build() {
+            self.http = http;
+        }
+        self
+    }
+
     /// A REST client for a server (`http://host:port`) with a fixed token.
     pub fn with_token(base: impl Into<String>, token: impl Into<String>) -> Self {
         let token: String = token.into();

@@ -40,6 +40,9 @@ struct Sub {
     retry_at: Option<Instant>,
     /// History is being read over REST by a catch-up task.
     paging: Option<Paging>,
+    /// The highest read marker handed to the application: markers only move up, and two
+    /// moves may reach this connection in either order.
+    read: Seq,
 }
 
 /// A subscription's catch-up over REST, shared with its task.
@@ -95,6 +98,7 @@ impl Subs {
             behind: false,
             retry_at: None,
             paging: None,
+            read: Seq::ZERO,
         };
         self.map.insert(channel, sub);
     }
@@ -263,6 +267,19 @@ impl Subs {
             && let Some(seq) = seq
         {
             sub.last_seq = Some(seq);
+        }
+    }
+
+    /// Routes a read marker of this user, unless a higher one was handed over already.
+    pub(crate) fn on_read(&mut self, channel: &ChannelName, seq: Seq) {
+        let Some(sub) = self.map.get_mut(channel) else {
+            return;
+        };
+        if seq <= sub.read || sub.awaiting.is_some() || sub.behind {
+            return;
+        }
+        if Self::offer(sub, Event::Read(seq), &mut self.maintenance) {
+            sub.read = seq;
         }
     }
 

@@ -74,6 +74,16 @@ impl Hub {
         limit: usize,
     ) -> Result<Vec<ReadState>, HubError> {
         let limit = limit.clamp(1, MAX_UNREAD_PAGE);
-        Ok(self.inner.store.unread(&who.user, after, limit).await?)
+        let mut states = self.inner.store.unread(&who.user, after, limit).await?;
+        // A marker outlives a claim the token no longer carries: such channels are left out
+        // (their counts would tell what the user may no longer read). Members-only channels
+        // come from the member list itself, and removal deletes the marker.
+        states.retain(|state| {
+            crate::hub::check_user_limit(who, &state.channel).is_ok()
+                && (who.is_service()
+                    || self.policy(&state.channel).subscribe != crate::SubscribeRule::Claim
+                    || who.claims(&state.channel))
+        });
+        Ok(states)
     }
 }

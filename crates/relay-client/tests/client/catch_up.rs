@@ -119,3 +119,30 @@ async fn history_trimmed_away_is_reported_as_a_gap_and_the_rest_arrives() {
         assert_eq!(next_message(&mut sub).await.seq, Some(Seq(expected)));
     }
 }
+
+#[tokio::test]
+async fn a_since_past_the_latest_seq_is_a_gap_not_a_catch_up() {
+    // A wiped store, or a cursor persisted by a buggy app: nothing to page.
+    let server = Server::start_with(|config| config.max_recovery = 10).await;
+    for n in 1..=5 {
+        publish(&server, "room:2", n).await;
+    }
+    let client = server.client("alice").await;
+    let mut sub = client.subscribe_since("room:2", Seq(100)).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            first,
+            Event::Gap {
+                since: Seq(100),
+                resumed_at: Seq(5)
+            }
+        ),
+        "{first:?}"
+    );
+    publish(&server, "room:2", 6).await;
+    assert_eq!(next_message(&mut sub).await.seq, Some(Seq(6)));
+}

@@ -9,7 +9,7 @@ use relay_core::{
     CreateChannel, CreateRule, HubError, Identity, MemberUpdate, NamespacePolicy, Policies,
     SubscribeRule,
 };
-use relay_proto::{ChannelName, ErrorCode, MemberRole, Payload, ServerFrame, UserId};
+use relay_proto::{ChannelName, ErrorCode, MemberRole, Payload, Seq, ServerFrame, UserId};
 use relay_store::{Member, Store};
 
 use crate::support::*;
@@ -564,4 +564,49 @@ async fn revalidation_ends_subscriptions_of_members_removed_behind_the_hub_s_bac
         "the service is not bound by membership, and bob is gone"
     );
     assert!(t.hub.serves(&ch("group:1")));
+}
+
+#[tokio::test]
+async fn unread_leaves_out_claimed_channels_the_token_no_longer_claims() {
+    let t = TestHub::with_policies(Policies::default().with(
+        "doc",
+        NamespacePolicy {
+            subscribe: SubscribeRule::Claim,
+            ..NamespacePolicy::default()
+        },
+    ));
+    for channel in ["doc:1", "doc:2"] {
+        t.store
+            .append(relay_store::NewMessage::new(
+                ch(channel),
+                Payload::from_json("1").unwrap(),
+            ))
+            .await
+            .unwrap();
+    }
+    let claims = |channels: &[&str]| Identity {
+        channels: Some(channels.iter().map(|c| (*c).to_owned()).collect()),
+        ..who("alice")
+    };
+    let both = claims(&["doc:*"]);
+    for channel in ["doc:1", "doc:2"] {
+        t.hub.mark_read(&both, &ch(channel), Seq(1)).await.unwrap();
+    }
+    let names = |states: Vec<relay_store::ReadState>| -> Vec<String> {
+        states.iter().map(|s| s.channel.to_string()).collect()
+    };
+    assert_eq!(
+        names(t.hub.unread(&both, None, 100).await.unwrap()),
+        ["doc:1", "doc:2"]
+    );
+    let one = claims(&["doc:2"]);
+    assert_eq!(
+        names(t.hub.unread(&one, None, 100).await.unwrap()),
+        ["doc:2"],
+        "a claim the token lost hides the channel"
+    );
+    assert_eq!(
+        code(t.hub.mark_read(&one, &ch("doc:1"), Seq(1)).await),
+        ErrorCode::Forbidden
+    );
 }
