@@ -384,6 +384,7 @@ impl Driver {
                 id: Some(id.into()),
                 channel,
                 since,
+                mode: relay_proto::SubscribeMode::Reliable,
             },
         )
         .await

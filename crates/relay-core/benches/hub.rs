@@ -33,6 +33,7 @@ fn fanout(c: &mut Criterion) {
                     id: None,
                     channel: channel.clone(),
                     since: None,
+                    mode: relay_proto::SubscribeMode::Reliable,
                 })
                 .await;
             }

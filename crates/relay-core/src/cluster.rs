@@ -294,7 +294,10 @@ impl Hub {
         };
         self.inner.counters.cluster_received();
         if let Some(state) = self.inner.channels.get(&channel) {
-            let sent = state.broadcast(&frame, |_, sub| to.as_ref().is_none_or(|u| &sub.user == u));
+            let sent = match &to {
+                None => state.broadcast_message(&frame, |_, _| true),
+                Some(to) => state.broadcast(&frame, |_, sub| &sub.user == to),
+            };
             self.inner.counters.delivered(sent);
         }
         true

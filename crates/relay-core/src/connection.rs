@@ -6,7 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use relay_proto::{
     ChannelName, ClientFrame, CloseCode, DecodeError, EncodedFrame, ErrorCode, FrameId, Payload,
-    Seq, ServerFrame, UserId,
+    Seq, ServerFrame, SubscribeMode, UserId,
 };
 use relay_store::HistoryQuery;
 
@@ -241,9 +241,12 @@ impl Connection {
             return;
         }
         let result = match frame {
-            ClientFrame::Subscribe { id, channel, since } => {
-                self.subscribe(id, channel, since).await
-            }
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                since,
+                mode,
+            } => self.subscribe(id, channel, since, mode).await,
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(id, channel),
             ClientFrame::Publish {
                 id,
@@ -326,7 +329,15 @@ impl Connection {
         id: Option<FrameId>,
         channel: ChannelName,
         since: Option<Seq>,
+        mode: SubscribeMode,
     ) -> Result<(), HubError> {
+        let latest_mode = mode == SubscribeMode::Latest;
+        if latest_mode && since.is_some() {
+            return Err(HubError::BadRequest(
+                "`since` does not apply to mode \"latest\": it starts from the newest message"
+                    .into(),
+            ));
+        }
         {
             let mut subscriptions = self.peer.subscriptions.lock();
             let limit = self.hub.config().max_subscriptions;
@@ -349,9 +360,13 @@ impl Connection {
             self.id,
             &self.identity.user,
             self.identity.is_service(),
+            latest_mode,
             self.outbox.clone(),
         );
-        let recovery = match self.authorize_and_recover(&channel, since).await {
+        let recovery = match self
+            .authorize_and_recover(&channel, since, latest_mode)
+            .await
+        {
             Ok(recovery) => recovery,
             Err(e) => {
                 self.hub.remove_subscriber(&channel, self.id);
@@ -366,6 +381,8 @@ impl Connection {
             replay,
             reservation: _held_until_queued,
         } = recovery;
+        // A `latest` subscription asked for no recovery: its first message is the newest.
+        let recovered = recovered.filter(|_| !latest_mode);
         let reply = |presence| ServerFrame::Subscribed {
             id: id.clone(),
             channel: channel.clone(),
@@ -387,12 +404,13 @@ impl Connection {
         &self,
         channel: &ChannelName,
         since: Option<Seq>,
+        latest_mode: bool,
     ) -> Result<Recovery<'_>, HubError> {
         self.hub
             .authorize(&self.identity, channel, Action::Subscribe)
             .await?;
         self.hub.load_remote_presence(channel).await;
-        self.recover(channel, since).await
+        self.recover(channel, since, latest_mode).await
     }
 
     /// Reads what a new subscription starts from: the channel's latest seq, whether `since`
@@ -401,12 +419,18 @@ impl Connection {
         &self,
         channel: &ChannelName,
         since: Option<Seq>,
+        latest_mode: bool,
     ) -> Result<Recovery<'_>, HubError> {
         if self.hub.policy(channel).persistence == Persistence::EphemeralOnly {
             return Ok(Recovery::live(Seq::ZERO, since.map(|s| s == Seq::ZERO)));
         }
         let store = self.hub.store();
         let latest = store.latest_seq(channel).await?;
+        // `latest`: the newest message first (the current state), then what follows.
+        let since = match since {
+            None if latest_mode && latest > Seq::ZERO => Some(Seq(latest.0 - 1)),
+            since => since,
+        };
         let Some(since) = since else {
             return Ok(Recovery::live(latest, None));
         };

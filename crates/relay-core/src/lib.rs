@@ -15,7 +15,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use relay_core::{Hub, HubConfig, Identity, Publish};
-//! use relay_proto::{ChannelName, ClientFrame, Payload, ServerFrame, UserId};
+//! use relay_proto::{ChannelName, ClientFrame, Payload, ServerFrame, SubscribeMode, UserId};
 //! use relay_store::MemoryStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -23,7 +23,12 @@
 //! let hub = Hub::new(Arc::new(MemoryStore::new()), HubConfig::default());
 //! let alice = hub.connect(Identity::user(UserId::parse("alice").unwrap()));
 //! let channel = ChannelName::parse("list:123").unwrap();
-//! alice.handle(ClientFrame::Subscribe { id: None, channel: channel.clone(), since: None }).await;
+//! alice.handle(ClientFrame::Subscribe {
+//!     id: None,
+//!     channel: channel.clone(),
+//!     since: None,
+//!     mode: SubscribeMode::Reliable,
+//! }).await;
 //!
 //! // A backend service embedding the hub broadcasts an event to the topic.
 //! let payload = Payload::from_json(r#"{"item":42}"#).unwrap();

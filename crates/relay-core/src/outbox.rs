@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use relay_proto::{CloseCode, EncodedFrame};
+use relay_proto::{ChannelName, CloseCode, EncodedFrame};
 use tokio::sync::Notify;
 
 /// Bytes of replayed history held in memory across a hub (read for a `subscribe {since}`,
@@ -106,6 +106,9 @@ struct State {
     replayed_bytes: usize,
     /// Bytes of live frames queued.
     bytes: usize,
+    /// The newest message waiting for each `latest`-mode subscription, by channel: one
+    /// frame each, replaced rather than queued, written after the queue.
+    latest: Vec<(ChannelName, EncodedFrame)>,
 }
 
 impl Outbox {
@@ -124,6 +127,7 @@ impl Outbox {
                 replayed: 0,
                 replayed_bytes: 0,
                 bytes: 0,
+                latest: Vec::new(),
             }),
             ready: Notify::new(),
             capacity: capacity.max(1),
@@ -177,6 +181,30 @@ impl Outbox {
         Ok(())
     }
 
+    /// Puts `frame` in `channel`'s latest slot, replacing the frame waiting there: a
+    /// `latest`-mode subscription never has more than one message waiting, so it never
+    /// overflows.
+    pub(crate) fn push_latest(&self, channel: &ChannelName, frame: EncodedFrame) {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return;
+        }
+        let was_empty = state.queue.is_empty() && state.latest.is_empty();
+        match state.latest.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, waiting)) => *waiting = frame,
+            None => state.latest.push((channel.clone(), frame)),
+        }
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Drops what waits in `channel`'s latest slot (its subscription ended).
+    pub(crate) fn clear_latest(&self, channel: &ChannelName) {
+        self.state.lock().latest.retain(|(c, _)| c != channel);
+    }
+
     /// Queues a frame and wakes the writer if it was idle.
     fn enqueue(&self, mut state: parking_lot::MutexGuard<'_, State>, frame: EncodedFrame) {
         let was_empty = state.queue.is_empty();
@@ -190,6 +218,7 @@ impl Outbox {
     /// Drops what is queued and closes with 4008; the writer wakes to send the close.
     fn overflow(&self, mut state: parking_lot::MutexGuard<'_, State>, reason: &'static str) {
         state.queue = Vec::new();
+        state.latest = Vec::new();
         state.replayed = 0;
         self.release_replayed(&mut state);
         state.bytes = 0;
@@ -238,7 +267,8 @@ impl Outbox {
 
     /// Frames waiting.
     pub fn len(&self) -> usize {
-        self.state.lock().queue.len()
+        let state = self.state.lock();
+        state.queue.len() + state.latest.len()
     }
 
     /// Whether no frame is waiting.
@@ -250,7 +280,7 @@ impl Outbox {
     /// outbox is closed and nothing is left.
     pub fn try_drain(&self, out: &mut Vec<EncodedFrame>) -> Option<Batch> {
         let mut state = self.state.lock();
-        if !state.queue.is_empty() {
+        if !state.queue.is_empty() || !state.latest.is_empty() {
             // Hand the whole queue over by swapping vectors: no per-frame move, and the
             // writer's empty vector (with its capacity) becomes the next queue.
             if out.is_empty() {
@@ -258,6 +288,9 @@ impl Outbox {
             } else {
                 out.append(&mut state.queue);
             }
+            // The latest slots after the queue: a subscription's `subscribed` reply, queued,
+            // goes out before its messages.
+            out.extend(state.latest.drain(..).map(|(_, frame)| frame));
             state.replayed = 0;
             self.release_replayed(&mut state);
             state.bytes = 0;
@@ -288,6 +321,7 @@ impl Drop for Outbox {
                 replayed: 0,
                 replayed_bytes: 0,
                 bytes: 0,
+                latest: Vec::new(),
             },
         );
         self.release_replayed(&mut state);

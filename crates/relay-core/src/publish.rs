@@ -313,7 +313,7 @@ impl Hub {
         let Some(state) = self.inner.channels.get(channel) else {
             return;
         };
-        let sent = state.broadcast(frame, |id, _| origin != Some(id));
+        let sent = state.broadcast_message(frame, |id, _| origin != Some(id));
         self.inner.counters.delivered(sent);
     }
 

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use relay_proto::{EncodedFrame, Seq, UserId};
+use relay_proto::{ChannelName, EncodedFrame, Seq, UserId};
 
 use crate::outbox::Outbox;
 
@@ -38,6 +38,8 @@ pub(crate) struct Subscriber {
     pub(crate) user: UserId,
     /// Subscribed with a service token (members-only rules do not bind it).
     pub(crate) service: bool,
+    /// A `latest`-mode subscription: its messages go to the outbox's slot for this channel.
+    pub(crate) latest: Option<ChannelName>,
     pub(crate) position: Position,
 }
 
@@ -51,6 +53,7 @@ impl Subscriber {
             outbox,
             user,
             service: false,
+            latest: None,
             position,
         }
     }
@@ -59,6 +62,18 @@ impl Subscriber {
     /// signals) may go out now: not before the `subscribed` reply.
     pub(crate) fn is_started(&self) -> bool {
         !matches!(self.position, Position::Buffering { cursor: None, .. })
+    }
+
+    /// Hands a message frame to the client: queued, or for a `latest`-mode subscription put
+    /// in its slot (replacing an older one not yet written).
+    pub(crate) fn push_message(&self, frame: EncodedFrame) -> bool {
+        match &self.latest {
+            Some(channel) => {
+                self.outbox.push_latest(channel, frame);
+                true
+            }
+            None => self.outbox.push(frame).is_ok(),
+        }
     }
 
     /// Offers persistent message `seq`. Returns true when the subscriber now waits on a gap.
@@ -70,7 +85,7 @@ impl Subscriber {
                 *cursor = seq;
                 if let Some(frame) = frame {
                     // A full outbox closes itself with 4008; the transport then drops us.
-                    let _ = self.outbox.push(frame.clone());
+                    self.push_message(frame.clone());
                 }
                 false
             }
@@ -103,7 +118,10 @@ impl Subscriber {
         let mut at = cursor;
         for (seq, frame) in history {
             if seq == at.next() {
-                self.outbox.push_replay(frame);
+                match &self.latest {
+                    Some(channel) => self.outbox.push_latest(channel, frame),
+                    None => self.outbox.push_replay(frame),
+                }
                 at = seq;
             }
         }
@@ -196,7 +214,12 @@ impl Subscriber {
             if seq == cursor.next() {
                 *cursor = seq;
                 if let Some(frame) = frame {
-                    let _ = self.outbox.push(frame);
+                    match &self.latest {
+                        Some(channel) => self.outbox.push_latest(channel, frame),
+                        None => {
+                            let _ = self.outbox.push(frame);
+                        }
+                    }
                 }
             }
         }
@@ -224,6 +247,22 @@ pub(crate) struct ChannelState {
 }
 
 impl ChannelState {
+    /// Pushes an ephemeral `message` frame to started subscribers for which `to` says yes
+    /// (into the latest slot of `latest`-mode ones); returns how many got it.
+    pub(crate) fn broadcast_message(
+        &self,
+        frame: &EncodedFrame,
+        mut to: impl FnMut(ConnId, &Subscriber) -> bool,
+    ) -> usize {
+        let mut sent = 0;
+        for (id, sub) in &self.subscribers {
+            if sub.is_started() && to(*id, sub) && sub.push_message(frame.clone()) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// Pushes a frame outside the sequence to started subscribers for which `to` says yes;
     /// returns how many got it.
     pub(crate) fn broadcast(

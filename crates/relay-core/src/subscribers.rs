@@ -28,10 +28,12 @@ impl Hub {
         id: ConnId,
         user: &UserId,
         service: bool,
+        latest: bool,
         outbox: Arc<Outbox>,
     ) {
         let subscriber = Subscriber {
             service,
+            latest: latest.then(|| channel.clone()),
             ..Subscriber::joining(outbox, user.clone())
         };
         let created = match self.inner.channels.entry(channel.clone()) {
@@ -226,6 +228,10 @@ impl Hub {
         join_leave: bool,
     ) -> Option<Subscriber> {
         let sub = state.subscribers.remove(&id)?;
+        if sub.latest.is_some() {
+            // Nothing of an ended subscription goes out after its `unsubscribed`.
+            sub.outbox.clear_latest(channel);
+        }
         if sub.is_started()
             && let Some(count) = state.online.get_mut(&sub.user)
         {

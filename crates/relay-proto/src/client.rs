@@ -39,6 +39,10 @@ pub enum ClientFrame {
         /// The last seq the client has seen.
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<Seq>,
+        /// `reliable` (every message, in order) or `latest` (only the newest message is
+        /// ever waiting for the client).
+        #[serde(skip_serializing_if = "SubscribeMode::is_reliable")]
+        mode: SubscribeMode,
     },
     /// Leave a channel.
     Unsubscribe {
@@ -110,6 +114,27 @@ pub enum ClientFrame {
     },
 }
 
+/// How a subscription delivers a channel's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribeMode {
+    /// Every message, each once, in seq order; a client too slow to keep up is closed
+    /// with 4008 and recovers with `since`.
+    #[default]
+    Reliable,
+    /// For state that only matters at its newest (prices, cursors, dashboards): a slow
+    /// client gets the channel's newest message, older ones it had not been sent yet are
+    /// dropped, and it is never closed with 4008 for this subscription.
+    Latest,
+}
+
+impl SubscribeMode {
+    /// Whether this is the default mode.
+    pub fn is_reliable(&self) -> bool {
+        *self == Self::Reliable
+    }
+}
+
 #[derive(Deserialize)]
 struct WireClientFrame<'a> {
     #[serde(rename = "type", borrow, default)]
@@ -132,6 +157,8 @@ struct WireClientFrame<'a> {
     to: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     idempotency_key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    mode: Option<Cow<'a, str>>,
 }
 
 impl ClientFrame {
@@ -172,6 +199,13 @@ impl ClientFrame {
             "subscribe" => Self::Subscribe {
                 channel: f.channel(channel)?,
                 since: wire.since,
+                mode: match wire.mode.as_deref() {
+                    None | Some("reliable") => SubscribeMode::Reliable,
+                    Some("latest") => SubscribeMode::Latest,
+                    Some(_) => {
+                        return Err(f.invalid("mode", "expected \"reliable\" or \"latest\"".into()));
+                    }
+                },
                 id: wire.id,
             },
             "unsubscribe" => Self::Unsubscribe {

@@ -40,7 +40,7 @@ mod types;
 mod wire;
 
 pub use channel::{ChannelName, MAX_NAME_LEN, NameError, UserId};
-pub use client::{ClientFrame, MAX_EVENT_LEN, validate_event};
+pub use client::{ClientFrame, MAX_EVENT_LEN, SubscribeMode, validate_event};
 pub use codes::{CloseCode, ErrorCode};
 pub use encoded::EncodedFrame;
 pub use key::{IdempotencyKey, KeyError, MAX_IDEMPOTENCY_KEY_LEN};

@@ -70,8 +70,22 @@ fn seq() -> impl Strategy<Value = Seq> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (frame_id(), channel(), proptest::option::of(seq()))
-            .prop_map(|(id, channel, since)| ClientFrame::Subscribe { id, channel, since }),
+        (
+            frame_id(),
+            channel(),
+            proptest::option::of(seq()),
+            prop::bool::ANY
+        )
+            .prop_map(|(id, channel, since, latest)| ClientFrame::Subscribe {
+                id,
+                channel,
+                since,
+                mode: if latest {
+                    relay_proto::SubscribeMode::Latest
+                } else {
+                    relay_proto::SubscribeMode::Reliable
+                },
+            }),
         (frame_id(), channel()).prop_map(|(id, channel)| ClientFrame::Unsubscribe { id, channel }),
         (
             frame_id(),

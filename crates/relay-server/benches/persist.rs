@@ -132,6 +132,7 @@ async fn latency(hub: &Hub, rate: u64, duration: Duration) -> (f64, f64, f64) {
             id: None,
             channel: channel.clone(),
             since: None,
+            mode: relay_proto::SubscribeMode::Reliable,
         })
         .await;
     let origin = Instant::now();

@@ -81,3 +81,89 @@ async fn a_flooding_publisher_is_refused_then_closed_with_4029_and_readers_see_o
     assert_eq!(reason.code, CloseCode::RateLimited);
     assert_eq!(message_seqs(&reader.frames()), (1..=10).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_latest_subscriber_that_never_drains_holds_one_message_and_is_never_closed() {
+    let t = TestHub::with_config(HubConfig {
+        outbox_capacity: 8,
+        user_limits: FrameLimits::UNLIMITED,
+        ..HubConfig::default()
+    });
+    let publisher = t.connect("publisher");
+    for i in 1..=3 {
+        publisher
+            .send(json!({"type": "publish", "channel": "prices:eur", "payload": i}))
+            .await;
+    }
+    let dashboard = t.connect("dashboard");
+    let reliable = t.connect("reliable");
+    dashboard
+        .send(json!({"type": "subscribe", "id": 1, "channel": "prices:eur", "mode": "latest"}))
+        .await;
+    reliable.subscribe("prices:eur").await;
+    let first = dashboard.frames();
+    assert!(
+        matches!(&first[..], [ServerFrame::Subscribed { recovered: None, .. }, ServerFrame::Message { seq: Some(s), .. }] if s.0 == 3),
+        "the newest message first, the current state: {first:?}"
+    );
+    for i in 4..=500 {
+        publisher
+            .send(json!({"type": "publish", "channel": "prices:eur", "payload": i}))
+            .await;
+        publisher
+            .send(json!({"type": "publish", "channel": "prices:eur", "ephemeral": true, "event": "tick", "payload": i}))
+            .await;
+        publisher.frames();
+        assert!(
+            dashboard.conn.outbox().len() <= 1,
+            "one message waiting at most"
+        );
+    }
+    assert_eq!(
+        reliable.conn.outbox().closed().map(|r| r.code),
+        Some(CloseCode::SlowConsumer),
+        "a reliable subscriber that never drains is closed"
+    );
+    assert_eq!(dashboard.conn.outbox().closed(), None);
+    let last = dashboard.frames();
+    assert!(
+        matches!(&last[..], [ServerFrame::Message { seq: None, event: Some(e), payload, .. }] if e == "tick" && payload.as_str() == "500"),
+        "only the newest, whatever its kind: {last:?}"
+    );
+    dashboard.send(json!({"type": "subscribe", "id": 2, "channel": "prices:usd", "mode": "latest", "since": 4})).await;
+    let refused = dashboard.frames();
+    assert!(
+        matches!(
+            &refused[..],
+            [ServerFrame::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }]
+        ),
+        "{refused:?}"
+    );
+    dashboard
+        .send(json!({"type": "subscribe", "id": 3, "channel": "prices:usd", "mode": "fast"}))
+        .await;
+    let refused = dashboard.frames();
+    assert!(
+        matches!(
+            &refused[..],
+            [ServerFrame::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }]
+        ),
+        "{refused:?}"
+    );
+    dashboard
+        .send(json!({"type": "unsubscribe", "id": 4, "channel": "prices:eur"}))
+        .await;
+    publisher
+        .send(json!({"type": "publish", "channel": "prices:eur", "payload": 501}))
+        .await;
+    assert!(
+        matches!(&dashboard.frames()[..], [ServerFrame::Unsubscribed { .. }]),
+        "nothing after the unsubscribe"
+    );
+}

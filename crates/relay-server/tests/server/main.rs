@@ -16,6 +16,7 @@ mod direct_messages;
 mod durability;
 mod group_chat;
 mod idempotency;
+mod latest_mode;
 mod limits;
 mod liveness;
 mod membership;

@@ -98,6 +98,24 @@ impl WsClient {
         }
     }
 
+    /// Reads what the server sent until the connection ends (within 10 s): true when it
+    /// ended with a 4008 close or a reset, false when it is still open.
+    pub async fn is_dropped_by_the_server(&mut self) -> bool {
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        return frame.is_some_and(|f| u16::from(f.code) == 4008);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return true,
+                }
+            }
+        })
+        .await;
+        ended.unwrap_or(false)
+    }
+
     /// Waits for the server's close frame (frames before it are skipped), within 5 s.
     pub async fn recv_close(&mut self) -> CloseFrame {
         loop {
