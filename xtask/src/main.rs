@@ -10,6 +10,7 @@
 //!   `docs/performance.md`. Scenarios: `fanout`, `baseline`, `compare` (both, and the
 //!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `cluster [--backplane postgres|nats|both]` (needs
 //!   `DATABASE_URL`, `psql`, and `nats-server` for NATS), `unread` (needs `DATABASE_URL`),
+//!   `latest` (a reader ten times slower than the publisher, `latest` against `reliable`),
 //!   `micro` (criterion, no sockets). The server runs pinned to core 0 on a one-thread
 //!   runtime, the load generator on core 1.
 //! - `cargo xtask fuzz [--cases N]`: the fuzz targets with N generated inputs each (1M).
@@ -159,7 +160,7 @@ fn bench_config(name: &str, text: &str) -> Result<String, String> {
 fn bench(args: &[String]) -> Result<(), String> {
     let Some(scenario) = args.first() else {
         return Err(
-            "name a scenario: fanout | baseline | compare | idle | abuse | persist | cluster | unread | micro"
+            "name a scenario: fanout | baseline | compare | idle | abuse | latest | persist | cluster | unread | micro"
                 .into(),
         );
     };
@@ -233,6 +234,16 @@ fn bench(args: &[String]) -> Result<(), String> {
             server.stop();
             result.map(|_| ())
         }
+        "latest" => {
+            let tools = Tools::build()?;
+            let server = tools.start(Target::Relay, &[])?;
+            let mut run = vec!["latest".to_owned()];
+            run.extend(server.args());
+            run.extend(flags.iter().cloned());
+            let result = tools.generator(&run);
+            server.stop();
+            result.map(|_| ())
+        }
         "idle" => {
             let tools = Tools::build()?;
             let counts =
@@ -250,7 +261,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         other => Err(format!(
-            "unknown scenario {other:?}; known: fanout baseline compare idle abuse persist cluster unread micro"
+            "unknown scenario {other:?}; known: fanout baseline compare idle abuse latest persist cluster unread micro"
         )),
     }
 }

@@ -6,6 +6,7 @@
 //! loadgen fanout --addr A [--publish-addr B] [--publishers N] [--secret S] [--channel C] [--ephemeral] --subscribers 1000 --payload 100 --rates 1000,2000 ...
 //! loadgen idle --addr A --secret S --connections 10000
 //! loadgen abuse --addr A --secret S [--subscribers 1000] [--abusers 200] [--rate 100] [--step-secs 10]
+//! loadgen latest --addr A --secret S [--rate 500] [--payload 10000] [--step-secs 10]
 //! loadgen baseline-server [--listen 127.0.0.1:0]
 //! ```
 //!
@@ -87,6 +88,7 @@ fn main() {
         "fanout" => runtime.block_on(fanout(&flags)),
         "idle" => runtime.block_on(idle(&flags)),
         "abuse" => runtime.block_on(abuse(&flags)),
+        "latest" => runtime.block_on(latest(&flags)),
         "baseline-server" => runtime.block_on(baseline_server(&flags)),
         other => {
             eprintln!("unknown command {other}");
@@ -1123,5 +1125,154 @@ async fn baseline_connection(mut stream: TcpStream, shared: Arc<Baseline>) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// latest: a reader ten times slower than the publisher, `latest` against `reliable`
+
+/// The `"seq":<digits>` of a message frame.
+fn seq_of(payload: &[u8]) -> Option<u64> {
+    let at = find(payload, b"\"seq\":")? + 6;
+    let digits: Vec<u8> = payload[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// One reader on `channel` in `mode`, reading one frame per `pause`, while a publisher sends
+/// `rate` messages a second for `secs`; then the reader goes on (bounded) until it has the
+/// newest. Prints one row.
+async fn latest_run(flags: &Flags, mode: &str, rate: u64, secs: u64, payload: &str) {
+    let addr: SocketAddr = flags.text("addr").expect("--addr").parse().unwrap();
+    let server_pid = flags.text("server-pid").unwrap_or("0").to_owned();
+    let channel = format!("bench:{mode}");
+    let pause = Duration::from_secs_f64(10.0 / rate as f64);
+
+    let mut reader = RawWs::connect(addr, token(flags, &format!("reader-{mode}")).as_deref())
+        .await
+        .unwrap();
+    let welcome = reader.next_text().await.unwrap();
+    assert!(find(&welcome, b"\"welcome\"").is_some());
+    let frame = format!(r#"{{"type":"subscribe","id":1,"channel":"{channel}","mode":"{mode}"}}"#);
+    reader
+        .stream
+        .write_all(&client_frame(1, frame.as_bytes()))
+        .await
+        .unwrap();
+    let last = Arc::new(AtomicU64::new(0));
+    let read = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicBool::new(false));
+    let reading = tokio::spawn({
+        let (last, read, closed) = (last.clone(), read.clone(), closed.clone());
+        async move {
+            loop {
+                match reader.next_text().await {
+                    Ok(text) => {
+                        if let Some(seq) = seq_of(&text) {
+                            last.store(seq, Ordering::Relaxed);
+                            read.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        closed.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+    });
+
+    let mut publisher = connect_publishers(addr, flags, 1).await;
+    let mut rss = Vec::new();
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut sent, mut next_sample) = (0u64, Duration::ZERO);
+    let total = rate * secs;
+    let mut batch = Vec::new();
+    while sent < total {
+        ticker.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            sent += 1;
+            let body = format!(
+                r#"{{"type":"publish","channel":"{channel}","payload":{{"n":{sent},"p":"{payload}"}}}}"#
+            );
+            batch.extend_from_slice(&client_frame(1, body.as_bytes()));
+        }
+        if !batch.is_empty() {
+            publisher[0].write_all(&batch).await.unwrap();
+            batch.clear();
+        }
+        if started.elapsed() >= next_sample {
+            rss.extend(rss_bytes(&server_pid));
+            next_sample += Duration::from_secs(1);
+        }
+    }
+    let behind_at_end = sent.saturating_sub(last.load(Ordering::Relaxed));
+    // The reader goes on at its pace: how long until it has the newest?
+    let drain = Instant::now();
+    let deadline = drain + Duration::from_secs(60);
+    while last.load(Ordering::Relaxed) < sent
+        && !closed.load(Ordering::Relaxed)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let caught_up = (last.load(Ordering::Relaxed) >= sent).then(|| drain.elapsed());
+    reading.abort();
+    let mb = |b: &u64| *b as f64 / 1e6;
+    let (low, high) = (
+        rss.iter().map(mb).fold(f64::INFINITY, f64::min),
+        rss.iter().map(mb).fold(0.0, f64::max),
+    );
+    if flags.text("json").is_some() {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "latest", "mode": mode, "rate": rate, "seconds": secs,
+                "published": sent, "frames_read": read.load(Ordering::Relaxed),
+                "behind_at_end": behind_at_end, "closed": closed.load(Ordering::Relaxed),
+                "newest_after_s": caught_up.map(|d| d.as_secs_f64()),
+                "server_rss_min_mb": low, "server_rss_max_mb": high,
+            })
+        );
+    } else {
+        println!(
+            "{mode:<9} {rate:>7} {sent:>10} {:>11} {behind_at_end:>13} {:>8} {:>15} {low:>10.1} {high:>10.1}",
+            read.load(Ordering::Relaxed),
+            closed.load(Ordering::Relaxed),
+            caught_up.map_or_else(
+                || "never".to_owned(),
+                |d| format!("{:.2} s", d.as_secs_f64())
+            ),
+        );
+    }
+}
+
+async fn latest(flags: &Flags) {
+    let rate = flags.get("rate", 500u64);
+    let secs = flags.get("step-secs", 10u64);
+    let payload = padding(flags.get("payload", 10_000usize));
+    if flags.text("json").is_none() {
+        println!(
+            "{:<9} {:>7} {:>10} {:>11} {:>13} {:>8} {:>15} {:>10} {:>10}",
+            "mode",
+            "rate/s",
+            "published",
+            "frames read",
+            "behind at end",
+            "closed",
+            "newest after",
+            "rss min MB",
+            "rss max MB"
+        );
+    }
+    for mode in ["latest", "reliable"] {
+        latest_run(flags, mode, rate, secs, &payload).await;
     }
 }
