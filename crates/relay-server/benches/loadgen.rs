@@ -1131,9 +1131,10 @@ async fn baseline_connection(mut stream: TcpStream, shared: Arc<Baseline>) {
 // ---------------------------------------------------------------------------------------------
 // latest: a reader ten times slower than the publisher, `latest` against `reliable`
 
-/// The `"seq":<digits>` of a message frame.
+/// The publisher's `"n":<digits>` of a message frame (its count, as ephemeral messages
+/// carry no seq).
 fn seq_of(payload: &[u8]) -> Option<u64> {
-    let at = find(payload, b"\"seq\":")? + 6;
+    let at = find(payload, b"\"n\":")? + 4;
     let digits: Vec<u8> = payload[at..]
         .iter()
         .copied()
@@ -1143,7 +1144,8 @@ fn seq_of(payload: &[u8]) -> Option<u64> {
 }
 
 /// One reader on `channel` in `mode`, reading one frame per `pause`, while a publisher sends
-/// `rate` messages a second for `secs`; then the reader goes on (bounded) until it has the
+/// `rate` ephemeral messages a second for `secs` (ephemeral, so that the server's memory is
+/// the outbox's, not the store's); then the reader goes on (bounded) until it has the
 /// newest. Prints one row.
 async fn latest_run(flags: &Flags, mode: &str, rate: u64, secs: u64, payload: &str) {
     let addr: SocketAddr = flags.text("addr").expect("--addr").parse().unwrap();
@@ -1200,7 +1202,7 @@ async fn latest_run(flags: &Flags, mode: &str, rate: u64, secs: u64, payload: &s
         while sent < due {
             sent += 1;
             let body = format!(
-                r#"{{"type":"publish","channel":"{channel}","payload":{{"n":{sent},"p":"{payload}"}}}}"#
+                r#"{{"type":"publish","channel":"{channel}","ephemeral":true,"payload":{{"n":{sent},"p":"{payload}"}}}}"#
             );
             batch.extend_from_slice(&client_frame(1, body.as_bytes()));
         }
