@@ -426,11 +426,21 @@ impl Connection {
         }
         let store = self.hub.store();
         let latest = store.latest_seq(channel).await?;
-        // `latest`: the newest message first (the current state), then what follows.
-        let since = match since {
-            None if latest_mode && latest > Seq::ZERO => Some(Seq(latest.0 - 1)),
-            since => since,
-        };
+        if latest_mode {
+            // The newest stored message first (the current state), then what follows; read
+            // on its own, outside the recovery limits, which concern replays of many.
+            let newest = store.history(channel, HistoryQuery::latest(1)).await?;
+            return Ok(match newest.into_iter().next() {
+                Some(message) => Recovery {
+                    latest,
+                    recovered: None,
+                    cursor: Seq(message.seq.0.saturating_sub(1)),
+                    replay: vec![(message.seq, message.to_frame().encode())],
+                    reservation: None,
+                },
+                None => Recovery::live(latest, None),
+            });
+        }
         let Some(since) = since else {
             return Ok(Recovery::live(latest, None));
         };

@@ -183,11 +183,11 @@ impl Outbox {
 
     /// Puts `frame` in `channel`'s latest slot, replacing the frame waiting there: a
     /// `latest`-mode subscription never has more than one message waiting, so it never
-    /// overflows.
-    pub(crate) fn push_latest(&self, channel: &ChannelName, frame: EncodedFrame) {
+    /// overflows. False when the outbox is closed.
+    pub(crate) fn push_latest(&self, channel: &ChannelName, frame: EncodedFrame) -> bool {
         let mut state = self.state.lock();
         if state.closed.is_some() {
-            return;
+            return false;
         }
         let was_empty = state.queue.is_empty() && state.latest.is_empty();
         match state.latest.iter_mut().find(|(c, _)| c == channel) {
@@ -198,6 +198,7 @@ impl Outbox {
         if was_empty {
             self.ready.notify_one();
         }
+        true
     }
 
     /// Drops what waits in `channel`'s latest slot (its subscription ended).

@@ -68,10 +68,7 @@ impl Subscriber {
     /// in its slot (replacing an older one not yet written).
     pub(crate) fn push_message(&self, frame: EncodedFrame) -> bool {
         match &self.latest {
-            Some(channel) => {
-                self.outbox.push_latest(channel, frame);
-                true
-            }
+            Some(channel) => self.outbox.push_latest(channel, frame),
             None => self.outbox.push(frame).is_ok(),
         }
     }
@@ -80,6 +77,16 @@ impl Subscriber {
     ///
     /// Fast path: a live subscriber and the next seq cost one comparison and one push.
     pub(crate) fn offer(&mut self, seq: Seq, frame: Option<&EncodedFrame>) -> bool {
+        // A started `latest` subscriber never waits on a gap: a newer seq is the newest.
+        if let (Some(channel), Position::Live(cursor)) = (&self.latest, &mut self.position) {
+            if seq > *cursor {
+                *cursor = seq;
+                if let Some(frame) = frame {
+                    self.outbox.push_latest(channel, frame.clone());
+                }
+            }
+            return false;
+        }
         match &mut self.position {
             Position::Live(cursor) if seq == cursor.next() => {
                 *cursor = seq;
@@ -119,7 +126,9 @@ impl Subscriber {
         for (seq, frame) in history {
             if seq == at.next() {
                 match &self.latest {
-                    Some(channel) => self.outbox.push_latest(channel, frame),
+                    Some(channel) => {
+                        self.outbox.push_latest(channel, frame);
+                    }
                     None => self.outbox.push_replay(frame),
                 }
                 at = seq;
@@ -127,6 +136,17 @@ impl Subscriber {
         }
         *slot = Some(at);
         pending.retain(|seq, _| *seq > at);
+        if let Some(channel) = &self.latest {
+            // What arrived while joining: only the newest counts, holes or not.
+            if let Some((seq, frame)) = pending.pop_last() {
+                at = seq;
+                if let Some(frame) = frame {
+                    self.outbox.push_latest(channel, frame);
+                }
+            }
+            self.position = Position::Live(at);
+            return false;
+        }
         self.advance()
     }
 
@@ -176,6 +196,14 @@ impl Subscriber {
     /// Brings a live subscriber up to date with messages read from the store (after a
     /// commit whose delivery may have been lost). Returns true when it waits on a gap.
     pub(crate) fn catch_up(&mut self, history: &[(Seq, EncodedFrame)], committed: Seq) -> bool {
+        if let (Some(channel), Position::Live(cursor)) = (&self.latest, &mut self.position) {
+            // Only the newest of what was missed.
+            if let Some((seq, frame)) = history.iter().rev().find(|(seq, _)| *seq > *cursor) {
+                *cursor = *seq;
+                self.outbox.push_latest(channel, frame.clone());
+            }
+            return false;
+        }
         if let Position::Live(cursor) = self.position {
             if !history.iter().any(|(seq, _)| *seq > cursor) {
                 return false;
@@ -215,7 +243,9 @@ impl Subscriber {
                 *cursor = seq;
                 if let Some(frame) = frame {
                     match &self.latest {
-                        Some(channel) => self.outbox.push_latest(channel, frame),
+                        Some(channel) => {
+                            self.outbox.push_latest(channel, frame);
+                        }
                         None => {
                             let _ = self.outbox.push(frame);
                         }

@@ -167,3 +167,44 @@ async fn a_latest_subscriber_that_never_drains_holds_one_message_and_is_never_cl
         "nothing after the unsubscribe"
     );
 }
+
+#[tokio::test]
+async fn a_latest_subscriber_takes_a_newer_seq_at_once_and_starts_from_the_newest_whatever_the_recovery_limits()
+ {
+    // No replay allowed at all: the newest message is still sent first.
+    let t = TestHub::with_config(HubConfig {
+        max_recovery: 0,
+        max_replay_bytes: 0,
+        ..HubConfig::default()
+    });
+    let publisher = t.connect("publisher");
+    for i in 1..=3 {
+        publisher
+            .send(json!({"type": "publish", "channel": "cursor:1", "payload": i}))
+            .await;
+    }
+    let viewer = t.connect("viewer");
+    viewer
+        .send(json!({"type": "subscribe", "id": 1, "channel": "cursor:1", "mode": "latest"}))
+        .await;
+    assert_eq!(message_seqs(&viewer.frames()), [3]);
+    // Seq 5 from another node before 4: taken at once, nothing waits for 4.
+    let five = relay_store::StoredMessage {
+        channel: ch("cursor:1"),
+        seq: relay_proto::Seq(5),
+        id: relay_proto::MessageId::now_v7(),
+        from: None,
+        event: None,
+        payload: relay_proto::Payload::from_json("5").unwrap(),
+        ts: relay_proto::Timestamp::now(),
+    };
+    t.hub.deliver(&five);
+    assert_eq!(message_seqs(&viewer.frames()), [5]);
+    publisher
+        .send(json!({"type": "publish", "channel": "cursor:1", "payload": 4}))
+        .await;
+    assert!(
+        viewer.frames().is_empty(),
+        "seq 4 is older than what the viewer has"
+    );
+}
