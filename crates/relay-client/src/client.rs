@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use relay_proto::{
-    ChannelName, ClientFrame, IdempotencyKey, MessageId, Payload, Seq, ServerFrame, UserId,
+    ChannelName, ClientFrame, IdempotencyKey, MessageId, Payload, Seq, ServerFrame, SubscribeMode,
+    UserId,
 };
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -256,7 +257,18 @@ impl Client {
 
     /// Subscribes to `channel`, starting with the next message.
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription, ClientError> {
-        self.subscribe_from(channel, None).await
+        self.subscribe_from(channel, None, SubscribeMode::Reliable)
+            .await
+    }
+
+    /// Subscribes to `channel` in `latest` mode, for state where only the newest value
+    /// matters (prices, cursors, dashboards): the channel's newest message comes first, and
+    /// a reader slower than the channel skips older messages instead of falling behind.
+    /// Seqs increase with holes; no [`Event::Gap`](crate::Event::Gap) is raised for them.
+    /// After a reconnect it starts from the newest message again.
+    pub async fn subscribe_latest(&self, channel: &str) -> Result<Subscription, ClientError> {
+        self.subscribe_from(channel, None, SubscribeMode::Latest)
+            .await
     }
 
     /// Subscribes to `channel`, first replaying every message after `since` (the last seq
@@ -266,13 +278,15 @@ impl Client {
         channel: &str,
         since: Seq,
     ) -> Result<Subscription, ClientError> {
-        self.subscribe_from(channel, Some(since)).await
+        self.subscribe_from(channel, Some(since), SubscribeMode::Reliable)
+            .await
     }
 
     async fn subscribe_from(
         &self,
         channel: &str,
         since: Option<Seq>,
+        mode: SubscribeMode,
     ) -> Result<Subscription, ClientError> {
         let channel = channel_name(channel)?;
         let (events_tx, events) = mpsc::channel(self.inner.settings.subscription_buffer);
@@ -282,6 +296,7 @@ impl Client {
             id,
             channel: channel.clone(),
             since,
+            mode,
             events: events_tx,
             reply,
         })?;

@@ -58,6 +58,7 @@ pub(crate) enum Command {
         id: u64,
         channel: ChannelName,
         since: Option<Seq>,
+        mode: relay_proto::SubscribeMode,
         events: mpsc::Sender<Event>,
         reply: oneshot::Sender<Result<Seq, ClientError>>,
     },
@@ -274,9 +275,9 @@ impl Driver {
         let restore = self
             .subs
             .restore_all(|| ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        for (id, channel, since) in restore {
+        for (id, channel, since, mode) in restore {
             if let Err(end) = self
-                .request_subscribe(&mut sink, id, channel, since, None)
+                .request_subscribe(&mut sink, id, channel, since, mode, None)
                 .await
             {
                 return end;
@@ -354,7 +355,7 @@ impl Driver {
                 )
                 .await?;
             }
-            self.request_subscribe(sink, id, channel, again.since, None)
+            self.request_subscribe(sink, id, channel, again.since, again.mode, None)
                 .await?;
         }
         Ok(())
@@ -368,6 +369,7 @@ impl Driver {
         id: u64,
         channel: ChannelName,
         since: Option<Seq>,
+        mode: relay_proto::SubscribeMode,
         reply: Option<oneshot::Sender<Result<Seq, ClientError>>>,
     ) -> Result<(), End> {
         self.pending.insert(
@@ -384,7 +386,7 @@ impl Driver {
                 id: Some(id.into()),
                 channel,
                 since,
-                mode: relay_proto::SubscribeMode::Reliable,
+                mode,
             },
         )
         .await
@@ -445,6 +447,7 @@ impl Driver {
                 id,
                 channel,
                 since,
+                mode,
                 events,
                 reply,
             } => {
@@ -455,8 +458,8 @@ impl Driver {
                     let _ = reply.send(Err(ClientError::AlreadySubscribed(channel.to_string())));
                     return Ok(Flow::Continue);
                 }
-                self.subs.insert(channel.clone(), events, since, id);
-                self.request_subscribe(sink, id, channel, since, Some(reply))
+                self.subs.insert(channel.clone(), events, since, id, mode);
+                self.request_subscribe(sink, id, channel, since, mode, Some(reply))
                     .await?;
             }
             Command::Unsubscribe { channel } => {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use relay_proto::{ChannelName, ErrorCode, Seq};
+use relay_proto::{ChannelName, ErrorCode, Seq, SubscribeMode};
 use tokio::sync::mpsc;
 
 use crate::subscription::{Event, Message};
@@ -43,6 +43,19 @@ struct Sub {
     /// The highest read marker handed to the application: markers only move up, and two
     /// moves may reach this connection in either order.
     read: Seq,
+    /// `latest`: restored and resubscribed without `since` (the newest message comes first).
+    mode: SubscribeMode,
+}
+
+impl Sub {
+    /// What a restore sends as `since`: the cursor, except for a `latest` subscription,
+    /// which starts from the newest message again.
+    fn since(&self) -> Option<Seq> {
+        match self.mode {
+            SubscribeMode::Latest => None,
+            SubscribeMode::Reliable => self.last_seq,
+        }
+    }
 }
 
 /// A subscription's catch-up over REST, shared with its task.
@@ -69,6 +82,7 @@ pub(crate) struct Resubscribe {
     pub(crate) since: Option<Seq>,
     /// The server still holds the old subscription: unsubscribe first.
     pub(crate) unsubscribe_first: bool,
+    pub(crate) mode: SubscribeMode,
 }
 
 #[derive(Default)]
@@ -90,6 +104,7 @@ impl Subs {
         events: mpsc::Sender<Event>,
         since: Option<Seq>,
         id: u64,
+        mode: SubscribeMode,
     ) {
         let sub = Sub {
             events,
@@ -99,6 +114,7 @@ impl Subs {
             retry_at: None,
             paging: None,
             read: Seq::ZERO,
+            mode,
         };
         self.map.insert(channel, sub);
     }
@@ -122,7 +138,7 @@ impl Subs {
     pub(crate) fn restore_all(
         &mut self,
         mut next_id: impl FnMut() -> u64,
-    ) -> Vec<(u64, ChannelName, Option<Seq>)> {
+    ) -> Vec<(u64, ChannelName, Option<Seq>, SubscribeMode)> {
         self.map
             .iter_mut()
             .filter_map(|(channel, sub)| {
@@ -135,7 +151,7 @@ impl Subs {
                 sub.awaiting = Some(id);
                 sub.behind = false;
                 sub.retry_at = None;
-                Some((id, channel.clone(), sub.last_seq))
+                Some((id, channel.clone(), sub.since(), sub.mode))
             })
             .collect()
     }
@@ -166,7 +182,9 @@ impl Subs {
             }),
             (None, _) => None,
         };
-        if recovered != Some(true) {
+        // A `latest` subscription's first message is the newest at or below `latest`: its
+        // cursor stays at the last message delivered, which drops only a repeat of it.
+        if recovered != Some(true) && sub.mode == SubscribeMode::Reliable {
             sub.last_seq = Some(latest);
         }
         if let Some(notice) = notice {
@@ -336,6 +354,7 @@ impl Subs {
                         channel: channel.clone(),
                         since: sub.last_seq,
                         unsubscribe_first: subscribed,
+                        mode: sub.mode,
                     },
                 ));
                 sub.awaiting = Some(id);
@@ -351,8 +370,9 @@ impl Subs {
                     id,
                     Resubscribe {
                         channel: channel.clone(),
-                        since: sub.last_seq,
+                        since: sub.since(),
                         unsubscribe_first: caught_up,
+                        mode: sub.mode,
                     },
                 ));
                 sub.awaiting = Some(id);
@@ -399,7 +419,7 @@ mod tests {
         let channel = ChannelName::parse("c").unwrap();
         let (tx, mut rx) = mpsc::channel(2);
         let mut subs = Subs::default();
-        subs.insert(channel.clone(), tx, None, 1);
+        subs.insert(channel.clone(), tx, None, 1, SubscribeMode::Reliable);
         assert!(subs.on_subscribed(&channel, 1, None, None, Seq(0), false));
         for seq in 1..=5 {
             subs.on_message(message(seq));
@@ -435,10 +455,22 @@ mod tests {
         let channel = ChannelName::parse("c").unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         let mut subs = Subs::default();
-        subs.insert(channel.clone(), tx, Some(Seq(4)), 1);
+        subs.insert(
+            channel.clone(),
+            tx,
+            Some(Seq(4)),
+            1,
+            SubscribeMode::Reliable,
+        );
         subs.on_refused(&channel, 1, ErrorCode::Unavailable, "db down".into());
         assert!(subs.contains(&channel) && subs.needs_maintenance());
-        subs.insert(channel.clone(), mpsc::channel(1).0, None, 3);
+        subs.insert(
+            channel.clone(),
+            mpsc::channel(1).0,
+            None,
+            3,
+            SubscribeMode::Reliable,
+        );
         subs.on_refused(&channel, 3, ErrorCode::Forbidden, "no".into());
         assert!(!subs.contains(&channel));
         drop(subs);

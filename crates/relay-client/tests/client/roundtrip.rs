@@ -146,3 +146,40 @@ async fn read_markers_keep_a_user_s_devices_in_step() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_latest_subscription_starts_from_the_newest_and_restarts_from_it_after_a_reconnect() {
+    let mut server = Server::start().await;
+    let backend = server.client("backend").await;
+    for price in 1..=3 {
+        backend.publish("prices:eur", &price).await.unwrap();
+    }
+    let viewer = server.client("viewer").await;
+    let mut prices = viewer.subscribe_latest("prices:eur").await.unwrap();
+    let first = next_message(&mut prices).await;
+    assert_eq!(first.seq, Some(Seq(3)), "the current value first");
+    assert_eq!(first.payload.as_str(), "3");
+    let mut events = viewer.connection_events();
+    server.stop().await;
+    server.serve().await;
+    wait_for(&mut events, |e| {
+        matches!(e, relay_client::ConnectionEvent::Connected { .. })
+    })
+    .await;
+    let backend = server.client("backend2").await;
+    backend.publish("prices:eur", &4).await.unwrap();
+    // Restored without `since`: the newest again (seq 3 or 4, depending on the race with
+    // the publish), then 4; never a gap.
+    let mut last = 0;
+    while last < 4 {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), prices.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::Message(m) => last = m.seq.unwrap().0,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(last, 4);
+}
