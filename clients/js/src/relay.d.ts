@@ -98,10 +98,27 @@ export interface SubscribeOptions {
    * The last seq the application has seen on the channel: the server first replays every
    * stored message after it. When it cannot (further behind than it replays), the
    * subscription catches up over REST first (see {@link Subscription}); only messages the
-   * history no longer holds are reported, with a `gap` event.
+   * history no longer holds are reported, with a `gap` event. Not with `mode: "latest"`
+   * (refused with `"bad_request"`).
    */
   since?: number;
+  /**
+   * `"reliable"` (the default): every message, once each, in seq order. `"latest"`, for
+   * channels whose messages are states where only the newest matters (prices, cursors,
+   * dashboards): the subscription starts with the channel's newest stored message, and the
+   * server keeps at most one message waiting for it, so a slow reader skips older ones.
+   * Seqs increase with holes; no `gap` is raised for them and nothing is caught up over
+   * REST. After a reconnect it starts from the newest message again (no `since`, no
+   * `recovered`); a repeat of the last message delivered is dropped.
+   *
+   * @example
+   * const prices = await client.subscribe("prices:eur", { mode: "latest" });
+   * prices.on("message", (m) => render(m.payload));
+   */
+  mode?: SubscribeMode;
 }
+
+export type SubscribeMode = "reliable" | "latest";
 
 /** Events of {@link RelayClient.on}. */
 export interface ClientEventMap {
@@ -298,9 +315,11 @@ export class RelayClient {
   /**
    * Subscribes to `channel`; resolves after the server's `subscribed`. The subscription is
    * restored after every reconnect from its {@link Subscription.lastSeq}; when the server
-   * cannot replay that far, it catches up over REST ({@link Subscription}). Rejects with the
-   * server's code (`"forbidden"`, …), `"bad_request"` when this client is already
-   * subscribed, `"disconnected"` when the connection dropped before the reply, `"timeout"`
+   * cannot replay that far, it catches up over REST ({@link Subscription}). With
+   * `{ mode: "latest" }` it is restored at the channel's newest message instead
+   * ({@link SubscribeOptions.mode}). Rejects with the server's code (`"forbidden"`, …),
+   * `"bad_request"` when this client is already subscribed or the options are invalid
+   * (an unknown `mode`, `since` with `"latest"`), `"disconnected"` when the connection dropped before the reply, `"timeout"`
    * when no reply came within `requestTimeout`. A subscribe that timed out may still take
    * effect on the server: the client undoes it when its late `subscribed` arrives, or, when
    * the channel is subscribed again first, sends `unsubscribe` before the new `subscribe`,
@@ -379,7 +398,8 @@ export class RelayClient {
 /**
  * A subscription to one channel. Events go to handlers (synchronously, never buffered) and
  * to its async iterator (through a buffer of at most `bufferSize` events: when it is full,
- * the oldest messages are dropped and the iterator gets a `gap` naming the persistent ones).
+ * the oldest messages are dropped and the iterator gets a `gap` naming the persistent ones;
+ * in `latest` mode every older message is dropped instead, with no `gap`).
  *
  * **Catch-up.** When the server cannot replay what the subscription missed (`subscribed`
  * with `recovered: false`: more than its `max_recovery` messages, or a replay too large),
@@ -401,10 +421,13 @@ export class Subscription implements AsyncIterable<SubscriptionEvent> {
   private constructor();
 
   readonly channel: string;
+  /** The mode it was subscribed with ({@link SubscribeOptions.mode}). */
+  readonly mode: SubscribeMode;
   /**
    * The cursor: the highest persistent seq delivered, or where the subscription started
    * (its `since`, or the channel's seq at `subscribed`). Store it to resume later with
-   * `subscribe(channel, { since: lastSeq })`.
+   * `subscribe(channel, { since: lastSeq })`. In `latest` mode: the seq of the last message
+   * delivered, or null before the first.
    */
   readonly lastSeq: number | null;
 

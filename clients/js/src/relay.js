@@ -11,6 +11,9 @@
 // - A subscription further behind than the server replays catches up over REST, page by
 //   page, then subscribes again from where it got to; only history the server no longer
 //   holds is reported, with a `gap` event.
+// - A subscription in `latest` mode (for state: prices, cursors) starts from the channel's
+//   newest message and, after a reconnect, from the newest again, never with `since`. Its
+//   seqs have holes by design: no `gap`, no catch-up; only a repeat is dropped.
 // - Every persistent publish carries an idempotency key and is sent again, with that key,
 //   after a reconnect that lost its ack: it is stored once. It ends with its ack, the
 //   server's error, "timeout" (never sent) or "unconfirmed" (sent, no ack in time).
@@ -22,6 +25,7 @@
 const CLIENT_EVENTS = ["connected", "disconnected", "closed", "transport"];
 const SUBSCRIPTION_EVENTS = ["message", "join", "leave", "signal", "read", "recovered", "gap", "ended"];
 const TRANSPORTS = ["auto", "websocket", "sse"];
+const SUBSCRIBE_MODES = ["reliable", "latest"];
 
 /** Requests (queued while disconnected, or sent and unanswered) allowed at once. */
 const MAX_OUTSTANDING = 1000;
@@ -147,11 +151,13 @@ export class RelayClient {
     if (this.#connection.close()) this.#shutdown(new RelayError("closed", "the client was closed"));
   }
 
-  subscribe(channel, { since } = {}) {
+  subscribe(channel, { since, mode = "reliable" } = {}) {
+    const refusal = subscribeRefusal(since, mode);
+    if (refusal !== null) return Promise.reject(refusal);
     if (this.#routes.has(channel)) {
       return Promise.reject(new RelayError("bad_request", `already subscribed to ${channel}`));
     }
-    const route = new Route(channel, since ?? null, this.#settings.bufferSize, this.#env, () =>
+    const route = new Route(channel, since ?? null, mode, this.#settings.bufferSize, this.#env, () =>
       this.#unsubscribe(route),
     );
     return this.#issue("subscribe", (request) => {
@@ -159,7 +165,7 @@ export class RelayClient {
       request.since = since ?? null;
       route.awaiting = request.id;
       this.#routes.set(channel, route);
-      return this.#subscribeFrames(request.id, channel, request.since);
+      return this.#subscribeFrames(request.id, route, request.since);
     });
   }
 
@@ -423,8 +429,9 @@ export class RelayClient {
    * the late one, matches nothing pending. (Adopting the late reply for the new subscribe
    * instead would have to reconcile two `since` values and two timers.)
    */
-  #subscribeFrames(id, channel, since) {
-    const frames = [subscribeFrame(id, channel, since)];
+  #subscribeFrames(id, route, since) {
+    const { channel } = route;
+    const frames = [subscribeFrame(id, channel, since, route.mode)];
     if (this.#forgetAbandoned(channel)) frames.unshift({ type: "unsubscribe", id: this.#nextId++, channel });
     return frames;
   }
@@ -446,15 +453,15 @@ export class RelayClient {
     return found;
   }
 
-  /** The subscribe frames that bring `route` back from its cursor. */
+  /** The subscribe frames that bring `route` back: from its cursor, or at the newest message. */
   #restoreFrames(route) {
     route.cancelRetry();
     const id = this.#nextId++;
     route.awaiting = id;
-    const restore = { kind: "restore", route, since: route.cursor, timer: null };
+    const restore = { kind: "restore", route, since: route.restoreSince, timer: null };
     restore.timer = this.#env.setTimeout(() => this.#restoreExpired(id, restore), this.#settings.requestTimeout);
     this.#pending.set(id, restore);
-    return this.#subscribeFrames(id, route.channel, route.cursor);
+    return this.#subscribeFrames(id, route, restore.since);
   }
 
   /** Refusals that will not change end the subscription; passing ones are retried. */
@@ -629,8 +636,26 @@ function messageEventOf(frame) {
   };
 }
 
-function subscribeFrame(id, channel, since) {
-  return since === null ? { type: "subscribe", id, channel } : { type: "subscribe", id, channel, since };
+/**
+ * Why `subscribe` refuses its options, or null. The server refuses `since` with `latest`
+ * too; refusing it here names the mistake before anything is sent.
+ */
+function subscribeRefusal(since, mode) {
+  if (!SUBSCRIBE_MODES.includes(mode)) {
+    return new RelayError("bad_request", `mode must be one of ${SUBSCRIBE_MODES.join(", ")}, got ${mode}`);
+  }
+  if (mode === "latest" && since != null) {
+    return new RelayError("bad_request", "since does not apply to a latest subscription, which starts at the newest message");
+  }
+  return null;
+}
+
+/** A reliable subscribe carries no `mode` (the default), so older servers accept it. */
+function subscribeFrame(id, channel, since, mode) {
+  const frame = { type: "subscribe", id, channel };
+  if (since !== null) frame.since = since;
+  if (mode === "latest") frame.mode = mode;
+  return frame;
 }
 
 /** A request of the application, waiting to be sent or answered. */
@@ -665,6 +690,11 @@ export class Subscription {
 
   get channel() {
     return this.#route.channel;
+  }
+
+  /** "reliable" | "latest" */
+  get mode() {
+    return this.#route.mode;
   }
 
   /** The cursor: the highest persistent seq handed to the application, or the start point. */
@@ -703,10 +733,15 @@ export class Subscription {
 class Route {
   #env;
 
-  constructor(channel, since, bufferSize, env, unsubscribe) {
+  constructor(channel, since, mode, bufferSize, env, unsubscribe) {
     this.#env = env;
     this.channel = channel;
-    /** The last persistent seq handed over, or the start point; restores send it as `since`. */
+    /** "reliable", or "latest": restored without `since`, its seqs have holes by design. */
+    this.mode = mode;
+    /**
+     * The last persistent seq handed over, or the start point; restores of a reliable
+     * subscription send it as `since`. Messages at or below it are repeats and dropped.
+     */
     this.cursor = since;
     /**
      * The id of the subscribe whose `subscribed` this subscription waits for. Until it
@@ -721,7 +756,7 @@ class Route {
     this.catchUp = null;
     this.unsubscribe = unsubscribe;
     this.listeners = new Listeners(SUBSCRIPTION_EVENTS);
-    this.queue = new EventQueue(bufferSize);
+    this.queue = new EventQueue(bufferSize, mode);
     this.subscription = new Subscription(this);
     this.ended = false;
     /** The notice of the first `subscribed`, held back for handlers not attached yet. */
@@ -729,12 +764,20 @@ class Route {
     this.heldTimer = null;
   }
 
+  /** What a restore sends as `since`: the cursor, except for a latest subscription. */
+  get restoreSince() {
+    return this.mode === "latest" ? null : this.cursor;
+  }
+
   /** Applies a `subscribed` answering a subscribe sent with `since`; returns the notice due. */
   confirm(since, frame, restoring) {
     this.awaiting = null;
     this.confirmed = true;
     const recovered = frame.recovered === true;
-    if (!recovered) this.cursor = frame.seq;
+    // A latest subscription's first message is the newest at or below the seq of
+    // `subscribed`: its cursor stays at the last message delivered, so that only a repeat
+    // of that one is dropped.
+    if (!recovered && this.mode === "reliable") this.cursor = frame.seq;
     if (since === null) return null;
     if (recovered) return restoring ? { type: "recovered", since } : null;
     return { type: "gap", since, resumedAt: frame.seq };
@@ -931,10 +974,13 @@ class CatchUp {
  * The events of one subscription waiting for its async iterator, at most `capacity` of
  * them. When it is full, the oldest message is dropped (other events only when it holds no
  * message). The persistent messages dropped are reported to the iterator as one `gap`
- * before anything else, so that it can reload them over REST. Handlers never wait on it.
+ * before anything else, so that it can reload them over REST. A latest subscription's
+ * buffer instead drops every older message (a newer state replaces them) and reports
+ * nothing. Handlers never wait on it.
  */
 class EventQueue {
   #capacity;
+  #mode;
   #events = [];
   #waiting = [];
   #dropped = null;
@@ -944,8 +990,9 @@ class EventQueue {
   /** Whoever waits for room (a catch-up). */
   #roomWaiting = [];
 
-  constructor(capacity) {
+  constructor(capacity, mode) {
     this.#capacity = capacity;
+    this.#mode = mode;
   }
 
   /**
@@ -972,7 +1019,10 @@ class EventQueue {
       waiter({ value: event, done: false });
       return;
     }
-    if (this.#events.length >= this.#capacity) this.#dropOldest();
+    if (this.#events.length >= this.#capacity) {
+      if (this.#mode === "latest") this.#dropStale(event);
+      else this.#dropOldest();
+    }
     this.#events.push(event);
   }
 
@@ -1009,6 +1059,22 @@ class EventQueue {
     // Buffered messages are in seq order and leave from the front, so the dropped ones
     // form one range.
     this.#dropped = { since: this.#dropped?.since ?? event.seq - 1, resumedAt: event.seq };
+  }
+
+  /**
+   * Makes room for `incoming` in a latest subscription's buffer: its older messages are
+   * stale states. They all go when `incoming` is a message; otherwise all but the newest,
+   * which is the current state. Only when that frees nothing does the oldest other event go.
+   */
+  #dropStale(incoming) {
+    const current = incoming.type === "message" ? null : this.#events.findLast((event) => event.type === "message");
+    const kept = this.#events.filter((event) => event.type !== "message" || event === current);
+    if (kept.length < this.#events.length) {
+      this.#events = kept;
+      return;
+    }
+    const oldest = this.#events.findIndex((event) => event !== current);
+    this.#events.splice(Math.max(0, oldest), 1);
   }
 }
 
