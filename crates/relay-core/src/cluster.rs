@@ -31,6 +31,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use relay_proto::{ChannelName, EncodedFrame, Seq, ServerFrame, UserId};
@@ -66,6 +67,13 @@ pub trait Backplane: Send + Sync + 'static {
     /// it cannot send it now. The default sends it like any event.
     fn evict(&self, channel: &ChannelName, event: &str) {
         self.send(channel, event);
+    }
+
+    /// Whether this transport carries this node's commits ([`committed`](Self::committed)).
+    /// False by default (the store announces them): the hub then encodes nothing for it on
+    /// the publish path.
+    fn carries_commits(&self) -> bool {
+        false
     }
 
     /// This node committed `channel`'s message `seq`; `event` carries it whole (or, when it
@@ -422,11 +430,7 @@ impl Hub {
     /// Notifications from other nodes may have been lost: every channel with local
     /// subscribers catches up from the store (see [`catch_up`](Self::catch_up)).
     pub fn resync(&self) {
-        let channels = self.served_channels();
-        for channel in &channels {
-            self.schedule_tail_check(channel, Duration::ZERO);
-        }
-        self.catch_up_all(channels);
+        self.catch_up_all(self.served_channels());
     }
 
     /// Hands an ephemeral `message` frame to the backplane, if there is one. Refused with
@@ -445,7 +449,7 @@ impl Hub {
     /// Hands a message this node committed to the backplane, whole when it fits the
     /// transport and as a pointer otherwise. Nothing on a single node.
     pub(crate) fn forward_commit(&self, message: &StoredMessage, frame: &EncodedFrame) {
-        let Some(backplane) = &self.inner.backplane else {
+        let Some(backplane) = self.commit_carrier() else {
             return;
         };
         let mut event = encode_committed(frame);
@@ -459,7 +463,7 @@ impl Hub {
     /// failed or was abandoned): after `delay`, the store's latest seq is announced to the
     /// other nodes as a pointer. Nothing on a single node.
     pub(crate) fn announce_tail_after(&self, channel: &ChannelName, delay: Duration) {
-        if self.inner.backplane.is_none() {
+        if self.commit_carrier().is_none() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -478,6 +482,14 @@ impl Hub {
                 backplane.committed(&channel, seq, &commit_pointer(&channel, seq));
             }
         });
+    }
+
+    /// The backplane, when it carries this node's commits.
+    pub(crate) fn commit_carrier(&self) -> Option<&Arc<dyn Backplane>> {
+        self.inner
+            .backplane
+            .as_ref()
+            .filter(|backplane| backplane.carries_commits())
     }
 
     /// Tells the backplane that this node may have started or stopped serving `channel`.

@@ -228,7 +228,7 @@ impl Hub {
         let appended = self.inner.store.append(message).await?;
         if let Appended::New(stored) = &appended {
             let local = self.inner.channels.contains_key(&stored.channel);
-            if local || self.inner.backplane.is_some() {
+            if local || self.commit_carrier().is_some() {
                 // Encoded once, for the local subscribers and the other nodes alike.
                 let frame = stored.to_frame().encode();
                 self.forward_commit(stored, &frame);

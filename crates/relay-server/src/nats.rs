@@ -381,6 +381,8 @@ async fn connect(
     events: mpsc::Sender<async_nats::Event>,
     connected: tokio::sync::watch::Sender<bool>,
 ) -> Result<async_nats::Client, NatsError> {
+    // The same checks as the configuration's, for embedders who built the options by hand.
+    options.validate().map_err(NatsError::Options)?;
     let mut connect = async_nats::ConnectOptions::new()
         .name(format!("relay {node_id}"))
         .no_echo()
@@ -413,30 +415,14 @@ async fn connect(
     if let Some(token) = &options.token {
         connect = connect.token(token.clone());
     }
-    match (&options.user, &options.password) {
-        (Some(user), Some(password)) => {
-            connect = connect.user_and_password(user.clone(), password.clone());
-        }
-        (None, None) => {}
-        _ => {
-            return Err(NatsError::Options(
-                "nats_user and nats_password go together".into(),
-            ));
-        }
+    if let (Some(user), Some(password)) = (&options.user, &options.password) {
+        connect = connect.user_and_password(user.clone(), password.clone());
     }
     if let Some(ca) = &options.tls_ca {
         connect = connect.add_root_certificates(ca.clone());
     }
-    match (&options.tls_cert, &options.tls_key) {
-        (Some(cert), Some(key)) => {
-            connect = connect.add_client_certificate(cert.clone(), key.clone());
-        }
-        (None, None) => {}
-        _ => {
-            return Err(NatsError::Options(
-                "nats_tls_cert and nats_tls_key go together".into(),
-            ));
-        }
+    if let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) {
+        connect = connect.add_client_certificate(cert.clone(), key.clone());
     }
     if options.tls_required {
         connect = connect.require_tls(true);
@@ -677,6 +663,10 @@ impl Backplane for NatsBackplane {
 
     fn send(&self, channel: &ChannelName, event: &str) {
         self.shared.enqueue(channel, event, None);
+    }
+
+    fn carries_commits(&self) -> bool {
+        true
     }
 
     fn committed(&self, channel: &ChannelName, seq: Seq, event: &str) {

@@ -100,6 +100,9 @@ impl Backplane for Recorder {
     fn send(&self, _channel: &relay_proto::ChannelName, event: &str) {
         self.sent.lock().push(event.to_owned());
     }
+    fn carries_commits(&self) -> bool {
+        true
+    }
     fn committed(&self, channel: &relay_proto::ChannelName, seq: Seq, event: &str) {
         self.committed
             .lock()

@@ -137,7 +137,8 @@ pub async fn await_routed(node: &Node, channels: u64) {
     }
 }
 
-/// Runs each named suite function on both backplanes.
+/// Runs each named suite function on both backplanes: `postgres::name` and `nats::name`,
+/// each calling `super::name(Backplane::…)` (the calling module imports `Backplane`).
 macro_rules! on_both_backplanes {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -163,6 +164,7 @@ macro_rules! on_both_backplanes {
         }
     };
 }
+pub(crate) use on_both_backplanes;
 
 on_both_backplanes!(
     persistent_messages_reach_subscribers_on_every_node_once_in_order,

@@ -12,7 +12,7 @@ use relay_server::testing::NatsServer;
 use relay_store::testing::TestDatabase;
 use serde_json::json;
 
-use crate::cluster::Backplane;
+use crate::cluster::{Backplane, on_both_backplanes};
 use crate::support::*;
 
 /// (`echo = false`: a publisher's next frame is its ack.)
@@ -70,33 +70,6 @@ impl Drop for Processes {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
     }
-}
-
-/// Runs each named suite function on both backplanes.
-macro_rules! on_both_backplanes {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                #[cfg_attr(not(pg_tests), ignore = "Postgres tests need DATABASE_URL")]
-                async fn $test() {
-                    super::$test(super::Backplane::Postgres).await;
-                }
-            )*
-        }
-        mod nats {
-            $(
-                #[tokio::test]
-                #[cfg_attr(
-                    not(all(pg_tests, nats_tests)),
-                    ignore = "NATS cluster tests need DATABASE_URL and a nats-server binary"
-                )]
-                async fn $test() {
-                    super::$test(super::Backplane::Nats).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backplanes!(
