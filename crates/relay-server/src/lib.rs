@@ -3,7 +3,9 @@
 //!
 //! The binary `relay-server` is a thin `main.rs` over this library. Embedders build the same
 //! service themselves: [`App`] handles any `http::Request` (mount it in hyper, axum, …), and
-//! [`Relay`] binds, serves and shuts down gracefully.
+//! [`Relay`] binds, serves and shuts down gracefully. A cluster node builds its hub through
+//! [`ClusterNode::join`] (nodes sharing Postgres, `LISTEN`/`NOTIFY`) or [`NatsNode::join`]
+//! (nodes fanning out over NATS, each receiving only the channels it serves).
 //!
 //! ```no_run
 //! use std::sync::Arc;
