@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use relay_proto::{
-    ChannelName, ClientFrame, IdempotencyKey, MessageId, Payload, Seq, ServerFrame, SubscribeMode,
-    UserId,
+    ChannelName, ClientFrame, DELETE_EVENT, EDIT_EVENT, IdempotencyKey, MessageId, Payload, Seq,
+    ServerFrame, SubscribeMode, UserId,
 };
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -380,8 +380,52 @@ impl Client {
         key: Option<IdempotencyKey>,
         payload: &T,
     ) -> Result<Ack, ClientError> {
-        let channel = channel_name(channel)?;
         let payload = Payload::from_value(payload)?;
+        self.publish_frame(channel, event, ephemeral, key, payload, None)
+            .await
+    }
+
+    /// Edits message `seq` of `channel`: `payload` replaces its payload in the current view
+    /// of the history, and subscribers get an `event: "edit"` message with `reference`
+    /// `seq`. Allowed to the message's sender, an owner or admin of the channel, and
+    /// services. Exactly once, like [`publish`](Self::publish); resolves with the edit's own
+    /// seq.
+    pub async fn edit<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        seq: Seq,
+        payload: &T,
+    ) -> Result<Ack, ClientError> {
+        let payload = Payload::from_value(payload)?;
+        self.publish_frame(channel, Some(EDIT_EVENT), false, None, payload, Some(seq))
+            .await
+    }
+
+    /// Deletes message `seq` of `channel`: the server replaces the stored payloads of the
+    /// message and of its edits with `null`, and subscribers get an `event: "delete"`
+    /// message with `reference` `seq`. Allowed like [`edit`](Self::edit); exactly once.
+    pub async fn delete(&self, channel: &str, seq: Seq) -> Result<Ack, ClientError> {
+        self.publish_frame(
+            channel,
+            Some(DELETE_EVENT),
+            false,
+            None,
+            Payload::null(),
+            Some(seq),
+        )
+        .await
+    }
+
+    async fn publish_frame(
+        &self,
+        channel: &str,
+        event: Option<&str>,
+        ephemeral: bool,
+        key: Option<IdempotencyKey>,
+        payload: Payload,
+        reference: Option<Seq>,
+    ) -> Result<Ack, ClientError> {
+        let channel = channel_name(channel)?;
         let event = event.map(str::to_owned);
         let reply = if ephemeral {
             self.request(|id| ClientFrame::Publish {
@@ -391,6 +435,7 @@ impl Client {
                 event,
                 ephemeral,
                 idempotency_key: None,
+                reference,
             })
             .await?
         } else {
@@ -403,6 +448,7 @@ impl Client {
                 event,
                 ephemeral,
                 idempotency_key: Some(key.clone()),
+                reference,
             };
             let sent = Arc::new(AtomicBool::new(false));
             let (reply, answer) = oneshot::channel();

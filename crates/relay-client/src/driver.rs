@@ -489,6 +489,7 @@ impl Driver {
                 event,
                 payload,
                 ts,
+                reference,
             } => self.subs.on_message(Message {
                 channel,
                 id,
@@ -497,6 +498,7 @@ impl Driver {
                 event,
                 payload,
                 ts,
+                reference,
             }),
             ServerFrame::Join { channel, user } => self.subs.on_event(&channel, Event::Join(user)),
             ServerFrame::Leave { channel, user } => {

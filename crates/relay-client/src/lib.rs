@@ -61,5 +61,5 @@ mod subscription;
 pub use client::{Ack, Client, ClientBuilder, ConnectionEvent, TokenProvider};
 pub use error::{BoxError, ClientError};
 pub use relay_proto as proto;
-pub use rest::{ChannelInfo, HistoryPage, MemberInfo, RestClient};
+pub use rest::{ChannelInfo, CurrentMessage, HistoryPage, MemberInfo, RestClient};
 pub use subscription::{Event, Message, Subscription};

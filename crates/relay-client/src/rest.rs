@@ -52,6 +52,34 @@ struct MessageJson {
     event: Option<String>,
     payload: Payload,
     ts: Timestamp,
+    #[serde(rename = "ref", default)]
+    reference: Option<Seq>,
+    #[serde(default)]
+    edited: Option<Seq>,
+    #[serde(default)]
+    deleted: Option<Seq>,
+}
+
+/// A message as it reads now ([`RestClient::history_current`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentMessage {
+    /// The message, carrying the payload of its latest edit (`null` once deleted).
+    pub message: Message,
+    /// The seq of the edit whose payload it carries, if it was edited.
+    pub edited: Option<Seq>,
+    /// The seq of its delete, if it was deleted.
+    pub deleted: Option<Seq>,
+}
+
+impl From<MessageJson> for CurrentMessage {
+    fn from(m: MessageJson) -> Self {
+        let (edited, deleted) = (m.edited, m.deleted);
+        Self {
+            message: m.into(),
+            edited,
+            deleted,
+        }
+    }
 }
 
 impl From<MessageJson> for Message {
@@ -64,6 +92,7 @@ impl From<MessageJson> for Message {
             event: m.event,
             payload: m.payload,
             ts: m.ts,
+            reference: m.reference,
         }
     }
 }
@@ -167,23 +196,77 @@ impl RestClient {
         format!("{}{path}", self.base)
     }
 
-    /// A page of a channel's history, ascending by seq.
+    /// A page of a channel's history, ascending by seq: the raw log, edits and deletes
+    /// included as messages of their own.
     pub async fn history(
         &self,
         channel: &str,
         page: HistoryPage,
     ) -> Result<Vec<Message>, ClientError> {
+        let page = self.history_page(channel, page, "log").await?;
+        Ok(page.into_iter().map(Message::from).collect())
+    }
+
+    /// A page of a channel's history as it reads now (`?view=current`): edits and deletes
+    /// left out (the page counts the other messages only) and applied, each message with
+    /// the payload of its latest edit, deleted ones with `null`.
+    pub async fn history_current(
+        &self,
+        channel: &str,
+        page: HistoryPage,
+    ) -> Result<Vec<CurrentMessage>, ClientError> {
+        let page = self.history_page(channel, page, "current").await?;
+        Ok(page.into_iter().map(CurrentMessage::from).collect())
+    }
+
+    async fn history_page(
+        &self,
+        channel: &str,
+        page: HistoryPage,
+        view: &str,
+    ) -> Result<Vec<MessageJson>, ClientError> {
         #[derive(Deserialize)]
         struct Page {
             messages: Vec<MessageJson>,
         }
-        let mut query: Vec<(&str, String)> = Vec::new();
+        let mut query: Vec<(&str, String)> = vec![("view", view.to_owned())];
         query.extend(page.after.map(|s| ("after", s.0.to_string())));
         query.extend(page.before.map(|s| ("before", s.0.to_string())));
         query.extend(page.limit.map(|l| ("limit", l.to_string())));
         let url = self.url(&format!("/api/channels/{}/messages", path_segment(channel)));
         let page: Page = self.send(self.http.get(url).query(&query)).await?;
-        Ok(page.messages.into_iter().map(Message::from).collect())
+        Ok(page.messages)
+    }
+
+    /// Edits message `seq` over HTTP (`PATCH …/messages/{seq}`); returns the stored edit.
+    pub async fn edit_message<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        seq: Seq,
+        payload: &T,
+    ) -> Result<Message, ClientError> {
+        let body = serde_json::json!({ "payload": payload });
+        let url = self.url(&format!(
+            "/api/channels/{}/messages/{seq}",
+            path_segment(channel)
+        ));
+        Ok(self
+            .send::<MessageJson>(self.http.patch(url).json(&body))
+            .await?
+            .into())
+    }
+
+    /// Deletes message `seq` over HTTP (`DELETE …/messages/{seq}`); returns the stored
+    /// delete event.
+    pub async fn delete_message(&self, channel: &str, seq: Seq) -> Result<Message, ClientError> {
+        let url = self.url(&format!(
+            "/api/channels/{}/messages/{seq}",
+            path_segment(channel)
+        ));
+        Ok(self
+            .send::<MessageJson>(self.http.delete(url))
+            .await?
+            .into())
     }
 
     /// Number of stored messages.

@@ -401,6 +401,7 @@ mod tests {
             event: None,
             payload: Payload::from_json("1").unwrap(),
             ts: Timestamp::from_unix_millis(0),
+            reference: None,
         }
     }
 

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use relay_proto::{ChannelName, MessageId, Payload, Seq, Timestamp, UserId};
+use relay_proto::{ChannelName, MessageId, Payload, Revision, Seq, Timestamp, UserId};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
@@ -27,9 +27,18 @@ pub struct Message {
     pub payload: Payload,
     /// Server time of the publish.
     pub ts: Timestamp,
+    /// For an `edit` or `delete` event: the seq of the message it changes.
+    pub reference: Option<Seq>,
 }
 
 impl Message {
+    /// What this message does to the one its [`reference`](Self::reference) names: `Edit`
+    /// (its payload replaces that message's) or `Delete`; `None` for any other message.
+    pub fn revision(&self) -> Option<Revision> {
+        self.reference
+            .and(Revision::of_event(self.event.as_deref()))
+    }
+
     /// Deserializes the payload into `T`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.payload.as_str())

@@ -73,6 +73,7 @@ fn frames(c: &mut Criterion) {
         event: None,
         payload: Payload::from_json(r#"{"t":1763719200123456,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#).unwrap(),
         ts: Timestamp::now(),
+        reference: None,
     };
     group.bench_function("encode_message", |b| {
         b.iter(|| std::hint::black_box(&message).encode())

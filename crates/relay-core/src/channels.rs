@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 
 use relay_proto::{ChannelName, MemberRole, Payload, UserId};
 use relay_store::{
-    ChannelRecord, Created, HistoryQuery, Member, NewChannel, Removal, RoleChange, StoredMessage,
+    ChannelRecord, Created, CurrentMessage, HistoryQuery, Member, NewChannel, Removal, RoleChange,
+    StoredMessage,
 };
 
 use crate::error::HubError;
@@ -412,6 +413,24 @@ impl Hub {
         }
         self.authorize(who, name, Action::Subscribe).await?;
         Ok(self.store().history(name, query).await?)
+    }
+
+    /// The channel's messages as they read now (REST `?view=current`), for a caller with the
+    /// subscribe right: edits and deletes applied and left out; see
+    /// [`Store::history_current`](relay_store::Store::history_current).
+    pub async fn history_current(
+        &self,
+        who: &Identity,
+        name: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<Vec<CurrentMessage>, HubError> {
+        if query.limit == 0 || query.limit > MAX_PAGE {
+            return Err(HubError::BadRequest(format!(
+                "`limit` must be 1..={MAX_PAGE}"
+            )));
+        }
+        self.authorize(who, name, Action::Subscribe).await?;
+        Ok(self.store().history_current(name, query).await?)
     }
 
     /// How many messages a channel stores, for a caller with the subscribe right.

@@ -235,6 +235,7 @@ fn decode(event: &str) -> Option<RemoteEvent> {
             event,
             payload,
             ts,
+            reference,
         } = frame
         else {
             return None;
@@ -247,6 +248,7 @@ fn decode(event: &str) -> Option<RemoteEvent> {
             event,
             payload,
             ts,
+            reference,
         })));
     }
     match (kind, &frame) {
@@ -751,6 +753,7 @@ mod tests {
             event: Some("typing".into()),
             payload: Payload::from_json("{}").unwrap(),
             ts: Timestamp::now(),
+            reference: None,
         }
         .encode();
         assert_eq!(

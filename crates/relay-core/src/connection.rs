@@ -255,6 +255,7 @@ impl Connection {
                 event,
                 ephemeral,
                 idempotency_key,
+                reference,
             } => {
                 let publish = Publish {
                     channel,
@@ -263,6 +264,7 @@ impl Connection {
                     ephemeral,
                     from: Some(self.identity.user.clone()),
                     idempotency_key,
+                    reference,
                 };
                 self.publish(id, publish).await
             }
@@ -520,7 +522,10 @@ impl Connection {
         self.hub
             .authorize(&self.identity, &publish.channel, Action::Publish)
             .await?;
-        let published = self.hub.publish_from(publish, Some(self.id)).await?;
+        let published = self
+            .hub
+            .publish_from(publish, Some(self.id), Some(&self.identity))
+            .await?;
         self.send(&ServerFrame::Ack {
             id,
             channel: published.channel,

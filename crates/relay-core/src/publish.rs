@@ -5,10 +5,10 @@
 //! reference to the same bytes, under one channel shard lock and never across an `.await`.
 
 use relay_proto::{
-    ChannelName, EncodedFrame, IdempotencyKey, MessageId, Payload, Seq, ServerFrame, Timestamp,
-    UserId,
+    ChannelName, DELETE_EVENT, EDIT_EVENT, EncodedFrame, IdempotencyKey, MemberRole, MessageId,
+    Payload, Revision, Seq, ServerFrame, Timestamp, UserId,
 };
-use relay_store::{Appended, NewMessage, StoredMessage};
+use relay_store::{Appended, HistoryQuery, NewMessage, StoredMessage};
 
 use crate::error::HubError;
 use crate::hub::{Action, Hub};
@@ -33,6 +33,9 @@ pub struct Publish {
     /// channel within the store's window stores nothing and gets the first one's
     /// [`Published`]. Ignored for ephemeral publishes.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// With the event `"edit"` or `"delete"`: the seq of the message it edits or deletes
+    /// (see [`Publish::edit`] and [`Publish::delete`]).
+    pub reference: Option<Seq>,
 }
 
 impl Publish {
@@ -45,7 +48,35 @@ impl Publish {
             ephemeral: false,
             from: None,
             idempotency_key: None,
+            reference: None,
         }
+    }
+
+    /// An edit of message `seq`: `payload` replaces its payload in the current view of the
+    /// history, and subscribers get it as a message with `event: "edit"` and `ref: seq`.
+    pub fn edit(channel: ChannelName, seq: Seq, payload: Payload) -> Self {
+        Self {
+            event: Some(EDIT_EVENT.to_owned()),
+            reference: Some(seq),
+            ..Self::new(channel, payload)
+        }
+    }
+
+    /// A delete of message `seq`: the stored payloads of that message and of its edits are
+    /// replaced with `null`, and subscribers get a message with `event: "delete"` and
+    /// `ref: seq` (payload `null`).
+    pub fn delete(channel: ChannelName, seq: Seq) -> Self {
+        Self {
+            event: Some(DELETE_EVENT.to_owned()),
+            reference: Some(seq),
+            ..Self::new(channel, Payload::null())
+        }
+    }
+
+    /// Sets the user it is published as.
+    pub fn from(mut self, user: UserId) -> Self {
+        self.from = Some(user);
+        self
     }
 
     /// Sets the event name.
@@ -79,7 +110,9 @@ pub struct Published {
 
 impl Hub {
     /// Publishes as `identity` (REST `POST …/messages`): the publish right is checked as for
-    /// a client frame, and the message is `from` the identity's user.
+    /// a client frame, and the message is `from` the identity's user. An edit or delete also
+    /// needs the right to change the message: its sender, an `owner` or `admin` of the
+    /// channel's record, or a service.
     pub async fn publish_as(
         &self,
         identity: &Identity,
@@ -91,7 +124,7 @@ impl Hub {
             from: Some(identity.user.clone()),
             ..publish
         };
-        self.publish(publish).await
+        self.publish_from(publish, None, Some(identity)).await
     }
 
     /// The server-side publish API (`POST /api/publish`): only service identities may use
@@ -111,15 +144,18 @@ impl Hub {
 
     /// Publishes from trusted code: no authorization, but the namespace's size limit and
     /// persistence rules apply. Resolves once the message is stored (persistent) and handed to
-    /// every local subscriber.
+    /// every local subscriber. An edit or delete may change any message, but the message must
+    /// exist (not trimmed) and not be deleted.
     pub async fn publish(&self, publish: Publish) -> Result<Published, HubError> {
-        self.publish_from(publish, None).await
+        self.publish_from(publish, None, None).await
     }
 
+    /// `by`: who asks, for the right to edit or delete a message; `None` for trusted code.
     pub(crate) async fn publish_from(
         &self,
         publish: Publish,
         origin: Option<ConnId>,
+        by: Option<&Identity>,
     ) -> Result<Published, HubError> {
         let Publish {
             channel,
@@ -128,7 +164,10 @@ impl Hub {
             ephemeral,
             from,
             idempotency_key,
+            reference,
         } = publish;
+        let revision = Revision::check(event.as_deref(), reference, ephemeral)
+            .map_err(|(field, why)| HubError::BadRequest(format!("{field}: {why}")))?;
         let policy = self.policy(&channel);
         if payload.len() > policy.max_payload_bytes {
             return Err(HubError::TooLarge {
@@ -147,10 +186,22 @@ impl Hub {
             }
             _ => ephemeral,
         };
+        if let (Some(revision), Some(target)) = (revision, reference) {
+            if ephemeral {
+                return Err(HubError::forbidden(
+                    &channel,
+                    "messages are not stored (so never edited or deleted)",
+                ));
+            }
+            let keyed = idempotency_key.is_some();
+            self.check_revision(&channel, target, revision, keyed, by)
+                .await?;
+        }
         let message = NewMessage {
             from,
             event,
             idempotency_key: idempotency_key.filter(|_| !ephemeral),
+            reference,
             ..NewMessage::new(channel, payload)
         };
         if ephemeral {
@@ -174,6 +225,7 @@ impl Hub {
                 event: message.event,
                 payload: message.payload,
                 ts: message.ts,
+                reference: None,
             }
             .encode();
             self.forward_ephemeral(&channel, &frame)?;
@@ -207,6 +259,66 @@ impl Hub {
             tracing::warn!(%channel, error = %e, "trimming history failed");
         }
         Ok(published)
+    }
+
+    /// Checks that message `target` of `channel` can be revised, and by `by` (`None`: trusted
+    /// code): it must be stored (not trimmed), not an edit or delete itself, and not deleted;
+    /// a user must be its sender, or an `owner` or `admin` of the channel's record. A keyed
+    /// delete of a deleted message goes on to the store, which answers a retry with the
+    /// first one's ack (any other is stored and changes nothing).
+    async fn check_revision(
+        &self,
+        channel: &ChannelName,
+        target: Seq,
+        revision: Revision,
+        keyed: bool,
+        by: Option<&Identity>,
+    ) -> Result<(), HubError> {
+        let verb = match revision {
+            Revision::Edit => "edit",
+            Revision::Delete => "delete",
+        };
+        let query = HistoryQuery {
+            after: Some(Seq(target.0.saturating_sub(1))),
+            before: Some(target.next()),
+            limit: 1,
+        };
+        let Some(current) = self
+            .inner
+            .store
+            .history_current(channel, query)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Err(HubError::NotFound(format!(
+                "no message {target} in {channel} to {verb} (never stored, trimmed, or itself an edit or delete)"
+            )));
+        };
+        if let Some(deleted) = current.deleted
+            && !(keyed && revision == Revision::Delete)
+        {
+            return Err(HubError::Conflict(format!(
+                "message {target} in {channel} was deleted (by message {deleted})"
+            )));
+        }
+        let Some(identity) = by.filter(|identity| !identity.is_service()) else {
+            return Ok(());
+        };
+        if current.message.from.as_ref() == Some(&identity.user) {
+            return Ok(());
+        }
+        match self
+            .inner
+            .store
+            .member_role(channel, &identity.user)
+            .await?
+        {
+            Some(MemberRole::Owner | MemberRole::Admin) => Ok(()),
+            _ => Err(HubError::Forbidden(format!(
+                "only its sender, an owner or admin of {channel}, or a service may {verb} message {target}"
+            ))),
+        }
     }
 
     async fn commit_and_deliver(

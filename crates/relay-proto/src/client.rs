@@ -24,6 +24,54 @@ pub fn validate_event(event: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The event of a publish that edits the message its `ref` names.
+pub const EDIT_EVENT: &str = "edit";
+/// The event of a publish that deletes the message its `ref` names.
+pub const DELETE_EVENT: &str = "delete";
+
+/// What a publish with a `ref` does to the message it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revision {
+    /// `event: "edit"`: its payload replaces the message's in the current view.
+    Edit,
+    /// `event: "delete"`: the message and its edits lose their stored payloads.
+    Delete,
+}
+
+impl Revision {
+    /// The revision an event names, if any (`"edit"` or `"delete"`).
+    pub fn of_event(event: Option<&str>) -> Option<Self> {
+        match event {
+            Some(EDIT_EVENT) => Some(Self::Edit),
+            Some(DELETE_EVENT) => Some(Self::Delete),
+            _ => None,
+        }
+    }
+
+    /// Checks the pairing rules of `event`, `ref` and `ephemeral` on a publish: `ref` goes
+    /// with the events `edit` and `delete` only, and they need it; a revision is never
+    /// ephemeral. Returns the revision, or which field is wrong and why.
+    pub fn check(
+        event: Option<&str>,
+        reference: Option<Seq>,
+        ephemeral: bool,
+    ) -> Result<Option<Self>, (&'static str, &'static str)> {
+        match (Self::of_event(event), reference) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(("ref", "only an \"edit\" or \"delete\" event has a ref")),
+            (Some(_), None) => Err((
+                "ref",
+                "the events \"edit\" and \"delete\" need the seq of the message they change",
+            )),
+            (Some(_), Some(Seq(0))) => Err(("ref", "seqs start at 1")),
+            (Some(_), Some(_)) if ephemeral => {
+                Err(("ephemeral", "an edit or delete is stored, never ephemeral"))
+            }
+            (Some(revision), Some(_)) => Ok(Some(revision)),
+        }
+    }
+}
+
 /// A frame from client to server. Every variant may carry a client-chosen `id` that the
 /// server echoes in each reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,6 +119,9 @@ pub enum ClientFrame {
         /// first one's ack and stores nothing (ignored for ephemeral publishes).
         #[serde(skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<IdempotencyKey>,
+        /// With `event` `"edit"` or `"delete"`: the seq of the message it edits or deletes.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Seq>,
     },
     /// Send a payload to every connection of one user subscribed to the channel.
     Signal {
@@ -159,6 +210,8 @@ struct WireClientFrame<'a> {
     idempotency_key: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     mode: Option<Cow<'a, str>>,
+    #[serde(rename = "ref", default)]
+    reference: Option<Seq>,
 }
 
 impl ClientFrame {
@@ -214,9 +267,20 @@ impl ClientFrame {
             },
             "publish" => Self::Publish {
                 channel: f.channel(channel)?,
-                payload: f.require("payload", wire.payload)?,
+                payload: match (wire.payload, Revision::of_event(event.as_deref())) {
+                    (Some(payload), _) => payload,
+                    // A delete needs no payload of its own.
+                    (None, Some(Revision::Delete)) => Payload::null(),
+                    (None, _) => f.require("payload", None)?,
+                },
+                ephemeral: {
+                    let ephemeral = wire.ephemeral.unwrap_or(false);
+                    Revision::check(event.as_deref(), wire.reference, ephemeral)
+                        .map_err(|(field, why)| f.invalid(field, why.to_owned()))?;
+                    ephemeral
+                },
                 event,
-                ephemeral: wire.ephemeral.unwrap_or(false),
+                reference: wire.reference,
                 idempotency_key: wire
                     .idempotency_key
                     .as_deref()
@@ -300,16 +364,86 @@ mod tests {
             ephemeral,
             event,
             idempotency_key,
+            reference,
         } = f
         else {
             panic!()
         };
+        assert_eq!(reference, None);
         assert_eq!(id, Some(FrameId::from("a1")));
         assert_eq!(channel.as_str(), "thread:x");
         assert_eq!(payload.as_str(), r#"{"ciphertext":"AA==","iv":"b"}"#);
         assert!(!ephemeral);
         assert_eq!(event, None);
         assert_eq!(idempotency_key, None);
+    }
+
+    #[test]
+    fn edits_and_deletes_carry_a_ref_and_a_delete_needs_no_payload() {
+        let f = ClientFrame::decode(
+            br#"{"type":"publish","channel":"chat:1","event":"edit","ref":4,"payload":{"t":"x"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Publish { reference: Some(Seq(4)), ref event, .. } if event.as_deref() == Some("edit")
+        ));
+        let f = ClientFrame::decode(
+            br#"{"type":"publish","channel":"chat:1","event":"delete","ref":4}"#,
+        )
+        .unwrap();
+        let ClientFrame::Publish { payload, .. } = &f else {
+            panic!()
+        };
+        assert_eq!(payload.as_str(), "null");
+        assert!(f.encode().contains(r#""ref":4"#));
+    }
+
+    #[test]
+    fn ref_and_the_revision_events_go_together() {
+        let invalid = |json: &str, field: &str| match kind(json) {
+            DecodeErrorKind::InvalidField { field: f, .. } => assert_eq!(f, field, "{json}"),
+            other => panic!("{json}: {other:?}"),
+        };
+        // A ref without an edit or delete event, and the reverse.
+        invalid(
+            r#"{"type":"publish","channel":"c","payload":1,"ref":1}"#,
+            "ref",
+        );
+        invalid(
+            r#"{"type":"publish","channel":"c","payload":1,"event":"x","ref":1}"#,
+            "ref",
+        );
+        invalid(
+            r#"{"type":"publish","channel":"c","payload":1,"event":"edit"}"#,
+            "ref",
+        );
+        invalid(
+            r#"{"type":"publish","channel":"c","event":"delete"}"#,
+            "ref",
+        );
+        invalid(
+            r#"{"type":"publish","channel":"c","payload":1,"event":"edit","ref":0}"#,
+            "ref",
+        );
+        // Never ephemeral.
+        invalid(
+            r#"{"type":"publish","channel":"c","payload":1,"event":"edit","ref":1,"ephemeral":true}"#,
+            "ephemeral",
+        );
+        // An edit needs its payload.
+        assert!(matches!(
+            kind(r#"{"type":"publish","channel":"c","event":"edit","ref":1}"#),
+            DecodeErrorKind::MissingField {
+                field: "payload",
+                ..
+            }
+        ));
+        // A ref of the wrong type, like any mistyped field.
+        assert!(matches!(
+            kind(r#"{"type":"publish","channel":"c","payload":1,"event":"edit","ref":"x"}"#),
+            DecodeErrorKind::InvalidJson(_)
+        ));
     }
 
     #[test]

@@ -40,7 +40,9 @@ mod types;
 mod wire;
 
 pub use channel::{ChannelName, MAX_NAME_LEN, NameError, UserId};
-pub use client::{ClientFrame, MAX_EVENT_LEN, SubscribeMode, validate_event};
+pub use client::{
+    ClientFrame, DELETE_EVENT, EDIT_EVENT, MAX_EVENT_LEN, Revision, SubscribeMode, validate_event,
+};
 pub use codes::{CloseCode, ErrorCode};
 pub use encoded::EncodedFrame;
 pub use key::{IdempotencyKey, KeyError, MAX_IDEMPOTENCY_KEY_LEN};

@@ -65,10 +65,13 @@ pub enum ServerFrame {
         /// Event name.
         #[serde(skip_serializing_if = "Option::is_none")]
         event: Option<String>,
-        /// Opaque JSON, exactly as published.
+        /// Opaque JSON, exactly as published (`null` once the message was deleted).
         payload: Payload,
         /// Server time of the publish.
         ts: Timestamp,
+        /// For an `edit` or `delete` event: the seq of the message it changes.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Seq>,
     },
     /// Reply to `publish` once durable (or delivered, if ephemeral).
     Ack {
@@ -175,6 +178,8 @@ struct WireServerFrame<'a> {
     payload: Option<Payload>,
     #[serde(default)]
     ts: Option<Timestamp>,
+    #[serde(rename = "ref", default)]
+    reference: Option<Seq>,
     #[serde(default)]
     message_id: Option<MessageId>,
     #[serde(default)]
@@ -268,6 +273,7 @@ impl ServerFrame {
                     event: w.event,
                     payload: f.require("payload", w.payload)?,
                     ts: f.require("ts", w.ts)?,
+                    reference: w.reference,
                 }
             }
             "ack" => Self::Ack {
@@ -325,6 +331,7 @@ mod tests {
             event: None,
             payload: Payload::from_json(r#"{"t":"hi"}"#).unwrap(),
             ts: Timestamp::from_unix_millis(0),
+            reference: None,
         };
         assert_eq!(
             frame.encode().as_str(),

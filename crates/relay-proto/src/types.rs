@@ -129,6 +129,16 @@ impl Payload {
         RawValue::from_string(json.to_owned()).map(Self)
     }
 
+    /// The JSON `null`: what a deleted message's payload becomes.
+    pub fn null() -> Self {
+        Self(RawValue::NULL.to_owned())
+    }
+
+    /// Whether the payload is the JSON `null`.
+    pub fn is_null(&self) -> bool {
+        self.as_str() == "null"
+    }
+
     /// Serializes any value into a payload.
     pub fn from_value<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
         serde_json::value::to_raw_value(value).map(Self)

@@ -59,6 +59,24 @@ fn client_event() -> impl Strategy<Value = Option<String>> {
     proptest::option::of("[^\\p{Cc}]{0,20}")
 }
 
+/// A publish's event, ephemeral flag and `ref` as the pairing rules allow them: any event,
+/// or an edit or delete with a `ref` (never ephemeral).
+fn publish_kind() -> impl Strategy<Value = (Option<String>, bool, Option<Seq>)> {
+    prop_oneof![
+        (client_event(), any::<bool>()).prop_map(|(event, ephemeral)| {
+            if relay_proto::Revision::of_event(event.as_deref()).is_some() {
+                (None, ephemeral, None)
+            } else {
+                (event, ephemeral, None)
+            }
+        }),
+        (prop::bool::ANY, 1..u64::MAX).prop_map(|(edit, target)| {
+            let event = if edit { "edit" } else { "delete" };
+            (Some(event.to_owned()), false, Some(Seq(target)))
+        }),
+    ]
+}
+
 /// Keys of visible ASCII, including the characters JSON escapes (`"`, `\\`).
 fn idempotency_key() -> impl Strategy<Value = Option<IdempotencyKey>> {
     proptest::option::of("[!-~]{1,128}".prop_map(|s| IdempotencyKey::parse(&s).expect("valid key")))
@@ -91,12 +109,11 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             frame_id(),
             channel(),
             payload(),
-            client_event(),
-            any::<bool>(),
+            publish_kind(),
             idempotency_key(),
         )
             .prop_map(
-                |(id, channel, payload, event, ephemeral, idempotency_key)| {
+                |(id, channel, payload, (event, ephemeral, reference), idempotency_key)| {
                     ClientFrame::Publish {
                         id,
                         channel,
@@ -104,6 +121,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                         event,
                         ephemeral,
                         idempotency_key,
+                        reference,
                     }
                 }
             ),
@@ -184,9 +202,10 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             proptest::option::of(user()),
             event(),
             payload(),
-            ts
+            ts,
+            proptest::option::of(seq()),
         )
-            .prop_map(|(channel, id, seq, from, event, payload, ts)| {
+            .prop_map(|(channel, id, seq, from, event, payload, ts, reference)| {
                 ServerFrame::Message {
                     channel,
                     id,
@@ -195,6 +214,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                     event,
                     payload,
                     ts,
+                    reference,
                 }
             }),
         (

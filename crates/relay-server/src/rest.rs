@@ -5,12 +5,12 @@
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
-use relay_core::{CreateChannel, Identity, MAX_LISTED_NAMES, Publish};
+use relay_core::{CreateChannel, Identity, MAX_LISTED_NAMES, Publish, Published};
 use relay_proto::{
-    ChannelName, ErrorCode, IdempotencyKey, MemberRole, MessageId, Payload, Seq, Timestamp, UserId,
-    validate_event,
+    ChannelName, ErrorCode, IdempotencyKey, MemberRole, MessageId, Payload, Revision, Seq,
+    Timestamp, UserId, validate_event,
 };
-use relay_store::{ChannelRecord, HistoryQuery, Member, StoredMessage};
+use relay_store::{ChannelRecord, CurrentMessage, HistoryQuery, Member, StoredMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{ApiError, App, Body, json, query_param};
@@ -77,7 +77,14 @@ where
         }
         (&Method::GET, ["api", "channels", name, "messages"]) => {
             let query = history_query(&req)?;
-            api.history(channel(name)?, query).await
+            match query_param(&req, "view").as_deref() {
+                None | Some("log") => api.history(channel(name)?, query).await,
+                Some("current") => api.history_current(channel(name)?, query).await,
+                Some(_) => Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "`view` must be \"log\" or \"current\"",
+                )),
+            }
         }
         (&Method::POST, ["api", "channels", name, "messages"]) => {
             let (name, key) = (channel(name)?, idempotency_key(&req)?);
@@ -86,6 +93,25 @@ where
         }
         (&Method::GET, ["api", "channels", name, "messages", "count"]) => {
             api.count(channel(name)?).await
+        }
+        (&Method::PATCH, ["api", "channels", name, "messages", seq]) => {
+            let (name, seq, key) = (channel(name)?, message_seq(seq)?, idempotency_key(&req)?);
+            let body = app.read_body(req.into_body()).await?;
+            let request: EditMessage = parse_body(&body)?;
+            let publish = Publish::edit(name, seq, request.payload);
+            api.revise(Publish {
+                idempotency_key: key,
+                ..publish
+            })
+            .await
+        }
+        (&Method::DELETE, ["api", "channels", name, "messages", seq]) => {
+            let (name, seq, key) = (channel(name)?, message_seq(seq)?, idempotency_key(&req)?);
+            api.revise(Publish {
+                idempotency_key: key,
+                ..Publish::delete(name, seq)
+            })
+            .await
         }
         (&Method::GET, ["api", "channels", name, "presence"]) => api.presence(channel(name)?).await,
         (&Method::GET, ["api", "channels", name, "read"]) => api.read_marker(channel(name)?).await,
@@ -104,7 +130,7 @@ where
         | (_, ["api", "channels", _])
         | (_, ["api", "channels", _, "members" | "messages" | "presence"])
         | (_, ["api", "channels", _, "members", _])
-        | (_, ["api", "channels", _, "messages", "count"]) => Err(ApiError::new(
+        | (_, ["api", "channels", _, "messages", _]) => Err(ApiError::new(
             ErrorCode::BadRequest,
             format!("method {method} is not allowed here"),
         )),
@@ -119,6 +145,16 @@ fn channel(name: &str) -> Result<ChannelName, ApiError> {
 
 fn user_id(id: &str) -> Result<UserId, ApiError> {
     UserId::parse(id).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad user id: {e}")))
+}
+
+fn message_seq(seq: &str) -> Result<Seq, ApiError> {
+    match seq.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Seq(n)),
+        _ => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("`{seq}` is not a message seq (a number from 1)"),
+        )),
+    }
 }
 
 /// The `Idempotency-Key` header of a publish, if any.
@@ -203,6 +239,14 @@ struct MessageView<'a> {
     event: &'a Option<String>,
     payload: &'a Payload,
     ts: Timestamp,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<Seq>,
+    /// Current view: the seq of the edit whose payload this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited: Option<Seq>,
+    /// Current view: the seq of the delete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted: Option<Seq>,
 }
 
 impl<'a> From<&'a StoredMessage> for MessageView<'a> {
@@ -215,6 +259,19 @@ impl<'a> From<&'a StoredMessage> for MessageView<'a> {
             event: &m.event,
             payload: &m.payload,
             ts: m.ts,
+            reference: m.reference,
+            edited: None,
+            deleted: None,
+        }
+    }
+}
+
+impl<'a> From<&'a CurrentMessage> for MessageView<'a> {
+    fn from(c: &'a CurrentMessage) -> Self {
+        Self {
+            edited: c.edited,
+            deleted: c.deleted,
+            ..Self::from(&c.message)
         }
     }
 }
@@ -260,9 +317,19 @@ struct QueryChannels {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PostMessage {
-    payload: Payload,
+    /// Optional for a delete only.
+    #[serde(default)]
+    payload: Option<Payload>,
     #[serde(default)]
     event: Option<String>,
+    #[serde(rename = "ref", default)]
+    reference: Option<Seq>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditMessage {
+    payload: Payload,
 }
 
 #[derive(Deserialize)]
@@ -272,11 +339,35 @@ struct ServicePublish {
     channel: Option<ChannelName>,
     #[serde(default)]
     channels: Vec<ChannelName>,
-    payload: Payload,
+    #[serde(default)]
+    payload: Option<Payload>,
     #[serde(default)]
     event: Option<String>,
     #[serde(default)]
     ephemeral: bool,
+    #[serde(rename = "ref", default)]
+    reference: Option<Seq>,
+}
+
+/// The payload of a publish body: required, except for a delete (`null` then).
+fn body_payload(
+    payload: Option<Payload>,
+    event: &Option<String>,
+    reference: Option<Seq>,
+    ephemeral: bool,
+) -> Result<Payload, ApiError> {
+    let revision =
+        Revision::check(event.as_deref(), reference, ephemeral).map_err(|(field, why)| {
+            ApiError::new(ErrorCode::BadRequest, format!("`{field}`: {why}"))
+        })?;
+    match (payload, revision) {
+        (Some(payload), _) => Ok(payload),
+        (None, Some(Revision::Delete)) => Ok(Payload::null()),
+        (None, _) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "invalid JSON body: missing field `payload`",
+        )),
+    }
 }
 
 struct Api<'a> {
@@ -378,6 +469,30 @@ impl Api<'_> {
         ))
     }
 
+    async fn history_current(&self, name: ChannelName, query: HistoryQuery) -> ApiResult {
+        let messages = self
+            .hub()
+            .history_current(self.identity, &name, query)
+            .await?;
+        let views: Vec<MessageView<'_>> = messages.iter().map(MessageView::from).collect();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "channel": name, "view": "current", "messages": views }),
+        ))
+    }
+
+    /// `PATCH` or `DELETE …/messages/{seq}`: an edit or delete, answered like a publish.
+    async fn revise(&self, publish: Publish) -> ApiResult {
+        let (event, reference, payload) = (
+            publish.event.clone(),
+            publish.reference,
+            publish.payload.clone(),
+        );
+        let name = publish.channel.clone();
+        let published = self.hub().publish_as(self.identity, publish).await?;
+        self.published(name, published, event, reference, payload)
+    }
+
     async fn history(&self, name: ChannelName, query: HistoryQuery) -> ApiResult {
         let messages = self.hub().history(self.identity, &name, query).await?;
         let views: Vec<MessageView<'_>> = messages.iter().map(MessageView::from).collect();
@@ -468,27 +583,43 @@ impl Api<'_> {
     ) -> ApiResult {
         let request: PostMessage = parse_body(&body)?;
         check_event(&request.event)?;
+        let payload = body_payload(request.payload, &request.event, request.reference, false)?;
         let publish = Publish {
             event: request.event.clone(),
             idempotency_key: key,
-            ..Publish::new(name, request.payload.clone())
+            reference: request.reference,
+            ..Publish::new(name.clone(), payload.clone())
         };
         let published = self.hub().publish_as(self.identity, publish).await?;
+        self.published(name, published, request.event, request.reference, payload)
+    }
+
+    /// The answer to a publish as a user: the message as stored (201), what a repeat of its
+    /// idempotency key got (200), or, in an ephemeral-only namespace, its id (202).
+    fn published(
+        &self,
+        name: ChannelName,
+        published: Published,
+        event: Option<String>,
+        reference: Option<Seq>,
+        payload: Payload,
+    ) -> ApiResult {
         let Some(seq) = published.seq else {
             // An ephemeral-only namespace: delivered live, nothing stored.
             return Ok(json(
                 StatusCode::ACCEPTED,
-                &serde_json::json!({ "channel": published.channel, "id": published.id }),
+                &serde_json::json!({ "channel": name, "id": published.id }),
             ));
         };
         let stored = StoredMessage {
-            channel: published.channel,
+            channel: name,
             seq,
             id: published.id,
             from: Some(self.identity.user.clone()),
-            event: request.event,
-            payload: request.payload,
+            event,
+            payload,
             ts: published.ts,
+            reference,
         };
         if published.repeat {
             // Stored the first time; this answers with what that one got.
@@ -504,12 +635,24 @@ impl Api<'_> {
     async fn service_publish(&self, key: Option<IdempotencyKey>, body: Bytes) -> ApiResult {
         let request: ServicePublish = parse_body(&body)?;
         check_event(&request.event)?;
+        let payload = body_payload(
+            request.payload,
+            &request.event,
+            request.reference,
+            request.ephemeral,
+        )?;
         let mut channels = request.channels;
         channels.extend(request.channel);
         if channels.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "give `channel` or `channels`",
+            ));
+        }
+        if request.reference.is_some() && channels.len() > 1 {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "an edit or delete (`ref`) names a message of one `channel`",
             ));
         }
         if channels.len() > MAX_LISTED_NAMES {
@@ -524,7 +667,8 @@ impl Api<'_> {
                 event: request.event.clone(),
                 ephemeral: request.ephemeral,
                 idempotency_key: key.clone(),
-                ..Publish::new(channel, request.payload.clone())
+                reference: request.reference,
+                ..Publish::new(channel, payload.clone())
             };
             let p = self
                 .hub()

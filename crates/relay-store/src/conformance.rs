@@ -52,7 +52,10 @@ macro_rules! conformance_tests {
             keys_are_scoped_by_channel_and_publisher,
             concurrent_repeats_store_one_copy,
             read_markers_are_monotonic_and_bounded_by_the_latest_seq,
-            unread_lists_member_and_marked_channels_by_name);
+            unread_lists_member_and_marked_channels_by_name,
+            edits_and_deletes_are_appended_and_applied_in_the_current_view,
+            a_delete_scrubs_the_payloads_of_the_message_and_its_edits,
+            the_current_view_pages_over_messages_only);
     };
     ($make:expr) => {
         $crate::conformance_tests!([] $make);
@@ -897,6 +900,209 @@ pub async fn concurrent_repeats_store_one_copy(store: Arc<dyn Store>) {
     assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(10));
 }
 
+fn revision(channel: &ChannelName, event: &str, target: u64, payload: &str) -> NewMessage {
+    NewMessage {
+        event: Some(event.to_owned()),
+        reference: Some(Seq(target)),
+        from: Some(UserId::parse("alice").expect("user")),
+        ..NewMessage::new(channel.clone(), Payload::from_json(payload).expect("json"))
+    }
+}
+
+async fn append_text(store: &Arc<dyn Store>, channel: &ChannelName, text: &str) -> Seq {
+    let payload = Payload::from_value(&serde_json::json!({ "text": text })).expect("json");
+    store
+        .append(NewMessage::new(channel.clone(), payload))
+        .await
+        .expect("append")
+        .seq()
+}
+
+async fn current(store: &Arc<dyn Store>, channel: &ChannelName) -> Vec<crate::CurrentMessage> {
+    store
+        .history_current(channel, HistoryQuery::latest(100))
+        .await
+        .expect("current view")
+}
+
+/// Edits and deletes are appended with their own seqs and `ref`; the log keeps them in
+/// order, and the current view applies the latest edit and the delete.
+pub async fn edits_and_deletes_are_appended_and_applied_in_the_current_view(store: Arc<dyn Store>) {
+    let ch = ChannelName::parse("chat:revisions").expect("name");
+    let one = append_text(&store, &ch, "one").await;
+    let two = append_text(&store, &ch, "two").await;
+    let edit = store
+        .append(revision(&ch, "edit", 1, r#"{"text":"one, edited"}"#))
+        .await
+        .expect("edit")
+        .into_new()
+        .expect("new");
+    assert_eq!((edit.seq, edit.reference), (Seq(3), Some(one)));
+    let second_edit = store
+        .append(revision(&ch, "edit", 1, r#"{"text":"one, again"}"#))
+        .await
+        .expect("edit");
+    assert_eq!(second_edit.seq(), Seq(4));
+    assert_eq!(append_text(&store, &ch, "three").await, Seq(5));
+    // The log holds every event, with its ref.
+    let log = store
+        .history(&ch, HistoryQuery::latest(100))
+        .await
+        .expect("log");
+    let refs: Vec<(u64, Option<u64>)> = log
+        .iter()
+        .map(|m| (m.seq.0, m.reference.map(|r| r.0)))
+        .collect();
+    assert_eq!(
+        refs,
+        [(1, None), (2, None), (3, Some(1)), (4, Some(1)), (5, None)]
+    );
+    assert_eq!(
+        log[2].payload.as_str(),
+        r#"{"text":"one, edited"}"#,
+        "the log is raw"
+    );
+    // The current view: the latest edit applied, edits left out.
+    let view = current(&store, &ch).await;
+    let seqs: Vec<u64> = view.iter().map(|c| c.message.seq.0).collect();
+    assert_eq!(seqs, [1, 2, 5]);
+    assert_eq!(view[0].message.payload.as_str(), r#"{"text":"one, again"}"#);
+    assert_eq!((view[0].edited, view[0].deleted), (Some(Seq(4)), None));
+    assert_eq!(view[0].message.event, None, "the original's event stays");
+    assert_eq!(view[0].message.id, log[0].id, "and its id");
+    assert_eq!((view[1].edited, view[1].deleted), (None, None));
+    // Deleting `two`.
+    store
+        .append(revision(&ch, "delete", two.0, "null"))
+        .await
+        .expect("delete");
+    let view = current(&store, &ch).await;
+    assert_eq!(
+        view.len(),
+        3,
+        "a deleted message stays in the view as a tombstone"
+    );
+    assert_eq!(view[1].message.payload.as_str(), "null");
+    assert_eq!((view[1].edited, view[1].deleted), (None, Some(Seq(6))));
+    assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(6));
+}
+
+/// A delete replaces the stored payload of the message and of every edit of it with `null`
+/// (end-to-end-encrypted content is gone from the store, not hidden); an edit appended after
+/// the delete is stored with a `null` payload too.
+pub async fn a_delete_scrubs_the_payloads_of_the_message_and_its_edits(store: Arc<dyn Store>) {
+    let ch = ChannelName::parse("chat:scrub").expect("name");
+    let other = ChannelName::parse("chat:untouched").expect("name");
+    append_text(&store, &ch, "secret").await;
+    append_text(&store, &other, "secret").await;
+    store
+        .append(revision(&ch, "edit", 1, r#"{"text":"secret 2"}"#))
+        .await
+        .expect("edit");
+    append_text(&store, &ch, "kept").await;
+    let delete = store
+        .append(revision(&ch, "delete", 1, r#"{"reason":"oops"}"#))
+        .await
+        .expect("delete")
+        .into_new()
+        .expect("new");
+    assert_eq!(
+        delete.payload.as_str(),
+        r#"{"reason":"oops"}"#,
+        "the delete keeps its own"
+    );
+    let late_edit = store
+        .append(revision(&ch, "edit", 1, r#"{"text":"secret 3"}"#))
+        .await
+        .expect("late edit")
+        .into_new()
+        .expect("new");
+    assert_eq!(
+        late_edit.payload.as_str(),
+        "null",
+        "an edit after the delete is scrubbed"
+    );
+    let log = store
+        .history(&ch, HistoryQuery::latest(100))
+        .await
+        .expect("log");
+    let payloads: Vec<&str> = log.iter().map(|m| m.payload.as_str()).collect();
+    assert_eq!(
+        payloads,
+        [
+            "null",
+            "null",
+            r#"{"text":"kept"}"#,
+            r#"{"reason":"oops"}"#,
+            "null"
+        ]
+    );
+    for m in &log {
+        assert!(!m.payload.as_str().contains("secret"), "{m:?}");
+    }
+    let untouched = store
+        .history(&other, HistoryQuery::latest(10))
+        .await
+        .expect("log");
+    assert_eq!(untouched[0].payload.as_str(), r#"{"text":"secret"}"#);
+    let view = current(&store, &ch).await;
+    assert_eq!(view.len(), 2);
+    assert_eq!((view[0].edited, view[0].deleted), (None, Some(Seq(4))));
+    // A second delete changes nothing more.
+    store
+        .append(revision(&ch, "delete", 1, "null"))
+        .await
+        .expect("delete again");
+    assert_eq!(current(&store, &ch).await[0].deleted, Some(Seq(4)));
+}
+
+/// The current view's `after`, `before` and `limit` count messages only, never their edits
+/// and deletes.
+pub async fn the_current_view_pages_over_messages_only(store: Arc<dyn Store>) {
+    let ch = ChannelName::parse("chat:pages").expect("name");
+    for i in 1..=5u64 {
+        append_text(&store, &ch, &format!("m{i}")).await;
+        for _ in 0..3 {
+            store
+                .append(revision(&ch, "edit", 1, r#"{"text":"again"}"#))
+                .await
+                .expect("edit");
+        }
+    }
+    // Seqs: 1, 5, 9, 13, 17 are messages; the rest edit seq 1.
+    let seqs = |page: Vec<crate::CurrentMessage>| -> Vec<u64> {
+        page.iter().map(|c| c.message.seq.0).collect()
+    };
+    let newest = store
+        .history_current(&ch, HistoryQuery::latest(2))
+        .await
+        .expect("page");
+    assert_eq!(seqs(newest), [13, 17]);
+    let first = store
+        .history_current(&ch, HistoryQuery::after(Seq::ZERO, 2))
+        .await
+        .expect("page");
+    assert_eq!(first[0].edited, Some(Seq(20)));
+    assert_eq!(seqs(first), [1, 5]);
+    let next = store
+        .history_current(&ch, HistoryQuery::after(Seq(5), 2))
+        .await
+        .expect("page");
+    assert_eq!(seqs(next), [9, 13]);
+    let before = store
+        .history_current(
+            &ch,
+            HistoryQuery {
+                after: None,
+                before: Some(Seq(13)),
+                limit: 10,
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(seqs(before), [1, 5, 9]);
+}
+
 /// A reachable store answers `ping`.
 pub async fn ping_succeeds(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
@@ -990,6 +1196,13 @@ impl<T: AppendHook> Store for T {
         query: HistoryQuery,
     ) -> crate::StoreResult<Vec<crate::StoredMessage>> {
         self.inner().history(channel, query).await
+    }
+    async fn history_current(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> crate::StoreResult<Vec<crate::CurrentMessage>> {
+        self.inner().history_current(channel, query).await
     }
     async fn count(&self, channel: &ChannelName) -> crate::StoreResult<u64> {
         self.inner().count(channel).await

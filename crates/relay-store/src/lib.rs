@@ -58,8 +58,8 @@ pub use cluster::{FeedItem, Notice, NoticeBody, PgNotifier, Wanted};
 pub use error::StoreError;
 pub use memory::{MemoryRetention, MemoryStore};
 pub use model::{
-    Appended, ChannelRecord, Created, HistoryQuery, Member, NewChannel, NewMessage, Original,
-    ReadState, Removal, RoleChange, StoredMessage,
+    Appended, ChannelRecord, Created, CurrentMessage, HistoryQuery, Member, NewChannel, NewMessage,
+    Original, ReadState, Removal, RoleChange, StoredMessage,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{MIGRATOR, PgStore, PgStoreOptions};
@@ -158,6 +158,15 @@ pub trait Store: Send + Sync + 'static {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> StoreResult<Vec<StoredMessage>>;
+
+    /// The channel's messages as they read now: like [`history`](Self::history), but with
+    /// the `edit` and `delete` events left out (`limit` counts the other messages only), and
+    /// each message carrying the payload of its latest edit, or `null` once deleted.
+    async fn history_current(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> StoreResult<Vec<CurrentMessage>>;
 
     /// Number of stored messages of a channel.
     async fn count(&self, channel: &ChannelName) -> StoreResult<u64>;

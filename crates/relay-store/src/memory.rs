@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use relay_proto::{ChannelName, IdempotencyKey, MemberRole, Seq, Timestamp, UserId};
+use relay_proto::{
+    ChannelName, IdempotencyKey, MemberRole, Payload, Revision, Seq, Timestamp, UserId,
+};
 
 use crate::{
-    Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member, NewChannel,
-    NewMessage, Original, ReadState, Removal, RoleChange, Store, StoreError, StoreResult,
-    StoredMessage,
+    Appended, ChannelRecord, Created, CurrentMessage, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery,
+    Member, NewChannel, NewMessage, Original, ReadState, Removal, RoleChange, Store, StoreError,
+    StoreResult, StoredMessage,
 };
 
 /// An in-memory [`Store`]. Cloning shares the same data.
@@ -85,6 +87,16 @@ struct Log {
     messages: VecDeque<StoredMessage>,
     /// Idempotency keys of this channel's appends, with when they were stored.
     keys: HashMap<KeyScope, (Original, Instant)>,
+    /// The edits and delete of each held message that has any, by its seq.
+    revisions: BTreeMap<Seq, Revisions>,
+}
+
+/// What changed one message: its edits, oldest first (dropped once it is deleted), and its
+/// delete.
+#[derive(Default)]
+struct Revisions {
+    edits: Vec<Seq>,
+    deleted: Option<Seq>,
 }
 
 /// What a message counts against `max_bytes`: its variable parts plus a fixed overhead for
@@ -112,7 +124,88 @@ impl Log {
             count += 1;
             self.messages.pop_front();
         }
+        if count > 0 {
+            // The revisions of a message go with it.
+            let first = self.first_seq();
+            while self
+                .revisions
+                .first_key_value()
+                .is_some_and(|(seq, _)| *seq < first)
+            {
+                self.revisions.pop_first();
+            }
+        }
         (count, bytes)
+    }
+
+    fn get_mut(&mut self, seq: Seq) -> Option<&mut StoredMessage> {
+        let index = seq.0.checked_sub(self.first_seq().0)?;
+        self.messages.get_mut(usize::try_from(index).ok()?)
+    }
+
+    fn get(&self, seq: Seq) -> Option<&StoredMessage> {
+        let index = seq.0.checked_sub(self.first_seq().0)?;
+        self.messages.get(usize::try_from(index).ok()?)
+    }
+
+    /// Records `stored`, an edit or delete about to be appended, against the message it
+    /// names. A delete replaces the payloads of that message and its edits with `null`, an
+    /// edit of a deleted message loses its own. Returns how many bytes the log shrank by
+    /// (negative if it grew: `null` is longer than a payload like `1`).
+    fn revise(&mut self, stored: &mut StoredMessage) -> isize {
+        let (Some(revision), Some(target)) = (stored.revision(), stored.reference) else {
+            return 0;
+        };
+        if self.get(target).is_none() {
+            // Trimmed (or never there): nothing of it is held to change.
+            return 0;
+        }
+        let entry = self.revisions.entry(target).or_default();
+        match revision {
+            Revision::Edit if entry.deleted.is_some() => {
+                stored.payload = Payload::null();
+                0
+            }
+            Revision::Edit => {
+                entry.edits.push(stored.seq);
+                0
+            }
+            Revision::Delete => {
+                entry.deleted.get_or_insert(stored.seq);
+                let scrub: Vec<Seq> = std::mem::take(&mut entry.edits);
+                let mut freed = 0;
+                for seq in scrub.into_iter().chain([target]) {
+                    if let Some(message) = self.get_mut(seq) {
+                        let before = cost(message) as isize;
+                        message.payload = Payload::null();
+                        freed += before - cost(message) as isize;
+                    }
+                }
+                freed
+            }
+        }
+    }
+
+    /// `message` as it reads now, if it is not itself an edit or delete.
+    fn current(&self, message: &StoredMessage) -> Option<CurrentMessage> {
+        if message.revision().is_some() {
+            return None;
+        }
+        let mut current = CurrentMessage {
+            message: message.clone(),
+            edited: None,
+            deleted: None,
+        };
+        if let Some(revisions) = self.revisions.get(&message.seq) {
+            current.deleted = revisions.deleted;
+            if let Some(edit) = revisions.edits.last().and_then(|seq| self.get(*seq))
+                && revisions.deleted.is_none()
+            {
+                current.edited = Some(edit.seq);
+                current.message.payload = edit.payload.clone();
+            }
+        }
+        Some(current)
     }
 }
 
@@ -438,7 +531,17 @@ impl Store for MemoryStore {
                 return Ok(Appended::Repeat(*original));
             }
             let seq = log.last.next();
-            let stored = message.with_seq(seq);
+            let mut stored = message.with_seq(seq);
+            let freed = log.revise(&mut stored);
+            if freed >= 0 {
+                self.inner
+                    .bytes
+                    .fetch_sub(freed as usize, Ordering::Relaxed);
+            } else {
+                self.inner
+                    .bytes
+                    .fetch_add(freed.unsigned_abs(), Ordering::Relaxed);
+            }
             if let Some(scope) = &scope {
                 log.keys.insert(scope.clone(), (stored.original(), now));
                 // Pushed under the log's lock, so the order list is in storing order per key.
@@ -486,6 +589,34 @@ impl Store for MemoryStore {
             None => (hi.saturating_sub(query.limit).max(lo), hi),
         };
         Ok(log.messages.range(lo..hi).cloned().collect())
+    }
+
+    async fn history_current(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> StoreResult<Vec<CurrentMessage>> {
+        let Some(log) = self.log(channel) else {
+            return Ok(Vec::new());
+        };
+        let log = log.lock();
+        let (lo, hi) = log.window(query.after, query.before);
+        let window = log.messages.range(lo..hi);
+        let mut page: Vec<CurrentMessage> = match query.after {
+            Some(_) => window
+                .filter_map(|m| log.current(m))
+                .take(query.limit)
+                .collect(),
+            None => window
+                .rev()
+                .filter_map(|m| log.current(m))
+                .take(query.limit)
+                .collect(),
+        };
+        if query.after.is_none() {
+            page.reverse();
+        }
+        Ok(page)
     }
 
     async fn count(&self, channel: &ChannelName) -> StoreResult<u64> {

@@ -1,8 +1,8 @@
 //! The records a store keeps and the queries it answers.
 
 use relay_proto::{
-    ChannelName, IdempotencyKey, MemberRole, MessageId, Payload, Seq, ServerFrame, Timestamp,
-    UserId,
+    ChannelName, IdempotencyKey, MemberRole, MessageId, Payload, Revision, Seq, ServerFrame,
+    Timestamp, UserId,
 };
 
 /// A channel record: what `POST /api/channels` creates.
@@ -123,6 +123,11 @@ pub struct NewMessage {
     /// append with the same key on the same channel by the same publisher (`from`) stores
     /// nothing and answers [`Appended::Repeat`] with what the first one got.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// For an `edit` or `delete` event: the seq of the message it changes. A store appends
+    /// it like any message; appending a `delete` also replaces the stored payload of that
+    /// message and of its edits with `null`, in the same step, and an edit of a message
+    /// already deleted is stored with a `null` payload.
+    pub reference: Option<Seq>,
 }
 
 impl NewMessage {
@@ -136,6 +141,7 @@ impl NewMessage {
             payload,
             ts: Timestamp::now(),
             idempotency_key: None,
+            reference: None,
         }
     }
 
@@ -160,7 +166,14 @@ impl NewMessage {
             event: self.event,
             payload: self.payload,
             ts: self.ts,
+            reference: self.reference,
         }
+    }
+
+    /// What this message does to the one its `reference` names, if anything.
+    pub fn revision(&self) -> Option<Revision> {
+        self.reference
+            .and(Revision::of_event(self.event.as_deref()))
     }
 }
 
@@ -244,9 +257,17 @@ pub struct StoredMessage {
     pub payload: Payload,
     /// Publish time.
     pub ts: Timestamp,
+    /// For an `edit` or `delete` event: the seq of the message it changes.
+    pub reference: Option<Seq>,
 }
 
 impl StoredMessage {
+    /// What this message does to the one its `reference` names, if anything.
+    pub fn revision(&self) -> Option<Revision> {
+        self.reference
+            .and(Revision::of_event(self.event.as_deref()))
+    }
+
     /// The `message` frame that delivers this message.
     pub fn to_frame(&self) -> ServerFrame {
         ServerFrame::Message {
@@ -257,8 +278,22 @@ impl StoredMessage {
             event: self.event.clone(),
             payload: self.payload.clone(),
             ts: self.ts,
+            reference: self.reference,
         }
     }
+}
+
+/// A message as it reads now ([`Store::history_current`](crate::Store::history_current)):
+/// its latest edit applied, or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentMessage {
+    /// The message with its seq, id, sender, event and time, and the payload of its latest
+    /// edit (`null` once deleted).
+    pub message: StoredMessage,
+    /// The seq of the edit whose payload it carries, if it was edited.
+    pub edited: Option<Seq>,
+    /// The seq of the `delete` event, if it was deleted.
+    pub deleted: Option<Seq>,
 }
 
 /// A user's read state in one channel ([`Store::unread`](crate::Store::unread)).

@@ -33,9 +33,9 @@ use sqlx::{Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Appended, ChannelRecord, Created, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery, Member, NewChannel,
-    NewMessage, Original, ReadState, Removal, RoleChange, Store, StoreError, StoreResult,
-    StoredMessage,
+    Appended, ChannelRecord, Created, CurrentMessage, DEFAULT_IDEMPOTENCY_WINDOW, HistoryQuery,
+    Member, NewChannel, NewMessage, Original, ReadState, Removal, RoleChange, Store, StoreError,
+    StoreResult, StoredMessage,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -97,8 +97,9 @@ struct Append {
 /// What the committer answers one append.
 #[derive(Debug, Clone, Copy)]
 enum Committed {
-    /// Stored with this seq.
-    New(Seq),
+    /// Stored with this seq; `true` if its payload was stored as `null` (an edit of a
+    /// message deleted before it).
+    New(Seq, bool),
     /// Its key was stored before: nothing stored now.
     Repeat(Original),
 }
@@ -453,7 +454,7 @@ async fn commit_with(
         let outcome = match *role {
             Role::Repeat(original) => Committed::Repeat(original),
             Role::Follow(first) => match outcomes.get(first) {
-                Some(Committed::New(seq)) => Committed::Repeat(Original {
+                Some(Committed::New(seq, _)) => Committed::Repeat(Original {
                     seq: *seq,
                     id: batch[first].message.id,
                     ts: batch[first].message.ts,
@@ -472,13 +473,25 @@ async fn commit_with(
                 if let Some((channel, publisher, key)) = key_scope(m) {
                     keys.push((channel, publisher, key), m, seq);
                 }
-                Committed::New(Seq(seq as u64))
+                Committed::New(Seq(seq as u64), false)
             }
         };
         outcomes.push(outcome);
     }
     if !columns.seqs.is_empty() {
         columns.insert(&mut tx).await?;
+    }
+    if columns.refs.iter().any(Option::is_some) {
+        // With the channels' counter rows locked, every delete committed before is seen.
+        for (channel, seq) in columns.scrub(&mut tx).await? {
+            let scrubbed = batch.iter().zip(outcomes.iter_mut()).find(|(a, o)| {
+                a.message.channel.as_str() == channel
+                    && matches!(o, Committed::New(s, _) if s.0 as i64 == seq)
+            });
+            if let Some((_, Committed::New(_, flag))) = scrubbed {
+                *flag = true;
+            }
+        }
     }
     if !keys.seqs.is_empty() {
         let inserted = keys.insert(&mut tx, mode).await?;
@@ -579,6 +592,7 @@ struct MessageColumns<'a> {
     events: Vec<Option<&'a str>>,
     payloads: Vec<&'a str>,
     ts: Vec<i64>,
+    refs: Vec<Option<i64>>,
 }
 
 impl<'a> MessageColumns<'a> {
@@ -590,14 +604,57 @@ impl<'a> MessageColumns<'a> {
         self.events.push(m.event.as_deref());
         self.payloads.push(m.payload.as_str());
         self.ts.push(m.ts.unix_millis() as i64);
+        self.refs.push(m.reference.map(|r| r.0 as i64));
+    }
+
+    /// After the insert, in the same transaction: for every message the batch edits or
+    /// deletes that has a `delete` event, replaces the stored payload of that message and
+    /// of its edits with `null` (a delete scrubs what it deletes; an edit racing a delete
+    /// is scrubbed too). Returns the scrubbed rows.
+    async fn scrub(
+        &self,
+        tx: &mut Transaction<'_, sqlx::Postgres>,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        let (channels, refs): (Vec<&str>, Vec<i64>) = self
+            .channels
+            .iter()
+            .zip(&self.refs)
+            .filter_map(|(c, r)| r.map(|r| (*c, r)))
+            .unzip();
+        let rows = sqlx::query(
+            "WITH gone AS (
+                 SELECT DISTINCT u.c, u.r FROM UNNEST($1::text[], $2::bigint[]) AS u(c, r)
+                 WHERE EXISTS (SELECT 1 FROM messages d
+                               WHERE d.channel = u.c AND d.ref_seq = u.r AND d.event = 'delete')
+             )
+             UPDATE messages m SET payload = 'null'
+             FROM gone
+             WHERE m.channel = gone.c
+               AND (m.seq = gone.r OR (m.ref_seq = gone.r AND m.event = 'edit'))
+               AND m.payload <> 'null'
+             RETURNING m.channel, m.seq",
+        )
+        .bind(&channels)
+        .bind(&refs)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(map_err)?,
+                    row.try_get(1).map_err(map_err)?,
+                ))
+            })
+            .collect()
     }
 
     async fn insert(&self, tx: &mut Transaction<'_, sqlx::Postgres>) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO messages (channel, seq, id, from_user, event, payload, ts)
-             SELECT c, s, i, f, e, p, to_timestamp(t::float8 / 1000)
-             FROM UNNEST($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-                  AS u(c, s, i, f, e, p, t)",
+            "INSERT INTO messages (channel, seq, id, from_user, event, payload, ts, ref_seq)
+             SELECT c, s, i, f, e, p, to_timestamp(t::float8 / 1000), r
+             FROM UNNEST($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[])
+                  AS u(c, s, i, f, e, p, t, r)",
         )
         .bind(&self.channels)
         .bind(&self.seqs)
@@ -606,6 +663,7 @@ impl<'a> MessageColumns<'a> {
         .bind(&self.events)
         .bind(&self.payloads)
         .bind(&self.ts)
+        .bind(&self.refs)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
@@ -692,12 +750,12 @@ fn channel_record(row: &PgRow) -> StoreResult<ChannelRecord> {
     })
 }
 
-const MESSAGE_COLUMNS: &str =
-    "seq, id, from_user, event, payload, (round(extract(epoch FROM ts) * 1000))::bigint AS ts_ms";
+const MESSAGE_COLUMNS: &str = "seq, id, from_user, event, payload, \
+     (round(extract(epoch FROM ts) * 1000))::bigint AS ts_ms, ref_seq";
 
 /// [`MESSAGE_COLUMNS`] of table alias `m`, with the channel.
 pub(crate) const CHANNEL_MESSAGE_COLUMNS: &str = "m.channel, m.seq, m.id, m.from_user, m.event, m.payload, \
-     (round(extract(epoch FROM m.ts) * 1000))::bigint AS ts_ms";
+     (round(extract(epoch FROM m.ts) * 1000))::bigint AS ts_ms, m.ref_seq";
 
 pub(crate) fn stored_message(channel: &ChannelName, row: &PgRow) -> StoreResult<StoredMessage> {
     let seq: i64 = row.try_get("seq").map_err(map_err)?;
@@ -706,6 +764,7 @@ pub(crate) fn stored_message(channel: &ChannelName, row: &PgRow) -> StoreResult<
     let event: Option<String> = row.try_get("event").map_err(map_err)?;
     let payload: String = row.try_get("payload").map_err(map_err)?;
     let ts_ms: i64 = row.try_get("ts_ms").map_err(map_err)?;
+    let reference: Option<i64> = row.try_get("ref_seq").map_err(map_err)?;
     Ok(StoredMessage {
         channel: channel.clone(),
         seq: Seq(seq as u64),
@@ -717,6 +776,7 @@ pub(crate) fn stored_message(channel: &ChannelName, row: &PgRow) -> StoreResult<
         event,
         payload: Payload::from_json(&payload).map_err(|e| corrupt("payload", e))?,
         ts: Timestamp::from_unix_millis(ts_ms.max(0) as u64),
+        reference: reference.map(|r| Seq(r.max(0) as u64)),
     })
 }
 
@@ -1026,7 +1086,13 @@ impl Store for PgStore {
             })?
             .map_err(|_| StoreError::Unavailable("committer stopped".into()))??;
         Ok(match committed {
-            Committed::New(seq) => Appended::New(message.with_seq(seq)),
+            Committed::New(seq, scrubbed) => {
+                let mut stored = message.with_seq(seq);
+                if scrubbed {
+                    stored.payload = Payload::null();
+                }
+                Appended::New(stored)
+            }
             Committed::Repeat(original) => Appended::Repeat(original),
         })
     }
@@ -1059,6 +1125,67 @@ impl Store for PgStore {
             messages.reverse();
         }
         Ok(messages)
+    }
+
+    async fn history_current(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> StoreResult<Vec<CurrentMessage>> {
+        let newest_first = query.after.is_none();
+        // Walks the primary key in seq order, skipping edits and deletes; each message's
+        // latest edit and its delete come from the partial index on ref_seq.
+        let sql = format!(
+            "SELECT m.seq, m.id, m.from_user, m.event, COALESCE(e.payload, m.payload) AS payload,
+                    (round(extract(epoch FROM m.ts) * 1000))::bigint AS ts_ms, m.ref_seq,
+                    e.seq AS edited, d.seq AS deleted
+             FROM messages m
+             LEFT JOIN LATERAL (
+                 SELECT x.seq, x.payload FROM messages x
+                 WHERE x.channel = m.channel AND x.ref_seq = m.seq AND x.event = 'edit'
+                 ORDER BY x.seq DESC LIMIT 1
+             ) e ON true
+             LEFT JOIN LATERAL (
+                 SELECT x.seq FROM messages x
+                 WHERE x.channel = m.channel AND x.ref_seq = m.seq AND x.event = 'delete'
+                 ORDER BY x.seq LIMIT 1
+             ) d ON true
+             WHERE m.channel = $1 AND m.ref_seq IS NULL
+               AND ($2::bigint IS NULL OR m.seq > $2) AND ($3::bigint IS NULL OR m.seq < $3)
+             ORDER BY m.seq {} LIMIT $4",
+            if newest_first { "DESC" } else { "ASC" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(channel.as_str())
+            .bind(to_i64(query.after))
+            .bind(to_i64(query.before))
+            .bind(limit(query.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let mut page = rows
+            .iter()
+            .map(|row| {
+                let mut message = stored_message(channel, row)?;
+                let edited: Option<i64> = row.try_get("edited").map_err(map_err)?;
+                let deleted: Option<i64> = row.try_get("deleted").map_err(map_err)?;
+                let deleted = deleted.map(|s| Seq(s.max(0) as u64));
+                if deleted.is_some() {
+                    message.payload = Payload::null();
+                }
+                Ok(CurrentMessage {
+                    message,
+                    edited: edited
+                        .filter(|_| deleted.is_none())
+                        .map(|s| Seq(s.max(0) as u64)),
+                    deleted,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        if newest_first {
+            page.reverse();
+        }
+        Ok(page)
     }
 
     async fn count(&self, channel: &ChannelName) -> StoreResult<u64> {

@@ -197,6 +197,7 @@ async fn a_latest_subscriber_takes_a_newer_seq_at_once_and_starts_from_the_newes
         event: None,
         payload: relay_proto::Payload::from_json("5").unwrap(),
         ts: relay_proto::Timestamp::now(),
+        reference: None,
     };
     t.hub.deliver(&five);
     assert_eq!(message_seqs(&viewer.frames()), [5]);

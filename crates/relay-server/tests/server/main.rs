@@ -14,6 +14,7 @@ mod cluster_binaries;
 mod cluster_nats;
 mod direct_messages;
 mod durability;
+mod edits;
 mod group_chat;
 mod idempotency;
 mod latest_mode;

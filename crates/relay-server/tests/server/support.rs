@@ -190,6 +190,38 @@ impl Http {
             .await
     }
 
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(
+            self.client
+                .patch(format!("{}{path}", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// A DELETE with an `Idempotency-Key` header: status, whether the answer was marked
+    /// `Idempotent-Replayed`, body.
+    pub async fn delete_keyed(&self, path: &str, key: &str) -> (u16, bool, Value) {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .header("idempotency-key", key)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        (
+            status,
+            replayed,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// A POST with an `Idempotency-Key` header: status, whether the answer was marked
     /// `Idempotent-Replayed`, body.
     pub async fn post_keyed(&self, path: &str, key: &str, body: Value) -> (u16, bool, Value) {
