@@ -35,8 +35,8 @@ export interface RelayClientOptions {
    */
   backoff?: { min?: number; max?: number };
   /**
-   * How long `subscribe`, `publish`, `signal`, `presence` and `markRead` may take, in ms
-   * (default 10000).
+   * How long `subscribe`, `publish`, `edit`, `delete`, `signal`, `presence` and `markRead`
+   * may take, in ms (default 10000).
    */
   requestTimeout?: number;
   /**
@@ -84,6 +84,15 @@ export interface PublishOptions {
    * The persistent publish's idempotency key: 1 to 128 visible ASCII characters. Defaults to
    * a fresh random UUID. Give your own (an outbox row id, or the key of an `"unconfirmed"`
    * error) to make a retry after a page reload store the message at most once.
+   */
+  idempotencyKey?: string;
+}
+
+/** Options of {@link RelayClient.edit} and {@link RelayClient.delete}. */
+export interface RevisionOptions {
+  /**
+   * The idempotency key, as for a persistent publish ({@link PublishOptions.idempotencyKey}):
+   * defaults to a fresh random UUID; give the key of an `"unconfirmed"` error to settle it.
    */
   idempotencyKey?: string;
 }
@@ -147,10 +156,17 @@ export interface ChannelMessage {
   /** The publisher; `null` for messages published by the server. */
   from: string | null;
   event: string | null;
-  /** The publisher's JSON payload. */
+  /** The publisher's JSON payload (`null` for a delete, and once deleted: see `ref`). */
   payload: unknown;
   /** Server time of the publish, RFC 3339 in UTC with milliseconds. */
   ts: string;
+  /**
+   * Only on an edit or delete (`event` `"edit"` or `"delete"`): the seq of the message it
+   * changes. Apply it to the messages you hold with {@link applyRevision}. A message
+   * deleted before it was replayed (or read over REST) arrives with payload `null`, and so
+   * do its edits.
+   */
+  ref?: number;
 }
 
 /** A user's first connection subscribed (namespaces with join/leave). */
@@ -385,6 +401,33 @@ export class RelayClient {
   markRead(channel: string, seq: number): Promise<number>;
 
   /**
+   * Replaces the payload of message `seq` of `channel` with `payload`: a persistent publish
+   * with event `"edit"` and `ref` = `seq`, which subscribers receive as an ordinary message
+   * ({@link ChannelMessage.ref}). Allowed to the message's sender, an owner or admin of the
+   * channel, and services. Exactly once like {@link RelayClient.publish}: it carries an
+   * idempotency key and is sent again with it after a reconnect that lost its ack. Resolves
+   * with the ack of the edit: its `seq` is the edit's own, not `seq`. Rejects like
+   * `publish`, and with the server's `"not_found"` (no such message: never stored, trimmed,
+   * or itself an edit or delete), `"conflict"` (deleted already), `"forbidden"` (not
+   * allowed); a repeat after a reconnect of an edit that was stored resolves with its first
+   * ack, whatever happened to the message since; at once, with nothing sent, with `"bad_request"`
+   * when `seq` is not a positive safe integer or the payload cannot be encoded as JSON.
+   *
+   * @example
+   * const { seq: editSeq } = await client.edit("chat:42", 17, { text: "hi, fixed" });
+   */
+  edit(channel: string, seq: number, payload: unknown, options?: RevisionOptions): Promise<Ack>;
+
+  /**
+   * Deletes message `seq` of `channel`: a persistent publish with event `"delete"` and
+   * `ref` = `seq`; the server replaces the stored payloads of the message and of all its
+   * edits with `null`. Allowed, sent exactly once, resolved and rejected like
+   * {@link RelayClient.edit}: a delete of a message deleted already is refused with
+   * `"conflict"`, and a repeat of a delete that was stored resolves with its first ack.
+   */
+  delete(channel: string, seq: number, options?: RevisionOptions): Promise<Ack>;
+
+  /**
    * Tells the channel this user is typing: an ephemeral publish with event `"typing"` and
    * payload `{}`, at most one per channel every 2 s (calls in between do nothing). The
    * promise never rejects.
@@ -393,6 +436,34 @@ export class RelayClient {
 
   /** Closes the client for good: pending requests reject with `"closed"`, subscriptions end. Idempotent. */
   close(): void;
+}
+
+/**
+ * Applies an edit or delete (a message with {@link ChannelMessage.ref}) to `messages`, a
+ * list the application holds, without modifying it. Returns a new list in which the message
+ * whose seq is `ref` reads as it does now, like `GET /api/channels/{name}/messages?view=current`
+ * returns it: an edit gives it the edit's payload and `edited` = the edit's seq; a delete
+ * gives it payload `null` and `deleted` = the delete's seq (a tombstone, kept in place).
+ * Returns `messages` itself when nothing changes: `revision` is not an edit or delete, the
+ * message it changes is not in the list, or the list reflects it already or something later
+ * (a deleted message; an edit at or after this one), as after loading the current view and
+ * then subscribing from an earlier seq.
+ *
+ * @example
+ * room.on("message", (m) => {
+ *   messages = m.ref === undefined ? [...messages, m] : applyRevision(messages, m);
+ * });
+ */
+export function applyRevision<T extends RevisableMessage>(messages: readonly T[], revision: ChannelMessage): T[];
+
+/** What {@link applyRevision} needs of a message: its seq, and what it sets. */
+export interface RevisableMessage {
+  seq: number | null;
+  payload?: unknown;
+  /** The seq of the edit whose payload the message shows. */
+  edited?: number;
+  /** The seq of the delete that removed it. */
+  deleted?: number;
 }
 
 /**

@@ -16,7 +16,9 @@
 //   seqs have holes by design: no `gap`, no catch-up; only a repeat is dropped.
 // - Every persistent publish carries an idempotency key and is sent again, with that key,
 //   after a reconnect that lost its ack: it is stored once. It ends with its ack, the
-//   server's error, "timeout" (never sent) or "unconfirmed" (sent, no ack in time).
+//   server's error, "timeout" (never sent) or "unconfirmed" (sent, no ack in time). Edits
+//   and deletes of stored messages are persistent publishes too (event "edit" or "delete",
+//   `ref` the seq they change), and go the same way.
 // - Memory is bounded: at most 1000 requests wait for an answer, and each subscription
 //   buffers at most `bufferSize` events for its async iterator.
 //
@@ -177,11 +179,31 @@ export class RelayClient {
     if (ephemeral) {
       return this.#issue("ephemeral", (request) => [{ ...frame, id: request.id, ephemeral: true }]);
     }
-    const key = idempotencyKey ?? randomKey();
-    return this.#issue("publish", (request) => {
-      request.idempotencyKey = key;
-      return [{ ...frame, id: request.id, idempotency_key: key }];
-    });
+    return this.#persist("publish", frame, idempotencyKey);
+  }
+
+  /**
+   * Replaces the payload of message `seq` of `channel`: a persistent publish with event
+   * "edit" and `ref` = `seq`, sent exactly once like `publish`. Resolves with the ack of the
+   * edit, whose seq is the edit's own.
+   */
+  edit(channel, seq, payload, { idempotencyKey } = {}) {
+    const refusal = refRefusal(seq) ?? encodingError(payload);
+    if (refusal) return Promise.reject(refusal);
+    const frame = { type: "publish", channel, event: "edit", ref: seq, payload: payload ?? null };
+    return this.#persist("edit", frame, idempotencyKey);
+  }
+
+  /**
+   * Deletes message `seq` of `channel` (the server replaces its payload and its edits' with
+   * null): a persistent publish with event "delete" and `ref` = `seq`, sent exactly once
+   * like `publish`. Resolves with the ack of the delete, whose seq is the delete's own.
+   */
+  delete(channel, seq, { idempotencyKey } = {}) {
+    const refusal = refRefusal(seq);
+    if (refusal) return Promise.reject(refusal);
+    const frame = { type: "publish", channel, event: "delete", ref: seq, payload: null };
+    return this.#persist("delete", frame, idempotencyKey);
   }
 
   /**
@@ -228,6 +250,20 @@ export class RelayClient {
   }
 
   // Requests
+
+  /**
+   * Issues a persistent publish (`operation`: "publish", "edit" or "delete"): it carries an
+   * idempotency key, the caller's or a fresh one, and is sent again with it after a
+   * reconnect that lost its ack.
+   */
+  #persist(operation, frame, idempotencyKey) {
+    const key = idempotencyKey ?? randomKey();
+    return this.#issue("publish", (request) => {
+      request.operation = operation;
+      request.idempotencyKey = key;
+      return [{ ...frame, id: request.id, idempotency_key: key }];
+    });
+  }
 
   /**
    * Issues a request: `prepare` gets the request (its `id` assigned) and returns its frames.
@@ -603,14 +639,22 @@ function ackOf(frame) {
 }
 
 function timeoutError(request) {
+  const operation = request.operation ?? request.kind;
   if (request.kind === "publish" && request.sent) {
     return new RelayError(
       "unconfirmed",
-      `publish sent but not acknowledged in time; publish again with idempotency key ${request.idempotencyKey} to settle it`,
+      `${operation} sent but not acknowledged in time; ${operation} again with idempotency key ${request.idempotencyKey} to settle it`,
       { idempotencyKey: request.idempotencyKey },
     );
   }
-  return new RelayError("timeout", `no reply to ${request.kind} within the request timeout`);
+  return new RelayError("timeout", `no reply to ${operation} within the request timeout`);
+}
+
+/** Why `seq` cannot name the message an edit or delete changes, or null. */
+function refRefusal(seq) {
+  if (Number.isSafeInteger(seq) && seq > 0) return null;
+  const got = typeof seq === "number" ? seq : typeof seq;
+  return new RelayError("bad_request", `seq must be a positive safe integer, got ${got}`);
 }
 
 /**
@@ -622,9 +666,12 @@ function mustCatchUp(since, frame) {
   return since !== null && frame.recovered === false && Number.isSafeInteger(frame.seq) && since < frame.seq;
 }
 
-/** The `message` event of a `message` frame, or of a message of the REST history. */
+/**
+ * The `message` event of a `message` frame, or of a message of the REST history. An edit or
+ * delete keeps its `ref`, the seq of the message it changes; other messages have none.
+ */
 function messageEventOf(frame) {
-  return {
+  const event = {
     type: "message",
     channel: frame.channel,
     id: frame.id,
@@ -634,6 +681,35 @@ function messageEventOf(frame) {
     payload: frame.payload,
     ts: frame.ts,
   };
+  if (frame.ref != null) event.ref = frame.ref;
+  return event;
+}
+
+/**
+ * Applies an edit or delete (a `message` event with `ref`) to `messages`, a list the
+ * application holds, without changing it: the result is a new list in which the message
+ * whose seq is `ref` reads as it does now, like `GET …/messages?view=current` returns it.
+ * An edit gives it the edit's payload and `edited` = the edit's seq; a delete makes it a
+ * tombstone, with payload null and `deleted` = the delete's seq. `messages` itself comes
+ * back when there is nothing to change: `revision` is not an edit or delete, its message is
+ * not in the list, or the list already reflects it or something later (a deleted message,
+ * an edit at or after this one), as after a reload of the current view and a replay.
+ */
+export function applyRevision(messages, revision) {
+  const { event, ref, seq } = revision ?? {};
+  if ((event !== "edit" && event !== "delete") || !Number.isSafeInteger(ref) || !Number.isSafeInteger(seq)) {
+    return messages;
+  }
+  const index = messages.findLastIndex((message) => message?.seq === ref);
+  if (index < 0) return messages;
+  const target = messages[index];
+  const stale = target.deleted != null || (event === "edit" && target.edited != null && target.edited >= seq);
+  if (stale) return messages;
+  const result = messages.slice();
+  const revised =
+    event === "edit" ? { ...target, payload: revision.payload, edited: seq } : { ...target, payload: null, deleted: seq };
+  result[index] = revised;
+  return result;
 }
 
 /**
@@ -673,6 +749,8 @@ class Request {
     this.fence = null;
     /** A persistent publish's key, sent again unchanged with every repeat. */
     this.idempotencyKey = undefined;
+    /** What a persistent publish does, for its errors: "publish", "edit" or "delete". */
+    this.operation = undefined;
     /** A subscribe's subscription, and the `since` it was sent with. */
     this.route = null;
     this.since = null;

@@ -1,6 +1,8 @@
 //! A terminal chat: type a line to send it, see everyone's messages as they arrive. Every
 //! message shown is marked read, so the user's other devices (another run of this example
-//! with the same user) follow: they print where the reading got to.
+//! with the same user) follow: they print where the reading got to. `/edit 3 new text` edits
+//! message 3 and `/delete 3` deletes it (your own messages; an owner or admin of the
+//! channel's record may change anyone's), and everyone sees the change.
 //!
 //! ```sh
 //! export RELAY_JWT_SECRET=dev-secret-change-me-0123456789abcdef
@@ -12,6 +14,7 @@
 #![allow(clippy::print_stdout)]
 
 use clap::Parser;
+use relay_client::proto::{Revision, Seq};
 use relay_client::{Client, Event};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -32,6 +35,25 @@ struct Args {
 #[derive(Serialize, Deserialize)]
 struct Line {
     text: String,
+}
+
+/// `/edit <seq> <text>` and `/delete <seq>`.
+enum Command {
+    Edit(Seq, String),
+    Delete(Seq),
+}
+
+impl Command {
+    fn parse(line: &str) -> Option<Self> {
+        let (verb, rest) = line.trim().split_once(' ')?;
+        let (seq, text) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+        let seq = Seq(seq.parse().ok()?);
+        match verb {
+            "/edit" if !text.trim().is_empty() => Some(Self::Edit(seq, text.trim().to_owned())),
+            "/delete" => Some(Self::Delete(seq)),
+            _ => None,
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -61,6 +83,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .from
                         .as_ref()
                         .map_or_else(|| "server".to_owned(), |u| u.to_string());
+                    match (m.revision(), m.reference) {
+                        (Some(Revision::Delete), Some(seq)) => {
+                            println!("* {who} deleted message {}", seq.0);
+                            continue;
+                        }
+                        (Some(Revision::Edit), Some(seq)) => {
+                            let text = m
+                                .payload::<Line>()
+                                .map_or_else(|_| m.payload.as_str().to_owned(), |l| l.text);
+                            println!("* {who} edited message {}: {text}", seq.0);
+                            continue;
+                        }
+                        _ => {}
+                    }
                     match m.payload::<Line>() {
                         Ok(line) => println!("[{}] {who}: {}", m.seq.map_or(0, |s| s.0), line.text),
                         Err(_) => println!(
@@ -83,8 +119,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(text) = lines.next_line().await? {
-        if !text.trim().is_empty() {
-            client.publish(&args.channel, &Line { text }).await?;
+        let result = match Command::parse(&text) {
+            Some(Command::Edit(seq, text)) => client.edit(&args.channel, seq, &Line { text }).await,
+            Some(Command::Delete(seq)) => client.delete(&args.channel, seq).await,
+            None if text.trim().is_empty() => continue,
+            None => client.publish(&args.channel, &Line { text }).await,
+        };
+        // A refusal (not yours to edit, already deleted) is shown; the chat goes on.
+        if let Err(e) = result {
+            println!("! {e}");
         }
     }
     client.close();

@@ -193,9 +193,16 @@ impl Hub {
                     "messages are not stored (so never edited or deleted)",
                 ));
             }
-            let keyed = idempotency_key.is_some();
-            self.check_revision(&channel, target, revision, keyed, by)
-                .await?;
+            // A retry of a revision already stored is answered by the store with its first
+            // ack, whatever happened to the message since (deleted, trimmed).
+            let publisher = from.as_ref().map_or("", UserId::as_str);
+            let repeat = match &idempotency_key {
+                Some(key) => self.inner.store.repeat_of(&channel, publisher, key).await?,
+                None => None,
+            };
+            if repeat.is_none() {
+                self.check_revision(&channel, target, revision, by).await?;
+            }
         }
         let message = NewMessage {
             from,
@@ -263,15 +270,12 @@ impl Hub {
 
     /// Checks that message `target` of `channel` can be revised, and by `by` (`None`: trusted
     /// code): it must be stored (not trimmed), not an edit or delete itself, and not deleted;
-    /// a user must be its sender, or an `owner` or `admin` of the channel's record. A keyed
-    /// delete of a deleted message goes on to the store, which answers a retry with the
-    /// first one's ack (any other is stored and changes nothing).
+    /// a user must be its sender, or an `owner` or `admin` of the channel's record.
     async fn check_revision(
         &self,
         channel: &ChannelName,
         target: Seq,
         revision: Revision,
-        keyed: bool,
         by: Option<&Identity>,
     ) -> Result<(), HubError> {
         let verb = match revision {
@@ -295,9 +299,7 @@ impl Hub {
                 "no message {target} in {channel} to {verb} (never stored, trimmed, or itself an edit or delete)"
             )));
         };
-        if let Some(deleted) = current.deleted
-            && !(keyed && revision == Revision::Delete)
-        {
+        if let Some(deleted) = current.deleted {
             return Err(HubError::Conflict(format!(
                 "message {target} in {channel} was deleted (by message {deleted})"
             )));

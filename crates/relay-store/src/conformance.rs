@@ -55,7 +55,8 @@ macro_rules! conformance_tests {
             unread_lists_member_and_marked_channels_by_name,
             edits_and_deletes_are_appended_and_applied_in_the_current_view,
             a_delete_scrubs_the_payloads_of_the_message_and_its_edits,
-            the_current_view_pages_over_messages_only);
+            the_current_view_pages_over_messages_only,
+            repeat_of_answers_a_known_key_without_storing);
     };
     ($make:expr) => {
         $crate::conformance_tests!([] $make);
@@ -1103,6 +1104,49 @@ pub async fn the_current_view_pages_over_messages_only(store: Arc<dyn Store>) {
     assert_eq!(seqs(before), [1, 5, 9]);
 }
 
+/// `repeat_of` answers what a repeat of a key would get, and stores nothing.
+pub async fn repeat_of_answers_a_known_key_without_storing(store: Arc<dyn Store>) {
+    let ch = ChannelName::parse("chat:repeat-of").expect("name");
+    let key = IdempotencyKey::parse("k-1").expect("key");
+    let message = NewMessage {
+        from: Some(UserId::parse("alice").expect("user")),
+        ..NewMessage::new(ch.clone(), Payload::from_json("1").expect("json"))
+    }
+    .keyed(key.clone());
+    let stored = store
+        .append(message)
+        .await
+        .expect("append")
+        .into_new()
+        .expect("new");
+    let known = store
+        .repeat_of(&ch, "alice", &key)
+        .await
+        .expect("repeat_of");
+    assert_eq!(known, Some(stored.original()));
+    assert_eq!(
+        store.repeat_of(&ch, "bob", &key).await.expect("repeat_of"),
+        None
+    );
+    let other = IdempotencyKey::parse("k-2").expect("key");
+    assert_eq!(
+        store
+            .repeat_of(&ch, "alice", &other)
+            .await
+            .expect("repeat_of"),
+        None
+    );
+    let elsewhere = ChannelName::parse("chat:elsewhere").expect("name");
+    assert_eq!(
+        store
+            .repeat_of(&elsewhere, "alice", &key)
+            .await
+            .expect("repeat_of"),
+        None
+    );
+    assert_eq!(store.latest_seq(&ch).await.expect("latest"), Seq(1));
+}
+
 /// A reachable store answers `ping`.
 pub async fn ping_succeeds(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
@@ -1196,6 +1240,14 @@ impl<T: AppendHook> Store for T {
         query: HistoryQuery,
     ) -> crate::StoreResult<Vec<crate::StoredMessage>> {
         self.inner().history(channel, query).await
+    }
+    async fn repeat_of(
+        &self,
+        channel: &ChannelName,
+        publisher: &str,
+        key: &IdempotencyKey,
+    ) -> crate::StoreResult<Option<crate::Original>> {
+        self.inner().repeat_of(channel, publisher, key).await
     }
     async fn history_current(
         &self,

@@ -51,7 +51,7 @@ pub mod conformance;
 pub mod testing;
 
 use async_trait::async_trait;
-use relay_proto::{ChannelName, MemberRole, Seq, UserId};
+use relay_proto::{ChannelName, IdempotencyKey, MemberRole, Seq, UserId};
 
 #[cfg(feature = "postgres")]
 pub use cluster::{FeedItem, Notice, NoticeBody, PgNotifier, Wanted};
@@ -151,6 +151,17 @@ pub trait Store: Send + Sync + 'static {
     /// [`Appended::Repeat`] with the earlier append's seq, id and time, even if that message
     /// was trimmed since. Keys are kept at least for the window, then forgotten.
     async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
+
+    /// What an append with this idempotency key by `publisher` (a user id, or `""` for the
+    /// server; see [`NewMessage::publisher`]) on `channel` would repeat: the earlier append's
+    /// seq, id and time if the key is known within the window, as [`append`](Self::append)
+    /// would answer it. Stores nothing.
+    async fn repeat_of(
+        &self,
+        channel: &ChannelName,
+        publisher: &str,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<Original>>;
 
     /// Messages of a channel, ascending by seq; see [`HistoryQuery`].
     async fn history(

@@ -591,6 +591,24 @@ impl Store for MemoryStore {
         Ok(log.messages.range(lo..hi).cloned().collect())
     }
 
+    async fn repeat_of(
+        &self,
+        channel: &ChannelName,
+        publisher: &str,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<Original>> {
+        let Some(log) = self.log(channel) else {
+            return Ok(None);
+        };
+        let scope: KeyScope = (publisher.into(), key.clone());
+        let log = log.lock();
+        Ok(log
+            .keys
+            .get(&scope)
+            .filter(|(_, at)| at.elapsed() < self.idempotency_window())
+            .map(|(original, _)| *original))
+    }
+
     async fn history_current(
         &self,
         channel: &ChannelName,

@@ -26,7 +26,9 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use relay_proto::{ChannelName, MemberRole, MessageId, Payload, Seq, Timestamp, UserId};
+use relay_proto::{
+    ChannelName, IdempotencyKey, MemberRole, MessageId, Payload, Seq, Timestamp, UserId,
+};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, Transaction};
@@ -82,6 +84,8 @@ impl Default for PgStoreOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// How long idempotency keys are remembered.
+    window: Duration,
     appends: mpsc::Sender<Append>,
     /// How long a publish waits for its commit.
     timeout: Duration,
@@ -186,6 +190,7 @@ impl PgStore {
         ));
         Self {
             pool,
+            window: options.idempotency_window,
             appends,
             timeout: options.statement_timeout,
             _pruner: Arc::new(pruner),
@@ -1125,6 +1130,32 @@ impl Store for PgStore {
             messages.reverse();
         }
         Ok(messages)
+    }
+
+    async fn repeat_of(
+        &self,
+        channel: &ChannelName,
+        publisher: &str,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<Original>> {
+        let row: Option<(i64, MessageId, i64)> = sqlx::query_as(
+            "SELECT seq, message_id, (round(extract(epoch FROM ts) * 1000))::bigint
+             FROM publish_keys
+             WHERE channel = $1 AND publisher = $2 AND key = $3
+               AND created_at >= now() - $4 * interval '1 millisecond'",
+        )
+        .bind(channel.as_str())
+        .bind(publisher)
+        .bind(key.as_str())
+        .bind(self.window.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(row.map(|(seq, id, ts_ms)| Original {
+            seq: Seq(seq.max(0) as u64),
+            id,
+            ts: Timestamp::from_unix_millis(ts_ms.max(0) as u64),
+        }))
     }
 
     async fn history_current(

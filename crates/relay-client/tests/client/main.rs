@@ -5,6 +5,7 @@
 mod support;
 
 mod catch_up;
+mod edits;
 mod exactly_once;
 mod heartbeat;
 mod membership;

@@ -161,3 +161,67 @@ async fn a_connection_cannot_hold_more_subscriptions_than_the_limit() {
         "{frames:?}"
     );
 }
+
+/// Who may edit or delete a message: its sender, an owner or admin of the channel's record, a
+/// service, and trusted code; the message must exist, be an original, and not be deleted.
+#[tokio::test]
+async fn edits_and_deletes_are_for_the_sender_owners_admins_and_services() {
+    let t = TestHub::new();
+    t.store
+        .create_channel(NewChannel {
+            created_by: Some(user("owner")),
+            members: vec![user("member"), user("admin")],
+            ..NewChannel::named(ch("chat:1"))
+        })
+        .await
+        .unwrap();
+    t.store
+        .set_role(&ch("chat:1"), &user("admin"), MemberRole::Admin)
+        .await
+        .unwrap();
+    let sender = t.connect("sender");
+    sender.publish("chat:1", json!("one")).await;
+    sender.publish("chat:1", json!("two")).await;
+    let revise = |event: &str, seq: u64| json!({"type": "publish", "id": 1, "channel": "chat:1", "event": event, "ref": seq, "payload": "x"});
+    let member = t.connect("member");
+    member.send(revise("edit", 1)).await;
+    assert_eq!(error_code(&member.frames()), Some(ErrorCode::Forbidden));
+    for who in ["sender", "owner", "admin"] {
+        let client = t.connect(who);
+        client.send(revise("edit", 1)).await;
+        let frames = client.frames();
+        assert!(
+            frames.iter().any(|f| matches!(f, ServerFrame::Ack { .. })),
+            "{who}: {frames:?}"
+        );
+    }
+    let service = t.connect_as(Identity::service(user("backend")));
+    service.send(revise("delete", 2)).await;
+    assert!(matches!(service.frames()[..], [ServerFrame::Ack { .. }]));
+    // Deleted, an edit (seq 3), or absent: refused whoever asks.
+    for (seq, code) in [
+        (2, ErrorCode::Conflict),
+        (3, ErrorCode::NotFound),
+        (99, ErrorCode::NotFound),
+    ] {
+        sender.send(revise("edit", seq)).await;
+        assert_eq!(error_code(&sender.frames()), Some(code), "seq {seq}");
+    }
+    // Trusted code may revise any message.
+    let published = t
+        .hub
+        .publish(relay_core::Publish::delete(
+            ch("chat:1"),
+            relay_proto::Seq(1),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(published.seq, Some(relay_proto::Seq(7)));
+    let current = t
+        .store
+        .history_current(&ch("chat:1"), relay_store::HistoryQuery::latest(10))
+        .await
+        .unwrap();
+    let deleted: Vec<Option<u64>> = current.iter().map(|c| c.deleted.map(|s| s.0)).collect();
+    assert_eq!(deleted, [Some(7), Some(6)]);
+}

@@ -285,6 +285,16 @@ async fn rest_edits_deletes_and_services() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
+    // A keyed edit, retried after the message was deleted, still gets its first answer.
+    let keyed_edit = json!({"event": "edit", "ref": 1, "payload": "keyed"});
+    let (status, _, first_edit) = bob
+        .post_keyed(
+            "/api/channels/group:1/messages",
+            "edit-1",
+            keyed_edit.clone(),
+        )
+        .await;
+    assert_eq!(status, 201, "{first_edit}");
     // A keyed DELETE is safe to retry: the retry answers what the first one got.
     let (status, replayed, deleted) = bob
         .delete_keyed("/api/channels/group:1/messages/1", "del-1")
@@ -297,6 +307,15 @@ async fn rest_edits_deletes_and_services() {
     assert_eq!(again["seq"], deleted["seq"]);
     let (status, body) = bob.delete("/api/channels/group:1/messages/1").await;
     assert_eq!(status, 409, "an unkeyed second delete: {body}");
+    let (status, _, body) = bob
+        .delete_keyed("/api/channels/group:1/messages/1", "del-2")
+        .await;
+    assert_eq!(status, 409, "a second delete with a new key: {body}");
+    let (status, replayed, again) = bob
+        .post_keyed("/api/channels/group:1/messages", "edit-1", keyed_edit)
+        .await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again["seq"], first_edit["seq"]);
     // A service may edit anyone's message, through /api/publish.
     let (_, second) = carol
         .post(
