@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use relay_proto::{
-    ChannelName, ClientFrame, DELETE_EVENT, EDIT_EVENT, IdempotencyKey, MessageId, Payload, Seq,
-    ServerFrame, SubscribeMode, UserId,
+    ChannelName, ClientFrame, DELETE_EVENT, EDIT_EVENT, IdempotencyKey, MessageId, Payload,
+    ReceiptStatus, Seq, ServerFrame, SubscribeMode, UserId,
 };
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -49,6 +49,16 @@ pub struct Ack {
     pub message_id: MessageId,
     /// Its seq (`None` for an ephemeral publish).
     pub seq: Option<Seq>,
+}
+
+/// The server's first answer to [`Client::signal_with_receipt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalReceipt {
+    /// The server's id of the signal: later receipts ([`Event::Receipt`](crate::Event)) and
+    /// its deliveries carry it.
+    pub signal: MessageId,
+    /// `delivered`, `held` (`delivered` or `expired` follows), or `expired`.
+    pub status: ReceiptStatus,
 }
 
 pub(crate) struct Settings {
@@ -501,6 +511,8 @@ impl Client {
             to,
             payload,
             event: event.map(str::to_owned),
+            receipt: false,
+            ttl_ms: None,
         };
         let (reply, answer) = oneshot::channel();
         self.command(Command::Signal {
@@ -510,6 +522,47 @@ impl Client {
             reply,
         })?;
         self.wait(answer).await
+    }
+
+    /// Sends a signal and asks what becomes of it: resolves with its server id and
+    /// `delivered` (a connection of `to` received it) or `held` (none could; with `ttl`, the
+    /// server holds it that long, at most its `max_signal_ttl`, and delivers it when `to`
+    /// subscribes). After `held`, the channel's [`Subscription`] yields one
+    /// [`Event::Receipt`](crate::Event::Receipt) with `delivered` or `expired`. Without a
+    /// `ttl`, a signal nobody can take resolves with `expired` (on a cluster, after a short
+    /// wait for the other nodes).
+    pub async fn signal_with_receipt<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        to: &str,
+        event: Option<&str>,
+        payload: &T,
+        ttl: Option<Duration>,
+    ) -> Result<SignalReceipt, ClientError> {
+        let channel = channel_name(channel)?;
+        let to = UserId::parse(to).map_err(|e| ClientError::Server {
+            code: relay_proto::ErrorCode::BadRequest,
+            message: format!("bad user id: {e}"),
+        })?;
+        let payload = Payload::from_value(payload)?;
+        let ttl_ms = ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let reply = self
+            .request(|id| ClientFrame::Signal {
+                id: Some(id.into()),
+                channel,
+                to,
+                payload,
+                event: event.map(str::to_owned),
+                receipt: true,
+                ttl_ms,
+            })
+            .await?;
+        match reply {
+            ServerFrame::Receipt { signal, status, .. } => Ok(SignalReceipt { signal, status }),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply to a signal: {other:?}"
+            ))),
+        }
     }
 
     /// The users online in `channel`.

@@ -509,14 +509,31 @@ impl Driver {
                 from,
                 payload,
                 event,
+                signal,
             } => self.subs.on_event(
                 &channel,
                 Event::Signal {
                     from,
                     event,
                     payload,
+                    signal,
                 },
             ),
+            // The first receipt answers the signal; later ones (after `held`) are events.
+            ServerFrame::Receipt { ref id, .. }
+                if numeric(id).is_some_and(|id| self.pending.contains_key(&id)) =>
+            {
+                self.on_reply(frame)
+            }
+            ServerFrame::Receipt {
+                channel,
+                to,
+                signal,
+                status,
+                ..
+            } => self
+                .subs
+                .on_event(&channel, Event::Receipt { to, signal, status }),
             ServerFrame::Error {
                 id, code, message, ..
             } => self.on_error(numeric(&id), code, message),
@@ -677,6 +694,7 @@ impl Driver {
             ServerFrame::Ack { id, .. }
             | ServerFrame::Presence { id, .. }
             | ServerFrame::Read { id, .. }
+            | ServerFrame::Receipt { id, .. }
             | ServerFrame::Unsubscribed { id, .. } => numeric(id),
             _ => None,
         };

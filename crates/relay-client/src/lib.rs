@@ -58,7 +58,7 @@ mod rest;
 mod subs;
 mod subscription;
 
-pub use client::{Ack, Client, ClientBuilder, ConnectionEvent, TokenProvider};
+pub use client::{Ack, Client, ClientBuilder, ConnectionEvent, SignalReceipt, TokenProvider};
 pub use error::{BoxError, ClientError};
 pub use relay_proto as proto;
 pub use rest::{ChannelInfo, CurrentMessage, HistoryPage, MemberInfo, RestClient};

@@ -4,7 +4,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use relay_proto::{ChannelName, MessageId, Payload, Revision, Seq, Timestamp, UserId};
+use relay_proto::{
+    ChannelName, MessageId, Payload, ReceiptStatus, Revision, Seq, Timestamp, UserId,
+};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
@@ -63,6 +65,19 @@ pub enum Event {
         event: Option<String>,
         /// The opaque payload.
         payload: Payload,
+        /// The server's id of a signal sent with a receipt or a TTL (the same on a repeat).
+        signal: Option<MessageId>,
+    },
+    /// What became of a signal this connection sent with
+    /// [`signal_with_receipt`](crate::Client::signal_with_receipt) after its first answer was
+    /// `held`: `delivered` or `expired`.
+    Receipt {
+        /// The signal's target.
+        to: UserId,
+        /// The server's id of the signal (as in [`SignalReceipt::signal`](crate::SignalReceipt)).
+        signal: MessageId,
+        /// `delivered` or `expired`.
+        status: ReceiptStatus,
     },
     /// This user's read marker in the channel moved (another of its connections, or a REST
     /// call, marked it read up to this seq): for keeping unread badges in step across devices.

@@ -34,7 +34,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_proto::{ChannelName, EncodedFrame, Seq, ServerFrame, UserId};
+use relay_proto::{ChannelName, EncodedFrame, MessageId, Seq, ServerFrame, UserId};
 use relay_store::StoredMessage;
 use serde_json::value::RawValue;
 
@@ -135,6 +135,11 @@ enum RemoteEvent {
     Ephemeral(EncodedFrame, ChannelName),
     /// A `signal` frame for the connections of one user subscribed to the channel.
     Signal(EncodedFrame, ChannelName, UserId),
+    /// A signal with a receipt or a time to live, held on its sender's node, which wants a
+    /// `delivered` back: frame, channel, target, sender, the signal's id.
+    Tracked(EncodedFrame, ChannelName, UserId, UserId, MessageId),
+    /// A connection on another node received the tracked signal with this id.
+    Delivered(ChannelName, MessageId),
     /// A user came online in a channel on the sending node (`true`), or went offline there.
     Presence(ChannelName, UserId, bool),
     /// A user lost access to a channel: its subscriptions there end on every node.
@@ -186,11 +191,12 @@ fn encode_ephemeral(frame: &EncodedFrame) -> String {
     format!(r#"{{"k":"ephemeral","f":{}}}"#, frame.as_str())
 }
 
-fn encode_signal(frame: &EncodedFrame, to: &UserId) -> String {
+fn encode_signal(frame: &EncodedFrame, to: &UserId, answer: bool) -> String {
     format!(
-        r#"{{"k":"signal","to":{},"f":{}}}"#,
+        r#"{{"k":"signal","to":{},"f":{}{}}}"#,
         quote(to.as_str()),
-        frame.as_str()
+        frame.as_str(),
+        if answer { r#","r":true"# } else { "" }
     )
 }
 
@@ -261,11 +267,37 @@ fn decode(event: &str) -> Option<RemoteEvent> {
             let channel = channel.clone();
             Some(RemoteEvent::Ephemeral(frame.encode(), channel))
         }
+        // A receipt travels like a signal to the sender, and settles it on the sender's node.
+        (
+            "signal",
+            ServerFrame::Receipt {
+                channel,
+                signal,
+                status: relay_proto::ReceiptStatus::Delivered,
+                ..
+            },
+        ) => Some(RemoteEvent::Delivered(channel.clone(), *signal)),
         // A read marker travels like a signal to its user's connections.
         ("signal", ServerFrame::Signal { channel, .. } | ServerFrame::Read { channel, .. }) => {
             let to: String = serde_json::from_str(fields.get("to")?.get()).ok()?;
             let to = UserId::parse(&to).ok()?;
             let channel = channel.clone();
+            let answer = fields
+                .get("r")
+                .and_then(|r| serde_json::from_str::<bool>(r.get()).ok())
+                .unwrap_or(false);
+            if let (
+                true,
+                ServerFrame::Signal {
+                    from,
+                    signal: Some(id),
+                    ..
+                },
+            ) = (answer, &frame)
+            {
+                let (from, id) = (from.clone(), *id);
+                return Some(RemoteEvent::Tracked(frame.encode(), channel, to, from, id));
+            }
             Some(RemoteEvent::Signal(frame.encode(), channel, to))
         }
         _ => None,
@@ -283,6 +315,16 @@ impl Hub {
         let (frame, channel, to) = match event {
             RemoteEvent::Ephemeral(frame, channel) => (frame, channel, None),
             RemoteEvent::Signal(frame, channel, to) => (frame, channel, Some(to)),
+            RemoteEvent::Tracked(frame, channel, to, from, id) => {
+                self.inner.counters.cluster_received();
+                self.receive_tracked(&frame, &channel, &to, &from, id);
+                return true;
+            }
+            RemoteEvent::Delivered(_, id) => {
+                self.inner.counters.cluster_received();
+                self.settle(&id);
+                return true;
+            }
             RemoteEvent::Presence(channel, user, online) => {
                 self.remote_presence(node, &channel, &user, online);
                 return true;
@@ -325,6 +367,8 @@ impl Hub {
         let routed = match &decoded {
             RemoteEvent::Ephemeral(_, c)
             | RemoteEvent::Signal(_, c, _)
+            | RemoteEvent::Tracked(_, c, ..)
+            | RemoteEvent::Delivered(c, _)
             | RemoteEvent::Pointer(c, _) => c == channel,
             RemoteEvent::Committed(message) => &message.channel == channel,
             RemoteEvent::Presence(..) | RemoteEvent::Evict(..) => false,
@@ -511,8 +555,22 @@ impl Hub {
         match &self.inner.backplane {
             None => Ok(false),
             Some(backplane) => {
-                forward(&**backplane, channel, encode_signal(frame, to)).map(|()| true)
+                forward(&**backplane, channel, encode_signal(frame, to, false)).map(|()| true)
             }
+        }
+    }
+
+    /// Hands a tracked `signal` frame (one carrying its server id) for `to` to the
+    /// backplane, asking the node that delivers it to answer `delivered`.
+    pub(crate) fn forward_tracked(
+        &self,
+        channel: &ChannelName,
+        to: &UserId,
+        frame: &EncodedFrame,
+    ) -> Result<(), HubError> {
+        match &self.inner.backplane {
+            None => Ok(()),
+            Some(backplane) => forward(&**backplane, channel, encode_signal(frame, to, true)),
         }
     }
 }
@@ -576,6 +634,11 @@ impl Hub {
                 }
             };
             state.broadcast(&frame.encode(), |_, _| true);
+        }
+        drop(state);
+        if online {
+            // Signals held here for this user go to its node at once.
+            self.offer_held(channel, user);
         }
     }
 
@@ -738,7 +801,7 @@ fn forward(
 
 #[cfg(test)]
 mod tests {
-    use relay_proto::{MessageId, Payload, Timestamp};
+    use relay_proto::{Payload, Timestamp};
 
     use super::*;
 
@@ -765,12 +828,59 @@ mod tests {
             from: UserId::parse("alice").unwrap(),
             payload: Payload::from_json(r#"{"sdp":"x"}"#).unwrap(),
             event: Some("offer".into()),
+            signal: None,
         }
         .encode();
         let bob = UserId::parse("bob").unwrap();
         assert_eq!(
-            decode(&encode_signal(&signal, &bob)),
-            Some(RemoteEvent::Signal(signal.clone(), channel, bob))
+            decode(&encode_signal(&signal, &bob, false)),
+            Some(RemoteEvent::Signal(
+                signal.clone(),
+                channel.clone(),
+                bob.clone()
+            ))
+        );
+        // A tracked signal asks for an answer; its receipt settles it on the sender's node.
+        let id = MessageId::now_v7();
+        let alice = UserId::parse("alice").unwrap();
+        let tracked = ServerFrame::Signal {
+            channel: channel.clone(),
+            from: alice.clone(),
+            payload: Payload::from_json("1").unwrap(),
+            event: None,
+            signal: Some(id),
+        }
+        .encode();
+        assert_eq!(
+            decode(&encode_signal(&tracked, &bob, true)),
+            Some(RemoteEvent::Tracked(
+                tracked.clone(),
+                channel.clone(),
+                bob.clone(),
+                alice.clone(),
+                id
+            ))
+        );
+        assert_eq!(
+            decode(&encode_signal(&tracked, &bob, false)),
+            Some(RemoteEvent::Signal(
+                tracked.clone(),
+                channel.clone(),
+                bob.clone()
+            )),
+            "delivered elsewhere already: nobody answers"
+        );
+        let receipt = ServerFrame::Receipt {
+            id: None,
+            channel: channel.clone(),
+            to: bob.clone(),
+            signal: id,
+            status: relay_proto::ReceiptStatus::Delivered,
+        }
+        .encode();
+        assert_eq!(
+            decode(&encode_signal(&receipt, &alice, false)),
+            Some(RemoteEvent::Delivered(channel.clone(), id))
         );
         assert_eq!(
             decode(&encode_ephemeral(&signal)),

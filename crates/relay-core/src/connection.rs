@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use relay_proto::{
-    ChannelName, ClientFrame, CloseCode, DecodeError, EncodedFrame, ErrorCode, FrameId, Payload,
-    Seq, ServerFrame, SubscribeMode, UserId,
+    ChannelName, ClientFrame, CloseCode, DecodeError, EncodedFrame, ErrorCode, FrameId, MessageId,
+    Payload, Seq, ServerFrame, SubscribeMode, UserId,
 };
 use relay_store::HistoryQuery;
 
 use crate::error::HubError;
+use crate::held::Tracked;
 use crate::hub::{Action, Hub};
 use crate::identity::{Identity, Role};
 use crate::outbox::{Outbox, ReplayBudget};
@@ -47,6 +48,17 @@ impl Peer {
             subscriptions: Mutex::new(HashSet::new()),
         }
     }
+}
+
+/// A `signal` frame's fields.
+struct SignalFrame {
+    id: Option<FrameId>,
+    channel: ChannelName,
+    to: UserId,
+    payload: Payload,
+    event: Option<String>,
+    receipt: bool,
+    ttl_ms: Option<u64>,
 }
 
 /// Where a new subscription starts, as read from the store.
@@ -269,12 +281,25 @@ impl Connection {
                 self.publish(id, publish).await
             }
             ClientFrame::Signal {
+                id,
                 channel,
                 to,
                 payload,
                 event,
-                ..
-            } => self.signal(channel, to, payload, event).await,
+                receipt,
+                ttl_ms,
+            } => {
+                let signal = SignalFrame {
+                    id,
+                    channel,
+                    to,
+                    payload,
+                    event,
+                    receipt,
+                    ttl_ms,
+                };
+                self.signal(signal).await
+            }
             ClientFrame::Presence { id, channel } => self.presence(id, channel).await,
             ClientFrame::Read { id, channel, seq } => self
                 .hub
@@ -393,7 +418,10 @@ impl Connection {
             presence,
         };
         match self.hub.start(&channel, self.id, cursor, replay, reply) {
-            Start::Started => Ok(()),
+            Start::Started => {
+                self.hub.deliver_held(&channel, &self.identity.user);
+                Ok(())
+            }
             Start::Gone => {
                 self.peer.subscriptions.lock().remove(&channel);
                 // Evicted while joining (a closed connection drops this error unseen).
@@ -535,13 +563,16 @@ impl Connection {
         Ok(())
     }
 
-    async fn signal(
-        &self,
-        channel: ChannelName,
-        to: UserId,
-        payload: Payload,
-        event: Option<String>,
-    ) -> Result<(), HubError> {
+    async fn signal(&self, signal: SignalFrame) -> Result<(), HubError> {
+        let SignalFrame {
+            id,
+            channel,
+            to,
+            payload,
+            event,
+            receipt,
+            ttl_ms,
+        } = signal;
         // Only a subscriber may signal in a channel: knowing a user's name is not enough to
         // reach them.
         if !self.peer.subscriptions.lock().contains(&channel) {
@@ -561,15 +592,39 @@ impl Connection {
                 namespace: channel.namespace().to_owned(),
             });
         }
+        let ttl = ttl_ms.map(std::time::Duration::from_millis);
+        let max_ttl = self.hub.inner.config.max_signal_ttl;
+        if ttl.is_some_and(|ttl| ttl > max_ttl) {
+            return Err(HubError::BadRequest(format!(
+                "ttl_ms: at most {} on this server",
+                max_ttl.as_millis()
+            )));
+        }
+        let tracked = receipt || ttl.is_some();
+        let signal_id = tracked.then(MessageId::now_v7);
         let frame = ServerFrame::Signal {
             channel: channel.clone(),
             from: self.identity.user.clone(),
             payload,
             event,
+            signal: signal_id,
         }
         .encode();
         let reveals_presence = policy.presence;
-        match self.hub.signal(&channel, &to, &frame, self.id) {
+        let result = match signal_id {
+            Some(signal_id) => self.hub.signal_tracked(Tracked {
+                id: signal_id,
+                channel,
+                to,
+                frame,
+                origin: self.id,
+                frame_id: id,
+                receipt,
+                ttl,
+            }),
+            None => self.hub.signal(&channel, &to, &frame, self.id),
+        };
+        match result {
             // Where presence is off, "not online" is not revealed: a signal to nobody is
             // answered like one that was delivered (with nothing).
             Err(HubError::NotFound(_)) if !reveals_presence => Ok(()),

@@ -41,6 +41,9 @@ pub enum HubError {
         /// The channel.
         channel: ChannelName,
     },
+    /// A bounded resource is full (held signals): retry later.
+    #[error("{0}")]
+    Busy(String),
     /// The store failed; nothing was acked.
     #[error("store unavailable, retry later")]
     Unavailable(#[source] StoreError),
@@ -58,6 +61,7 @@ impl HubError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::TooLarge { .. } | Self::EventTooLarge { .. } => ErrorCode::TooLarge,
+            Self::Busy(_) => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }

@@ -53,6 +53,11 @@ pub struct HubConfig {
     pub replay_budget_bytes: usize,
     /// Channel records one user may create (services are not counted); `None`: no quota.
     pub max_channels_per_user: Option<u64>,
+    /// Signals (sent with a receipt or a `ttl_ms`) this node holds at once for targets that
+    /// are not connected; past it, such a signal is refused with `rate_limited`.
+    pub max_held_signals: usize,
+    /// The longest `ttl_ms` a signal may ask for.
+    pub max_signal_ttl: Duration,
 }
 
 impl Default for HubConfig {
@@ -70,6 +75,8 @@ impl Default for HubConfig {
             max_replay_bytes: 8 * 1024 * 1024,
             replay_budget_bytes: 256 * 1024 * 1024,
             max_channels_per_user: Some(1000),
+            max_held_signals: 10_000,
+            max_signal_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -87,6 +94,8 @@ pub struct HubStats {
     pub presence_entries: usize,
     /// Bytes of replayed history held (read for recoveries, or queued and not yet written).
     pub replay_bytes: usize,
+    /// Signals held for targets not connected (or waiting for another node's `delivered`).
+    pub held_signals: usize,
 }
 
 /// What a caller wants to do with a channel, for [`Hub::authorize`].
@@ -117,6 +126,8 @@ pub(crate) struct Inner {
     pub(crate) backplane: Option<Arc<dyn Backplane>>,
     /// Replayed history held across the hub.
     pub(crate) replay_budget: Arc<ReplayBudget>,
+    /// Signals waiting for their target (or, in a cluster, for another node's `delivered`).
+    pub(crate) held: crate::held::HeldSignals,
 }
 
 /// Running totals kept with relaxed atomics: one increment per publish or error, never per
@@ -204,6 +215,7 @@ impl Hub {
             store,
             channels: DashMap::new(),
             connections: DashMap::new(),
+            held: Default::default(),
             next_connection: AtomicU64::new(1),
             counters: Counters::default(),
             backplane,
@@ -259,6 +271,7 @@ impl Hub {
         let mut stats = HubStats {
             connections: self.inner.connections.len(),
             replay_bytes: self.inner.replay_budget.used(),
+            held_signals: self.inner.held.len(),
             ..HubStats::default()
         };
         for channel in self.inner.channels.iter() {

@@ -47,6 +47,7 @@ mod channels;
 mod cluster;
 mod connection;
 mod error;
+mod held;
 mod hub;
 mod identity;
 mod outbox;

@@ -106,6 +106,23 @@ pub struct Published {
     /// Whether this answers a repeat of an earlier publish with the same idempotency key
     /// (nothing was stored or delivered now).
     pub repeat: bool,
+    /// Whether the message was stored with a `null` payload instead of its own: an edit of
+    /// a message deleted meanwhile.
+    pub scrubbed: bool,
+}
+
+impl Published {
+    /// The answer to a repeat of the append that stored `original`.
+    fn repeat(channel: ChannelName, original: relay_store::Original) -> Self {
+        Self {
+            channel,
+            id: original.id,
+            seq: Some(original.seq),
+            ts: original.ts,
+            repeat: true,
+            scrubbed: false,
+        }
+    }
 }
 
 impl Hub {
@@ -193,15 +210,25 @@ impl Hub {
                     "messages are not stored (so never edited or deleted)",
                 ));
             }
-            // A retry of a revision already stored is answered by the store with its first
-            // ack, whatever happened to the message since (deleted, trimmed).
+            // A retry of a revision already stored gets its first ack, whatever happened to
+            // the message since (deleted, trimmed); nothing is appended without the checks.
             let publisher = from.as_ref().map_or("", UserId::as_str);
-            let repeat = match &idempotency_key {
-                Some(key) => self.inner.store.repeat_of(&channel, publisher, key).await?,
-                None => None,
+            let repeat_of = async |key: &Option<IdempotencyKey>| match key {
+                Some(key) => self.inner.store.repeat_of(&channel, publisher, key).await,
+                None => Ok(None),
             };
-            if repeat.is_none() {
-                self.check_revision(&channel, target, revision, by).await?;
+            if let Some(original) = repeat_of(&idempotency_key).await? {
+                return Ok(Published::repeat(channel.clone(), original));
+            }
+            if let Err(refused) = self.check_revision(&channel, target, revision, by).await {
+                // The first attempt may have committed meanwhile (its own delete is why this
+                // one is refused): a retry still gets its ack.
+                if matches!(refused, HubError::Conflict(_) | HubError::NotFound(_))
+                    && let Some(original) = repeat_of(&idempotency_key).await?
+                {
+                    return Ok(Published::repeat(channel.clone(), original));
+                }
+                return Err(refused);
             }
         }
         let message = NewMessage {
@@ -218,6 +245,7 @@ impl Hub {
                 seq: None,
                 ts: message.ts,
                 repeat: false,
+                scrubbed: false,
             };
             let channel = message.channel.clone();
             if self.inner.backplane.is_none() && !self.inner.channels.contains_key(&channel) {
@@ -241,8 +269,12 @@ impl Hub {
         }
         let max_history = policy.max_history;
         let channel = message.channel.clone();
+        let payload_was_null = message.payload.is_null();
         let published = match self.commit_and_deliver(message, origin).await? {
             Appended::New(stored) => Published {
+                scrubbed: stored.reference.is_some()
+                    && stored.payload.is_null()
+                    && !payload_was_null,
                 channel: stored.channel,
                 id: stored.id,
                 seq: Some(stored.seq),
@@ -250,15 +282,7 @@ impl Hub {
                 repeat: false,
             },
             // Stored (and delivered) the first time; nothing to do now.
-            Appended::Repeat(original) => {
-                return Ok(Published {
-                    channel,
-                    id: original.id,
-                    seq: Some(original.seq),
-                    ts: original.ts,
-                    repeat: true,
-                });
-            }
+            Appended::Repeat(original) => return Ok(Published::repeat(channel, original)),
         };
         if let Some(keep) = max_history
             && let Err(e) = self.inner.store.trim(&channel, keep).await
@@ -284,7 +308,7 @@ impl Hub {
         };
         let query = HistoryQuery {
             after: Some(Seq(target.0.saturating_sub(1))),
-            before: Some(target.next()),
+            before: Some(Seq(target.0.saturating_add(1))),
             limit: 1,
         };
         let Some(current) = self

@@ -49,26 +49,28 @@ impl Revision {
     }
 
     /// Checks the pairing rules of `event`, `ref` and `ephemeral` on a publish: `ref` goes
-    /// with the events `edit` and `delete` only, and they need it; a revision is never
-    /// ephemeral. Returns the revision, or which field is wrong and why.
+    /// with the events `edit` and `delete` only, names a seq (1 to 2^63 - 1), and makes the
+    /// publish a revision, which is never ephemeral. Without `ref`, an `edit` or `delete`
+    /// event is an ordinary message (as it was before revisions existed). Returns the
+    /// revision, or which field is wrong and why.
     pub fn check(
         event: Option<&str>,
         reference: Option<Seq>,
         ephemeral: bool,
     ) -> Result<Option<Self>, (&'static str, &'static str)> {
-        match (Self::of_event(event), reference) {
-            (None, None) => Ok(None),
-            (None, Some(_)) => Err(("ref", "only an \"edit\" or \"delete\" event has a ref")),
-            (Some(_), None) => Err((
-                "ref",
-                "the events \"edit\" and \"delete\" need the seq of the message they change",
-            )),
-            (Some(_), Some(Seq(0))) => Err(("ref", "seqs start at 1")),
-            (Some(_), Some(_)) if ephemeral => {
-                Err(("ephemeral", "an edit or delete is stored, never ephemeral"))
-            }
-            (Some(revision), Some(_)) => Ok(Some(revision)),
+        let Some(reference) = reference else {
+            return Ok(None);
+        };
+        let Some(revision) = Self::of_event(event) else {
+            return Err(("ref", "only an \"edit\" or \"delete\" event has a ref"));
+        };
+        if reference.0 == 0 || reference.0 > i64::MAX as u64 {
+            return Err(("ref", "a seq is a number from 1 to 2^63 - 1"));
         }
+        if ephemeral {
+            return Err(("ephemeral", "an edit or delete is stored, never ephemeral"));
+        }
+        Ok(Some(revision))
     }
 }
 
@@ -137,6 +139,14 @@ pub enum ClientFrame {
         /// An optional event name (`"offer"`, `"answer"`, `"ice"`).
         #[serde(skip_serializing_if = "Option::is_none")]
         event: Option<String>,
+        /// Asks for `receipt` frames: at once `delivered` or `held`, and after `held`, one of
+        /// `delivered` or `expired`.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        receipt: bool,
+        /// Milliseconds the server holds the signal for a target with no connection to
+        /// deliver it to, delivering it when the target subscribes; absent or 0: not held.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
     },
     /// Marks the channel read up to `seq` for the user (monotonic: a lower seq changes
     /// nothing). Answered with `read` carrying the stored marker.
@@ -212,6 +222,10 @@ struct WireClientFrame<'a> {
     mode: Option<Cow<'a, str>>,
     #[serde(rename = "ref", default)]
     reference: Option<Seq>,
+    #[serde(default)]
+    receipt: Option<bool>,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
 }
 
 impl ClientFrame {
@@ -270,7 +284,7 @@ impl ClientFrame {
                 payload: match (wire.payload, Revision::of_event(event.as_deref())) {
                     (Some(payload), _) => payload,
                     // A delete needs no payload of its own.
-                    (None, Some(Revision::Delete)) => Payload::null(),
+                    (None, Some(Revision::Delete)) if wire.reference.is_some() => Payload::null(),
                     (None, _) => f.require("payload", None)?,
                 },
                 ephemeral: {
@@ -294,6 +308,8 @@ impl ClientFrame {
                 to: f.user("to", wire.to.as_deref())?,
                 payload: f.require("payload", wire.payload)?,
                 event,
+                receipt: wire.receipt.unwrap_or(false),
+                ttl_ms: wire.ttl_ms.filter(|ttl| *ttl > 0),
                 id: wire.id,
             },
             "presence" => Self::Presence {
@@ -414,12 +430,23 @@ mod tests {
             r#"{"type":"publish","channel":"c","payload":1,"event":"x","ref":1}"#,
             "ref",
         );
+        // Without a ref, "edit" and "delete" are ordinary events, as before revisions.
+        assert!(matches!(
+            ClientFrame::decode(br#"{"type":"publish","channel":"c","payload":1,"event":"edit"}"#),
+            Ok(ClientFrame::Publish {
+                reference: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            kind(r#"{"type":"publish","channel":"c","event":"delete"}"#),
+            DecodeErrorKind::MissingField {
+                field: "payload",
+                ..
+            }
+        ));
         invalid(
-            r#"{"type":"publish","channel":"c","payload":1,"event":"edit"}"#,
-            "ref",
-        );
-        invalid(
-            r#"{"type":"publish","channel":"c","event":"delete"}"#,
+            r#"{"type":"publish","channel":"c","payload":1,"event":"edit","ref":9223372036854775808}"#,
             "ref",
         );
         invalid(

@@ -47,7 +47,7 @@ pub use codes::{CloseCode, ErrorCode};
 pub use encoded::EncodedFrame;
 pub use key::{IdempotencyKey, KeyError, MAX_IDEMPOTENCY_KEY_LEN};
 pub use role::MemberRole;
-pub use server::ServerFrame;
+pub use server::{ReceiptStatus, ServerFrame};
 pub use types::{FrameId, MessageId, Payload, Seq, Timestamp};
 pub use wire::{DecodeError, DecodeErrorKind};
 

@@ -97,6 +97,24 @@ pub enum ServerFrame {
         /// Event name.
         #[serde(skip_serializing_if = "Option::is_none")]
         event: Option<String>,
+        /// The server's id of a signal sent with `receipt` or `ttl_ms`: the same on every
+        /// delivery of it, so that a repeat can be recognised.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<MessageId>,
+    },
+    /// What became of a signal sent with `receipt: true`; only to the connection that sent it.
+    Receipt {
+        /// Echo of the `signal` frame's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// The channel.
+        channel: ChannelName,
+        /// The signal's target.
+        to: UserId,
+        /// The server's id of the signal.
+        signal: MessageId,
+        /// `delivered`, `held` or `expired`.
+        status: ReceiptStatus,
     },
     /// A user's first connection subscribed.
     Join {
@@ -180,6 +198,12 @@ struct WireServerFrame<'a> {
     ts: Option<Timestamp>,
     #[serde(rename = "ref", default)]
     reference: Option<Seq>,
+    #[serde(borrow, default)]
+    to: Option<Cow<'a, str>>,
+    #[serde(default)]
+    signal: Option<MessageId>,
+    #[serde(default)]
+    status: Option<ReceiptStatus>,
     #[serde(default)]
     message_id: Option<MessageId>,
     #[serde(default)]
@@ -228,6 +252,7 @@ impl ServerFrame {
             "presence" => "presence",
             "pong" => "pong",
             "read" => "read",
+            "receipt" => "receipt",
             "error" => "error",
             other => {
                 let kind = DecodeErrorKind::UnknownType(other.chars().take(64).collect());
@@ -287,6 +312,14 @@ impl ServerFrame {
                 from: f.user("from", w.from.as_deref())?,
                 payload: f.require("payload", w.payload)?,
                 event: w.event,
+                signal: w.signal,
+            },
+            "receipt" => Self::Receipt {
+                channel: f.channel(channel)?,
+                to: f.user("to", w.to.as_deref())?,
+                signal: f.require("signal", w.signal)?,
+                status: f.require("status", w.status)?,
+                id: w.id,
             },
             "join" => Self::Join {
                 channel: f.channel(channel)?,
@@ -314,6 +347,31 @@ impl ServerFrame {
                 id: w.id,
             },
         })
+    }
+}
+
+/// What became of a signal sent with `receipt: true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    /// A connection of the target received it.
+    Delivered,
+    /// No connection of the target could take it yet: held up to its `ttl_ms`, then
+    /// `delivered` or `expired` follows.
+    Held,
+    /// No connection of the target received it before its `ttl_ms` ran out (or at once,
+    /// without a `ttl_ms`).
+    Expired,
+}
+
+impl ReceiptStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Held => "held",
+            Self::Expired => "expired",
+        }
     }
 }
 

@@ -70,7 +70,7 @@ fn publish_kind() -> impl Strategy<Value = (Option<String>, bool, Option<Seq>)> 
                 (event, ephemeral, None)
             }
         }),
-        (prop::bool::ANY, 1..u64::MAX).prop_map(|(edit, target)| {
+        (prop::bool::ANY, 1..=i64::MAX as u64).prop_map(|(edit, target)| {
             let event = if edit { "edit" } else { "delete" };
             (Some(event.to_owned()), false, Some(Seq(target)))
         }),
@@ -125,15 +125,26 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                     }
                 }
             ),
-        (frame_id(), channel(), user(), payload(), client_event()).prop_map(
-            |(id, channel, to, payload, event)| ClientFrame::Signal {
-                id,
-                channel,
-                to,
-                payload,
-                event
-            }
-        ),
+        (
+            frame_id(),
+            channel(),
+            user(),
+            payload(),
+            client_event(),
+            any::<bool>(),
+            proptest::option::of(1..u64::MAX)
+        )
+            .prop_map(|(id, channel, to, payload, event, receipt, ttl_ms)| {
+                ClientFrame::Signal {
+                    id,
+                    channel,
+                    to,
+                    payload,
+                    event,
+                    receipt,
+                    ttl_ms,
+                }
+            }),
         (frame_id(), channel()).prop_map(|(id, channel)| ClientFrame::Presence { id, channel }),
         frame_id().prop_map(|id| ClientFrame::Ping { id }),
         (frame_id(), channel(), seq()).prop_map(|(id, channel, seq)| ClientFrame::Read {
@@ -220,7 +231,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (
             frame_id(),
             channel(),
-            message_id,
+            message_id.clone(),
             proptest::option::of(seq())
         )
             .prop_map(|(id, channel, message_id, seq)| ServerFrame::Ack {
@@ -229,14 +240,40 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 message_id,
                 seq
             }),
-        (channel(), user(), payload(), event()).prop_map(|(channel, from, payload, event)| {
-            ServerFrame::Signal {
+        (
+            channel(),
+            user(),
+            payload(),
+            event(),
+            proptest::option::of(message_id.clone())
+        )
+            .prop_map(|(channel, from, payload, event, signal)| {
+                ServerFrame::Signal {
+                    channel,
+                    from,
+                    payload,
+                    event,
+                    signal,
+                }
+            }),
+        (
+            frame_id(),
+            channel(),
+            user(),
+            message_id.clone(),
+            prop_oneof![
+                Just(relay_proto::ReceiptStatus::Delivered),
+                Just(relay_proto::ReceiptStatus::Held),
+                Just(relay_proto::ReceiptStatus::Expired)
+            ]
+        )
+            .prop_map(|(id, channel, to, signal, status)| ServerFrame::Receipt {
+                id,
                 channel,
-                from,
-                payload,
-                event,
-            }
-        }),
+                to,
+                signal,
+                status
+            }),
         (channel(), user()).prop_map(|(channel, user)| ServerFrame::Join { channel, user }),
         (channel(), user()).prop_map(|(channel, user)| ServerFrame::Leave { channel, user }),
         (frame_id(), channel(), users()).prop_map(|(id, channel, users)| ServerFrame::Presence {

@@ -617,7 +617,12 @@ impl Api<'_> {
             id: published.id,
             from: Some(self.identity.user.clone()),
             event,
-            payload,
+            // An edit that lost a race with a delete was stored without its content.
+            payload: if published.scrubbed {
+                Payload::null()
+            } else {
+                payload
+            },
             ts: published.ts,
             reference,
         };

@@ -56,7 +56,8 @@ macro_rules! conformance_tests {
             edits_and_deletes_are_appended_and_applied_in_the_current_view,
             a_delete_scrubs_the_payloads_of_the_message_and_its_edits,
             the_current_view_pages_over_messages_only,
-            repeat_of_answers_a_known_key_without_storing);
+            repeat_of_answers_a_known_key_without_storing,
+            trimming_a_message_scrubs_the_edits_that_stay);
     };
     ($make:expr) => {
         $crate::conformance_tests!([] $make);
@@ -1102,6 +1103,39 @@ pub async fn the_current_view_pages_over_messages_only(store: Arc<dyn Store>) {
         .await
         .expect("page");
     assert_eq!(seqs(before), [1, 5, 9]);
+}
+
+/// An edit's content goes with its message: trimming a message replaces the payloads of its
+/// edits that stay with `null`, as a delete would have done (nothing can delete them later).
+pub async fn trimming_a_message_scrubs_the_edits_that_stay(store: Arc<dyn Store>) {
+    let ch = ChannelName::parse("chat:trim-edits").expect("name");
+    append_text(&store, &ch, "secret").await;
+    append_text(&store, &ch, "kept").await;
+    store
+        .append(revision(&ch, "edit", 1, r#"{"text":"secret 2"}"#))
+        .await
+        .expect("edit");
+    store
+        .append(revision(&ch, "edit", 2, r#"{"text":"kept 2"}"#))
+        .await
+        .expect("edit");
+    assert_eq!(store.trim(&ch, 3).await.expect("trim"), 1);
+    let log = store
+        .history(&ch, HistoryQuery::latest(10))
+        .await
+        .expect("log");
+    let payloads: Vec<(u64, &str)> = log.iter().map(|m| (m.seq.0, m.payload.as_str())).collect();
+    assert_eq!(
+        payloads,
+        [
+            (2, r#"{"text":"kept"}"#),
+            (3, "null"),
+            (4, r#"{"text":"kept 2"}"#)
+        ]
+    );
+    let view = current(&store, &ch).await;
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].message.payload.as_str(), r#"{"text":"kept 2"}"#);
 }
 
 /// `repeat_of` answers what a repeat of a key would get, and stores nothing.

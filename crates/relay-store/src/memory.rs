@@ -110,11 +110,12 @@ fn cost(message: &StoredMessage) -> usize {
 }
 
 impl Log {
-    /// Removes messages from the front while `remove` says so; returns their count and cost.
+    /// Removes messages from the front while `remove` says so; returns their count and the
+    /// bytes freed (their cost, and what scrubbing the edits that stay saved).
     fn drain_front(
         &mut self,
         mut remove: impl FnMut(&StoredMessage, usize) -> bool,
-    ) -> (usize, usize) {
+    ) -> (usize, isize) {
         let (mut count, mut bytes) = (0, 0);
         while let Some(first) = self.messages.front() {
             if !remove(first, self.messages.len()) {
@@ -124,18 +125,26 @@ impl Log {
             count += 1;
             self.messages.pop_front();
         }
+        let mut freed = bytes as isize;
         if count > 0 {
-            // The revisions of a message go with it.
+            // The revisions of a message go with it, and the content of its edits that stay,
+            // as a delete would have done.
             let first = self.first_seq();
-            while self
-                .revisions
-                .first_key_value()
-                .is_some_and(|(seq, _)| *seq < first)
-            {
-                self.revisions.pop_first();
+            while let Some(entry) = self.revisions.first_entry() {
+                if *entry.key() >= first {
+                    break;
+                }
+                let revisions = entry.remove();
+                for seq in revisions.edits {
+                    if let Some(edit) = self.get_mut(seq) {
+                        let before = cost(edit) as isize;
+                        edit.payload = Payload::null();
+                        freed += before - cost(edit) as isize;
+                    }
+                }
             }
         }
-        (count, bytes)
+        (count, freed)
     }
 
     fn get_mut(&mut self, seq: Seq) -> Option<&mut StoredMessage> {
@@ -249,9 +258,22 @@ impl MemoryStore {
         self.inner.bytes.load(Ordering::Relaxed)
     }
 
-    fn forget(&self, (count, bytes): (usize, usize)) {
+    fn forget(&self, (count, bytes): (usize, isize)) {
         self.inner.held.fetch_sub(count, Ordering::Relaxed);
-        self.inner.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.shrink(bytes);
+    }
+
+    /// Accounts for the messages held getting `bytes` smaller (larger, if negative).
+    fn shrink(&self, bytes: isize) {
+        if bytes >= 0 {
+            self.inner
+                .bytes
+                .fetch_sub(bytes as usize, Ordering::Relaxed);
+        } else {
+            self.inner
+                .bytes
+                .fetch_add(bytes.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     /// Trims the oldest appends, across channels, until the held bytes fit `max_bytes`.
@@ -532,16 +554,7 @@ impl Store for MemoryStore {
             }
             let seq = log.last.next();
             let mut stored = message.with_seq(seq);
-            let freed = log.revise(&mut stored);
-            if freed >= 0 {
-                self.inner
-                    .bytes
-                    .fetch_sub(freed as usize, Ordering::Relaxed);
-            } else {
-                self.inner
-                    .bytes
-                    .fetch_add(freed.unsigned_abs(), Ordering::Relaxed);
-            }
+            self.shrink(log.revise(&mut stored));
             if let Some(scope) = &scope {
                 log.keys.insert(scope.clone(), (stored.original(), now));
                 // Pushed under the log's lock, so the order list is in storing order per key.

@@ -627,16 +627,22 @@ impl<'a> MessageColumns<'a> {
             .filter_map(|(c, r)| r.map(|r| (*c, r)))
             .unzip();
         let rows = sqlx::query(
+            // Two lookups per deleted message (its row by primary key, its edits by the
+            // partial index), never a walk of the channel.
             "WITH gone AS (
                  SELECT DISTINCT u.c, u.r FROM UNNEST($1::text[], $2::bigint[]) AS u(c, r)
                  WHERE EXISTS (SELECT 1 FROM messages d
                                WHERE d.channel = u.c AND d.ref_seq = u.r AND d.event = 'delete')
+             ),
+             hit AS (
+                 SELECT c, r AS s FROM gone
+                 UNION
+                 SELECT x.channel, x.seq FROM gone
+                 JOIN messages x ON x.channel = gone.c AND x.ref_seq = gone.r AND x.event = 'edit'
              )
              UPDATE messages m SET payload = 'null'
-             FROM gone
-             WHERE m.channel = gone.c
-               AND (m.seq = gone.r OR (m.ref_seq = gone.r AND m.event = 'edit'))
-               AND m.payload <> 'null'
+             FROM hit
+             WHERE m.channel = hit.c AND m.seq = hit.s AND m.payload <> 'null'
              RETURNING m.channel, m.seq",
         )
         .bind(&channels)
@@ -1317,16 +1323,31 @@ impl Store for PgStore {
     }
 
     async fn trim(&self, channel: &ChannelName, keep: u64) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "DELETE FROM messages WHERE channel = $1
-             AND seq <= (SELECT last_seq FROM channel_seqs WHERE channel = $1) - $2",
+        // An edit's content goes with its message: the edits of the dropped messages that
+        // stay (newer than the cut) lose their payloads, as a delete would have done.
+        let (dropped,): (i64,) = sqlx::query_as(
+            "WITH cut AS (
+                 SELECT last_seq - $2 AS at FROM channel_seqs WHERE channel = $1
+             ),
+             dropped AS (
+                 DELETE FROM messages WHERE channel = $1 AND seq <= (SELECT at FROM cut)
+                 RETURNING seq
+             ),
+             orphans AS (
+                 UPDATE messages m SET payload = 'null'
+                 FROM dropped d
+                 WHERE m.channel = $1 AND m.ref_seq = d.seq AND m.event = 'edit'
+                   AND m.seq > (SELECT at FROM cut) AND m.payload <> 'null'
+                 RETURNING 1
+             )
+             SELECT count(*) FROM dropped",
         )
         .bind(channel.as_str())
         .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(map_err)?;
-        Ok(done.rows_affected())
+        Ok(dropped.max(0) as u64)
     }
 
     async fn ping(&self) -> StoreResult<()> {
