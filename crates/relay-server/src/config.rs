@@ -78,6 +78,11 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Channel records one user may create (`0`: no quota; services are not counted).
     pub max_channels_per_user: u64,
+    /// Signals (sent with a receipt or a `ttl_ms`) this node holds at once for targets not
+    /// connected; past it such signals are refused with `rate_limited`.
+    pub max_held_signals: usize,
+    /// The longest `ttl_ms` a signal may ask for, in seconds.
+    pub max_signal_ttl_secs: u64,
     /// Most messages a `subscribe {since}` replays.
     pub max_recovery: usize,
     /// Bytes of history one connection may have replayed and not yet received; a recovery
@@ -316,6 +321,8 @@ impl Default for Config {
             outbox_max_bytes: 16 * 1024 * 1024,
             max_subscriptions: 1024,
             max_channels_per_user: 1000,
+            max_held_signals: 10_000,
+            max_signal_ttl_secs: 300,
             max_recovery: 1000,
             max_replay_bytes: 8 * 1024 * 1024,
             replay_budget_bytes: 256 * 1024 * 1024,
@@ -702,6 +709,8 @@ impl Config {
             user_limits: users,
             service_limits: self.service_rate_limits.frames(FrameLimits::SERVICES),
             close_multiple: self.rate_limit_close_multiple.max(1),
+            max_held_signals: self.max_held_signals,
+            max_signal_ttl: Duration::from_secs(self.max_signal_ttl_secs),
             ..HubConfig::default()
         }
     }

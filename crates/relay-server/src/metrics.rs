@@ -41,6 +41,7 @@ pub struct Metrics {
     channels: Gauge,
     presence: Gauge,
     replay_bytes: Gauge,
+    held_signals: Gauge,
     replays_refused: Counter,
     deliveries: Counter,
     pub(crate) frames_in: Counter,
@@ -70,6 +71,7 @@ impl Metrics {
             channels: Gauge::default(),
             presence: Gauge::default(),
             replay_bytes: Gauge::default(),
+            held_signals: Gauge::default(),
             replays_refused: Counter::default(),
             deliveries: Counter::default(),
             frames_in: Counter::default(),
@@ -113,6 +115,11 @@ impl Metrics {
             "replay_bytes",
             "Bytes of replayed history held (read for recoveries or queued, not yet written)",
             metrics.replay_bytes.clone(),
+        );
+        registry.register(
+            "held_signals",
+            "Signals held for targets not connected (or awaiting another node's delivered)",
+            metrics.held_signals.clone(),
         );
         registry.register(
             "replays_refused",
@@ -245,6 +252,7 @@ impl Metrics {
         self.channels.set(stats.channels as i64);
         self.presence.set(stats.presence_entries as i64);
         self.replay_bytes.set(stats.replay_bytes as i64);
+        self.held_signals.set(stats.held_signals as i64);
         let counters = hub.counters();
         catch_up(&self.cluster_events, counters.cluster_received);
         if let Some(status) = hub.backplane_status() {

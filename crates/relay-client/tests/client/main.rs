@@ -9,6 +9,7 @@ mod edits;
 mod exactly_once;
 mod heartbeat;
 mod membership;
+mod receipts;
 mod reconnect;
 mod rest;
 mod roundtrip;

@@ -10,5 +10,6 @@ mod delivery;
 mod interleavings;
 mod membership;
 mod presence;
+mod receipts;
 mod recovery;
 mod slow_consumer;

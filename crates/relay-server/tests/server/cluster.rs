@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use relay_core::Publish;
-use relay_proto::{ChannelName, Payload, ServerFrame};
+use relay_proto::{ChannelName, Payload, ReceiptStatus, ServerFrame};
 use relay_server::testing::NatsServer;
 use relay_server::{ClusterError, ClusterMode, ClusterNode, NatsNode};
 use relay_store::PgStoreOptions;
@@ -172,7 +172,86 @@ on_both_backplanes!(
     a_member_removed_on_one_node_loses_its_subscriptions_on_every_node,
     a_database_restart_during_cluster_traffic_loses_and_duplicates_nothing,
     read_markers_reach_the_user_s_devices_on_every_node,
+    signal_receipts_and_held_signals_cross_nodes,
 );
+
+/// The next receipt's status, skipping anything else, within 10 s.
+async fn next_receipt(client: &mut WsClient) -> (relay_proto::MessageId, ReceiptStatus) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let ServerFrame::Receipt { signal, status, .. } = client.recv().await {
+                return (signal, status);
+            }
+        }
+    })
+    .await
+    .expect("a receipt within 10 s")
+}
+
+/// The next signal's server id, skipping anything else, within 10 s.
+async fn next_signal(client: &mut WsClient) -> Option<relay_proto::MessageId> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let ServerFrame::Signal { signal, .. } = client.recv().await {
+                return signal;
+            }
+        }
+    })
+    .await
+    .expect("a signal within 10 s")
+}
+
+/// `call` has presence off: a held signal reaches a target that subscribes on another node
+/// by the periodic offer, not by presence.
+async fn signal_receipts_and_held_signals_cross_nodes(backplane: Backplane) {
+    let cluster = Cluster::new(backplane).await;
+    let (a, b) = (cluster.node("node-a").await, cluster.node("node-b").await);
+    cluster.settle(2).await;
+    let mut alice = a.server.connect("alice").await;
+    let mut bob = b.server.connect("bob").await;
+    alice.subscribe("call:3").await;
+    bob.subscribe("call:3").await;
+    await_routed(&a, 1).await;
+    await_routed(&b, 1).await;
+
+    // Bob is on the other node: held here, delivered there, and the receipt comes back.
+    alice
+        .send(json!({"type": "signal", "id": 1, "channel": "call:3", "to": "bob", "payload": {"sdp": "v=0"}, "receipt": true}))
+        .await;
+    let (id, status) = next_receipt(&mut alice).await;
+    assert_eq!(status, ReceiptStatus::Held);
+    assert_eq!(next_signal(&mut bob).await, Some(id));
+    assert_eq!(
+        next_receipt(&mut alice).await,
+        (id, ReceiptStatus::Delivered)
+    );
+
+    // Carol is nowhere yet: held until she subscribes on node B.
+    alice
+        .send(json!({"type": "signal", "id": 2, "channel": "call:3", "to": "carol", "payload": 1, "receipt": true, "ttl_ms": 30_000}))
+        .await;
+    let (held, status) = next_receipt(&mut alice).await;
+    assert_eq!(status, ReceiptStatus::Held);
+    let mut carol = b.server.connect("carol").await;
+    carol.subscribe("call:3").await;
+    assert_eq!(next_signal(&mut carol).await, Some(held));
+    assert_eq!(
+        next_receipt(&mut alice).await,
+        (held, ReceiptStatus::Delivered)
+    );
+
+    // Dave never comes: expired once its time is up, and only then.
+    alice
+        .send(json!({"type": "signal", "id": 3, "channel": "call:3", "to": "dave", "payload": 1, "receipt": true, "ttl_ms": 300}))
+        .await;
+    let (gone, status) = next_receipt(&mut alice).await;
+    assert_eq!(status, ReceiptStatus::Held);
+    assert_eq!(
+        next_receipt(&mut alice).await,
+        (gone, ReceiptStatus::Expired)
+    );
+    assert_eq!(a.server.hub.stats().held_signals, 0);
+}
 
 async fn read_markers_reach_the_user_s_devices_on_every_node(backplane: Backplane) {
     let cluster = Cluster::new(backplane).await;
