@@ -100,6 +100,39 @@ export interface RevisionOptions {
 export interface SignalOptions {
   /** The event name (`"offer"`, `"answer"`, `"ice"`). */
   event?: string;
+  /**
+   * Ask what becomes of the signal: `signal` then resolves with its first receipt
+   * ({@link SignalReceipt}) instead of `undefined`, and after `"held"` the channel's
+   * subscription gets one more, as a `receipt` event ({@link ReceiptEvent}).
+   */
+  receipt?: boolean;
+  /**
+   * Milliseconds the server holds the signal when no connection of `to` can take it,
+   * delivering it when `to` subscribes to the channel: a positive safe integer, at most the
+   * server's maximum (`max_signal_ttl_secs`, 300 s by default; above it the server refuses
+   * with `"bad_request"`). Without it, a signal nobody can take is not held.
+   */
+  ttlMs?: number;
+}
+
+/** What became of a signal sent with `receipt: true`. */
+export type ReceiptStatus =
+  /** A connection of the target received it. */
+  | "delivered"
+  /** No connection of the target could take it: it is held up to its `ttlMs`; `"delivered"` or `"expired"` follows. */
+  | "held"
+  /** No connection of the target received it before its `ttlMs` ran out, or at once without a `ttlMs`. */
+  | "expired";
+
+/** The first receipt of a signal sent with `receipt: true`: what {@link RelayClient.signal} resolves with. */
+export interface SignalReceipt {
+  /**
+   * The server's id of the signal (a UUID): the signal reaches the target with it
+   * ({@link SignalEvent.signal}), and the later receipt carries it ({@link ReceiptEvent}).
+   */
+  signal: string;
+  /** `"delivered"`, `"held"` (one more receipt follows, as a `receipt` event), or `"expired"`. */
+  status: ReceiptStatus;
 }
 
 export interface SubscribeOptions {
@@ -164,7 +197,8 @@ export interface ChannelMessage {
    * Only on an edit or delete (`event` `"edit"` or `"delete"`): the seq of the message it
    * changes. Apply it to the messages you hold with {@link applyRevision}. A message
    * deleted before it was replayed (or read over REST) arrives with payload `null`, and so
-   * do its edits.
+   * do its edits. A message with event `"edit"` or `"delete"` but no `ref` (published so
+   * with `publish`, as before edits existed) is an ordinary message, not a revision.
    */
   ref?: number;
 }
@@ -187,6 +221,29 @@ export interface SignalEvent {
   from: string;
   event: string | null;
   payload: unknown;
+  /**
+   * Only on a signal sent with a receipt or a `ttlMs` ({@link SignalOptions}): the server's
+   * id of it (a UUID), the same on every delivery. A held signal can arrive twice (in a
+   * cluster, offered again before the delivering node answered): drop a repeat by this id.
+   */
+  signal?: string;
+}
+
+/**
+ * What became of a signal this connection sent with `receipt: true` in this channel, after
+ * its first receipt, which the `signal` promise resolved with, said `"held"`: `"delivered"`
+ * or `"expired"`. Also a first receipt that arrives after the `signal` promise rejected with
+ * `"timeout"`. Only on the connection that sent the signal: after a reconnect, the receipts
+ * of signals sent before it never come (the server still delivers a held signal). Dropped
+ * when this client is no longer subscribed to the channel.
+ */
+export interface ReceiptEvent {
+  type: "receipt";
+  /** The signal's target. */
+  to: string;
+  /** The server's id of the signal ({@link SignalReceipt.signal}). */
+  signal: string;
+  status: ReceiptStatus;
 }
 
 /**
@@ -241,6 +298,7 @@ export type SubscriptionEvent =
   | JoinEvent
   | LeaveEvent
   | SignalEvent
+  | ReceiptEvent
   | ReadEvent
   | RecoveredEvent
   | GapEvent
@@ -252,6 +310,7 @@ export interface SubscriptionEventMap {
   join: JoinEvent;
   leave: LeaveEvent;
   signal: SignalEvent;
+  receipt: ReceiptEvent;
   read: ReadEvent;
   recovered: RecoveredEvent;
   gap: GapEvent;
@@ -372,10 +431,50 @@ export class RelayClient {
 
   /**
    * Sends `payload` to the connections of user `to` subscribed to `channel` (this client
-   * must be subscribed too). Resolves once the server relayed it; rejects with `"forbidden"`,
-   * or `"not_found"` where presence is on and `to` is not there.
+   * must be subscribed too). Resolves once the server relayed it (with `ttlMs`: relayed, or
+   * held for `to`); rejects with `"forbidden"`, or `"not_found"` where presence is on and
+   * `to` is not there (only without `receipt` and `ttlMs`).
+   *
+   * With `receipt: true` it resolves with the signal's first receipt instead: its server id
+   * and `"delivered"`, `"held"` (with `ttlMs`: nobody could take it yet; the last receipt
+   * follows as a `receipt` event of the channel's subscription, {@link ReceiptEvent}), or
+   * `"expired"` (nobody could take it, and no `ttlMs`).
+   *
+   * Either way it rejects like `presence`: with the server's code (`"forbidden"`,
+   * `"not_found"`, `"bad_request"` for a `ttlMs` above the server's maximum,
+   * `"rate_limited"` when the server holds too many signals), `"timeout"`, `"disconnected"`
+   * (the connection dropped before the answer; the signal may have been delivered or held,
+   * and the server still delivers a held one), `"closed"`; and at once, with nothing sent,
+   * with `"bad_request"` when `ttlMs` is not a positive safe integer, `receipt` is not a
+   * boolean, or the payload cannot be encoded as JSON. It is never sent again after a
+   * reconnect.
+   *
+   * @example
+   * const { signal, status } = await client.signal("call:9", "bob", offer, {
+   *   event: "offer",
+   *   receipt: true,
+   *   ttlMs: 30000,
+   * });
+   * // "delivered", "held" (bob is not there yet), or "expired"
+   * showCallState(status);
+   * // After "held": "delivered" once bob subscribes within 30 s, else "expired".
+   * call.on("receipt", (r) => {
+   *   if (r.signal === signal) showCallState(r.status);
+   * });
    */
-  signal(channel: string, to: string, payload: unknown, options?: SignalOptions): Promise<void>;
+  signal(
+    channel: string,
+    to: string,
+    payload: unknown,
+    options: SignalOptions & { receipt: true },
+  ): Promise<SignalReceipt>;
+  signal(
+    channel: string,
+    to: string,
+    payload: unknown,
+    options?: SignalOptions & { receipt?: false },
+  ): Promise<void>;
+  signal(channel: string, to: string, payload: unknown, options?: SignalOptions): Promise<SignalReceipt | void>;
 
   /** The users online in `channel`, sorted. */
   presence(channel: string): Promise<string[]>;
@@ -409,9 +508,12 @@ export class RelayClient {
    * with the ack of the edit: its `seq` is the edit's own, not `seq`. Rejects like
    * `publish`, and with the server's `"not_found"` (no such message: never stored, trimmed,
    * or itself an edit or delete), `"conflict"` (deleted already), `"forbidden"` (not
-   * allowed); a repeat after a reconnect of an edit that was stored resolves with its first
-   * ack, whatever happened to the message since; at once, with nothing sent, with `"bad_request"`
-   * when `seq` is not a positive safe integer or the payload cannot be encoded as JSON.
+   * allowed); a repeat with the same key of an edit that was stored (after a reconnect, or
+   * with the key of an `"unconfirmed"` error) resolves with its first ack when it comes
+   * within the server's idempotency window (10 minutes by default), whatever happened to
+   * the message since; at once, with nothing sent, with `"bad_request"` when `seq` is not a
+   * positive safe integer or the payload cannot be encoded as JSON. (A `publish` with event
+   * `"edit"` or `"delete"` and no `ref` is an ordinary message, not an edit or delete.)
    *
    * @example
    * const { seq: editSeq } = await client.edit("chat:42", 17, { text: "hi, fixed" });
@@ -423,7 +525,8 @@ export class RelayClient {
    * `ref` = `seq`; the server replaces the stored payloads of the message and of all its
    * edits with `null`. Allowed, sent exactly once, resolved and rejected like
    * {@link RelayClient.edit}: a delete of a message deleted already is refused with
-   * `"conflict"`, and a repeat of a delete that was stored resolves with its first ack.
+   * `"conflict"`, and a repeat of a delete that was stored resolves with its first ack
+   * within the idempotency window.
    */
   delete(channel: string, seq: number, options?: RevisionOptions): Promise<Ack>;
 

@@ -19,13 +19,16 @@
 //   server's error, "timeout" (never sent) or "unconfirmed" (sent, no ack in time). Edits
 //   and deletes of stored messages are persistent publishes too (event "edit" or "delete",
 //   `ref` the seq they change), and go the same way.
+// - A signal may ask for receipts (`receipt: true`) and to be held for a target not there
+//   yet (`ttlMs`). Its first receipt answers it; the one that follows `held` is a `receipt`
+//   event of the channel's subscription. Signals delivered carry the server's id, if any.
 // - Memory is bounded: at most 1000 requests wait for an answer, and each subscription
 //   buffers at most `bufferSize` events for its async iterator.
 //
 // The wire protocol is docs/protocol.md in the server's repository.
 
 const CLIENT_EVENTS = ["connected", "disconnected", "closed", "transport"];
-const SUBSCRIPTION_EVENTS = ["message", "join", "leave", "signal", "read", "recovered", "gap", "ended"];
+const SUBSCRIPTION_EVENTS = ["message", "join", "leave", "signal", "receipt", "read", "recovered", "gap", "ended"];
 const TRANSPORTS = ["auto", "websocket", "sse"];
 const SUBSCRIBE_MODES = ["reliable", "latest"];
 
@@ -208,16 +211,32 @@ export class RelayClient {
 
   /**
    * A signal has no reply when it is delivered, so a ping follows it: when the pong arrives
-   * without an error for the signal before it, the server relayed the signal.
+   * without an error for the signal before it, the server relayed the signal (or, with
+   * `ttlMs`, holds it). With `receipt: true` the server answers the signal itself: its first
+   * `receipt` settles the request, with the signal's server id and `delivered`, `held` or
+   * `expired`; after `held`, the last one reaches the channel's subscription as a `receipt`
+   * event. Like the other requests that are not persistent publishes, neither is sent again
+   * after a reconnect.
    */
-  signal(channel, to, payload, { event } = {}) {
-    const unencodable = encodingError(payload);
-    if (unencodable) return Promise.reject(unencodable);
+  signal(channel, to, payload, { event, receipt, ttlMs } = {}) {
+    const refusal = signalRefusal(receipt, ttlMs) ?? encodingError(payload);
+    if (refusal) return Promise.reject(refusal);
+    const frameOf = (id) => {
+      const frame = { type: "signal", id, channel, to, payload: payload ?? null };
+      if (event !== undefined) frame.event = event;
+      if (receipt) frame.receipt = true;
+      if (ttlMs !== undefined) frame.ttl_ms = ttlMs;
+      return frame;
+    };
+    if (receipt) {
+      return this.#issue("signalReceipt", (request) => {
+        request.operation = "signal";
+        return [frameOf(request.id)];
+      });
+    }
     return this.#issue("signal", (request) => {
       request.fence = this.#nextId++;
-      const frame = { type: "signal", id: request.id, channel, to, payload: payload ?? null };
-      if (event !== undefined) frame.event = event;
-      return [frame, { type: "ping", id: request.fence }];
+      return [frameOf(request.id), { type: "ping", id: request.fence }];
     });
   }
 
@@ -393,12 +412,13 @@ export class RelayClient {
         this.#routes.get(frame.channel)?.live({ type: frame.type, user: frame.user });
         break;
       case "signal":
-        this.#routes.get(frame.channel)?.live({
-          type: "signal",
-          from: frame.from,
-          event: frame.event ?? null,
-          payload: frame.payload,
-        });
+        this.#routes.get(frame.channel)?.live(signalEventOf(frame));
+        break;
+      case "receipt":
+        // The first receipt of a signal answers it; a later one (after `held`), or one whose
+        // request gave up waiting, is an event of the channel's subscription.
+        if (frame.id != null && this.#pending.get(frame.id)?.kind === "signalReceipt") this.#answered(frame);
+        else this.#routes.get(frame.channel)?.receipt(receiptEventOf(frame));
         break;
       case "read":
         // Without an id, the marker moved on another connection of this user.
@@ -623,6 +643,7 @@ const REPLY_TYPES = {
   publish: "ack",
   ephemeral: "ack",
   signal: "pong",
+  signalReceipt: "receipt",
   presence: "presence",
   read: "read",
 };
@@ -630,6 +651,7 @@ const REPLY_VALUES = {
   publish: ackOf,
   ephemeral: ackOf,
   signal: () => undefined,
+  signalReceipt: (frame) => ({ signal: frame.signal, status: frame.status }),
   presence: (frame) => frame.users,
   read: (frame) => frame.seq,
 };
@@ -655,6 +677,34 @@ function refRefusal(seq) {
   if (Number.isSafeInteger(seq) && seq > 0) return null;
   const got = typeof seq === "number" ? seq : typeof seq;
   return new RelayError("bad_request", `seq must be a positive safe integer, got ${got}`);
+}
+
+/**
+ * Why `signal` refuses its options, or null. The server refuses a `ttl_ms` above its own
+ * maximum (300000 by default), which the client cannot know.
+ */
+function signalRefusal(receipt, ttlMs) {
+  if (receipt !== undefined && typeof receipt !== "boolean") {
+    return new RelayError("bad_request", `receipt must be a boolean, got ${typeof receipt}`);
+  }
+  if (ttlMs === undefined || (Number.isSafeInteger(ttlMs) && ttlMs > 0)) return null;
+  const got = typeof ttlMs === "number" ? ttlMs : typeof ttlMs;
+  return new RelayError("bad_request", `ttlMs must be a positive safe integer, got ${got}`);
+}
+
+/**
+ * The `signal` event of a `signal` frame. A signal sent with a receipt or a time to live
+ * carries the server's id, the same on every delivery of it, so that a repeat can be told.
+ */
+function signalEventOf(frame) {
+  const event = { type: "signal", from: frame.from, event: frame.event ?? null, payload: frame.payload };
+  if (frame.signal != null) event.signal = frame.signal;
+  return event;
+}
+
+/** The `receipt` event of a `receipt` frame that answers no request. */
+function receiptEventOf(frame) {
+  return { type: "receipt", to: frame.to, signal: frame.signal, status: frame.status };
 }
 
 /**
@@ -749,7 +799,10 @@ class Request {
     this.fence = null;
     /** A persistent publish's key, sent again unchanged with every repeat. */
     this.idempotencyKey = undefined;
-    /** What a persistent publish does, for its errors: "publish", "edit" or "delete". */
+    /**
+     * What the request does, for its errors, when its kind does not say it: "publish",
+     * "edit" or "delete" for a persistent publish, "signal" for a signal with a receipt.
+     */
     this.operation = undefined;
     /** A subscribe's subscription, and the `since` it was sent with. */
     this.route = null;
@@ -891,6 +944,14 @@ class Route {
   /** Routes an event outside the sequence (join, leave, signal, read). */
   live(event) {
     if (this.awaiting === null) this.deliver(event);
+  }
+
+  /**
+   * Routes a receipt that answers no request. It is about a signal this connection sent,
+   * not part of the channel's stream, so a resubscribe in progress does not hold it back.
+   */
+  receipt(event) {
+    this.deliver(event);
   }
 
   /**

@@ -138,8 +138,9 @@ enum RemoteEvent {
     /// A signal with a receipt or a time to live, held on its sender's node, which wants a
     /// `delivered` back: frame, channel, target, sender, the signal's id.
     Tracked(EncodedFrame, ChannelName, UserId, UserId, MessageId),
-    /// A connection on another node received the tracked signal with this id.
-    Delivered(ChannelName, MessageId),
+    /// A connection on another node received the tracked signal with this id (for this
+    /// target).
+    Delivered(ChannelName, UserId, MessageId),
     /// A user came online in a channel on the sending node (`true`), or went offline there.
     Presence(ChannelName, UserId, bool),
     /// A user lost access to a channel: its subscriptions there end on every node.
@@ -272,11 +273,12 @@ fn decode(event: &str) -> Option<RemoteEvent> {
             "signal",
             ServerFrame::Receipt {
                 channel,
+                to,
                 signal,
                 status: relay_proto::ReceiptStatus::Delivered,
                 ..
             },
-        ) => Some(RemoteEvent::Delivered(channel.clone(), *signal)),
+        ) => Some(RemoteEvent::Delivered(channel.clone(), to.clone(), *signal)),
         // A read marker travels like a signal to its user's connections.
         ("signal", ServerFrame::Signal { channel, .. } | ServerFrame::Read { channel, .. }) => {
             let to: String = serde_json::from_str(fields.get("to")?.get()).ok()?;
@@ -320,9 +322,9 @@ impl Hub {
                 self.receive_tracked(&frame, &channel, &to, &from, id);
                 return true;
             }
-            RemoteEvent::Delivered(_, id) => {
+            RemoteEvent::Delivered(channel, to, id) => {
                 self.inner.counters.cluster_received();
-                self.settle(&id);
+                self.settle(&channel, &to, &id);
                 return true;
             }
             RemoteEvent::Presence(channel, user, online) => {
@@ -368,7 +370,7 @@ impl Hub {
             RemoteEvent::Ephemeral(_, c)
             | RemoteEvent::Signal(_, c, _)
             | RemoteEvent::Tracked(_, c, ..)
-            | RemoteEvent::Delivered(c, _)
+            | RemoteEvent::Delivered(c, ..)
             | RemoteEvent::Pointer(c, _) => c == channel,
             RemoteEvent::Committed(message) => &message.channel == channel,
             RemoteEvent::Presence(..) | RemoteEvent::Evict(..) => false,
@@ -558,6 +560,29 @@ impl Hub {
                 forward(&**backplane, channel, encode_signal(frame, to, false)).map(|()| true)
             }
         }
+    }
+
+    /// Refuses a signal too large for the backplane (as a tracked one, the larger), before
+    /// it is delivered anywhere. Nothing on a single node.
+    pub(crate) fn check_signal_size(
+        &self,
+        channel: &ChannelName,
+        to: &UserId,
+        frame: &EncodedFrame,
+    ) -> Result<(), HubError> {
+        let Some(backplane) = &self.inner.backplane else {
+            return Ok(());
+        };
+        let size = encode_signal(frame, to, true).len();
+        let limit = backplane.max_event_bytes();
+        if size > limit {
+            return Err(HubError::EventTooLarge {
+                size,
+                limit,
+                channel: channel.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Hands a tracked `signal` frame (one carrying its server id) for `to` to the
@@ -880,7 +905,7 @@ mod tests {
         .encode();
         assert_eq!(
             decode(&encode_signal(&receipt, &alice, false)),
-            Some(RemoteEvent::Delivered(channel.clone(), id))
+            Some(RemoteEvent::Delivered(channel.clone(), bob.clone(), id))
         );
         assert_eq!(
             decode(&encode_ephemeral(&signal)),

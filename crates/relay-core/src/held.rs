@@ -4,14 +4,16 @@
 //! done (its receipt says `delivered`). Otherwise it is *held* on this node, the one its
 //! sender is connected to, bounded in number: delivered to the target's first connection that
 //! subscribes here, or, in a cluster, offered to the other nodes (at once, on the target's
-//! presence elsewhere, and every [`REOFFER`]), where a node that delivers it answers with a
-//! receipt routed back like a signal to the sender. The first `delivered` settles it; when
-//! its time runs out first, it expires. Receipts go to the sending connection only.
+//! presence elsewhere, and again after 1, 2, 4 and then every 8 s), where a node that
+//! delivers it answers with a receipt routed back like a signal to the sender. The first
+//! `delivered` settles it; when its time runs out first, it expires. Receipts go to the
+//! sending connection only. A node remembers the tracked signals it delivered lately, so
+//! that an offer repeated before its answer arrived is answered again, not delivered again.
 //!
 //! Held signals live in memory: a node that stops loses its held signals, and with it the
 //! sending connections their receipts would go to.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -23,8 +25,12 @@ use crate::error::HubError;
 use crate::hub::Hub;
 use crate::subscriber::ConnId;
 
-/// How often a held signal is offered to the other nodes of a cluster again.
+/// The first pause before a held signal is offered to the other nodes of a cluster again;
+/// it doubles after each offer, up to [`REOFFER_MAX`].
 pub(crate) const REOFFER: Duration = Duration::from_secs(1);
+
+/// The longest pause between two offers of a held signal.
+pub(crate) const REOFFER_MAX: Duration = Duration::from_secs(8);
 
 /// How long, in a cluster, a signal with a receipt and no `ttl_ms` waits for a `delivered`
 /// from another node before it expires.
@@ -33,7 +39,15 @@ pub(crate) const CLUSTER_GRACE: Duration = Duration::from_secs(2);
 /// Signals held for one target in one channel, at most.
 pub const MAX_HELD_PER_TARGET: usize = 64;
 
+/// Signals one connection may have held at once, at most.
+pub const MAX_HELD_PER_CONNECTION: usize = 256;
+
+/// Tracked signals a node remembers having delivered (the newest), to answer a repeated
+/// offer without delivering it again.
+const DELIVERED_MEMORY: usize = 4096;
+
 /// A signal sent with a receipt or a time to live.
+#[derive(Clone)]
 pub(crate) struct Tracked {
     /// Its server id.
     pub(crate) id: MessageId,
@@ -52,33 +66,90 @@ pub(crate) struct Tracked {
     pub(crate) ttl: Option<Duration>,
 }
 
-struct Held {
-    signal: Tracked,
-}
-
-/// The held signals of a hub, by id and by (channel, target).
+/// The held signals of a hub, by id, by (channel, target) and by sending connection, and the
+/// ids of the tracked signals it delivered lately.
 #[derive(Default)]
 pub(crate) struct HeldSignals {
     inner: Mutex<HeldInner>,
+    delivered: Mutex<Delivered>,
 }
 
 #[derive(Default)]
 struct HeldInner {
-    by_id: HashMap<MessageId, Held>,
+    by_id: HashMap<MessageId, Tracked>,
     by_target: HashMap<(ChannelName, UserId), HashSet<MessageId>>,
+    by_origin: HashMap<ConnId, usize>,
 }
 
 impl HeldInner {
-    fn remove(&mut self, id: &MessageId) -> Option<Held> {
-        let held = self.by_id.remove(id)?;
-        let key = (held.signal.channel.clone(), held.signal.to.clone());
+    fn insert(&mut self, signal: Tracked) {
+        let key = (signal.channel.clone(), signal.to.clone());
+        self.by_target.entry(key).or_default().insert(signal.id);
+        *self.by_origin.entry(signal.origin).or_default() += 1;
+        self.by_id.insert(signal.id, signal);
+    }
+
+    fn remove(&mut self, id: &MessageId) -> Option<Tracked> {
+        let signal = self.by_id.remove(id)?;
+        let key = (signal.channel.clone(), signal.to.clone());
         if let Some(ids) = self.by_target.get_mut(&key) {
             ids.remove(id);
             if ids.is_empty() {
                 self.by_target.remove(&key);
             }
         }
-        Some(held)
+        if let Some(count) = self.by_origin.get_mut(&signal.origin) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_origin.remove(&signal.origin);
+            }
+        }
+        Some(signal)
+    }
+
+    /// Why `signal` cannot be held now, if it cannot.
+    fn refusal(&self, signal: &Tracked, max: usize) -> Option<String> {
+        if self.by_id.len() >= max {
+            return Some(format!(
+                "this server holds {max} signals already; retry later"
+            ));
+        }
+        let key = (signal.channel.clone(), signal.to.clone());
+        if self.by_target.get(&key).map_or(0, HashSet::len) >= MAX_HELD_PER_TARGET {
+            return Some(format!(
+                "{MAX_HELD_PER_TARGET} signals for {} in {} are held already; retry later",
+                signal.to, signal.channel
+            ));
+        }
+        if self.by_origin.get(&signal.origin).copied().unwrap_or(0) >= MAX_HELD_PER_CONNECTION {
+            return Some(format!(
+                "this connection has {MAX_HELD_PER_CONNECTION} signals held already; retry later"
+            ));
+        }
+        None
+    }
+}
+
+/// The newest tracked signals this node delivered, oldest first.
+#[derive(Default)]
+struct Delivered {
+    ids: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+}
+
+impl Delivered {
+    /// Records `id`; false if it was delivered already.
+    fn first_time(&mut self, id: MessageId) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > DELIVERED_MEMORY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        true
     }
 }
 
@@ -93,76 +164,61 @@ impl Hub {
     /// Sends a signal with a receipt or a time to live; see the [module docs](self).
     pub(crate) fn signal_tracked(&self, signal: Tracked) -> Result<(), HubError> {
         let clustered = self.inner.backplane.is_some();
-        let sent = self.deliver_signal_here(&signal);
-        if sent > 0 {
-            // The target may have connections on other nodes too; none of them needs to answer.
-            self.forward_signal(&signal.channel, &signal.to, &signal.frame)?;
+        // Refused for the transport before anything is delivered anywhere.
+        self.check_signal_size(&signal.channel, &signal.to, &signal.frame)?;
+        if self.deliver_signal_here(&signal) > 0 {
+            // The target may have connections on other nodes too; none of them needs to
+            // answer. Its size was checked above, so this cannot fail.
+            let _ = self.forward_signal(&signal.channel, &signal.to, &signal.frame);
             self.send_receipt(&signal, ReceiptStatus::Delivered);
             return Ok(());
         }
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let wait = match (signal.ttl, clustered) {
-            (Some(ttl), _) => ttl,
-            (None, true) => CLUSTER_GRACE,
-            (None, false) if signal.receipt => {
+            // Nothing could time a held signal out without a runtime: it is not held.
+            (_, _) if runtime.is_none() => None,
+            (Some(ttl), _) => Some(ttl),
+            (None, true) => Some(CLUSTER_GRACE),
+            (None, false) => None,
+        };
+        let (Some(wait), Some(runtime)) = (wait, runtime) else {
+            if signal.receipt {
                 self.send_receipt(&signal, ReceiptStatus::Expired);
                 return Ok(());
             }
-            (None, false) => {
-                return Err(HubError::NotFound(format!(
-                    "user {} is not subscribed to {}",
-                    signal.to, signal.channel
-                )));
-            }
+            return Err(HubError::NotFound(format!(
+                "user {} is not subscribed to {}",
+                signal.to, signal.channel
+            )));
         };
-        if clustered {
-            self.forward_tracked(&signal.channel, &signal.to, &signal.frame)?;
-        }
-        self.hold(signal, wait, clustered)
-    }
-
-    /// Delivers a tracked signal to the target's started connections here, except the
-    /// sender's own; returns how many got it.
-    fn deliver_signal_here(&self, signal: &Tracked) -> usize {
-        let sent = self.inner.channels.get(&signal.channel).map_or(0, |state| {
-            state.broadcast(&signal.frame, |id, sub| {
-                id != signal.origin && sub.user == signal.to
-            })
-        });
-        self.inner.counters.delivered(sent);
-        sent
-    }
-
-    fn hold(&self, signal: Tracked, wait: Duration, clustered: bool) -> Result<(), HubError> {
-        let max = self.inner.config.max_held_signals;
-        let id = signal.id;
+        let (id, channel, to, frame) = (
+            signal.id,
+            signal.channel.clone(),
+            signal.to.clone(),
+            signal.frame.clone(),
+        );
         {
             let mut held = self.inner.held.inner.lock();
-            if held.by_id.len() >= max {
-                return Err(HubError::Busy(format!(
-                    "this server holds {max} signals already; retry later"
-                )));
+            if let Some(why) = held.refusal(&signal, self.inner.config.max_held_signals) {
+                return Err(HubError::Busy(why));
             }
-            let key = (signal.channel.clone(), signal.to.clone());
-            let for_target = held.by_target.get(&key).map_or(0, HashSet::len);
-            if for_target >= MAX_HELD_PER_TARGET {
-                return Err(HubError::Busy(format!(
-                    "{MAX_HELD_PER_TARGET} signals for {} in {} are held already; retry later",
-                    signal.to, signal.channel
-                )));
-            }
-            held.by_target.entry(key).or_default().insert(id);
+            // Under the lock, so that `held` goes out before any final receipt.
             self.send_receipt(&signal, ReceiptStatus::Held);
-            held.by_id.insert(id, Held { signal });
+            held.insert(signal);
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Ok(());
-        };
+        if clustered {
+            // Its size was checked above: this cannot fail.
+            let _ = self.forward_tracked(&channel, &to, &frame);
+        }
+        // The target may have started here between the attempt above and the insert.
+        self.deliver_held(&channel, &to);
         let hub = std::sync::Arc::downgrade(&self.inner);
         let deadline = tokio::time::Instant::now() + wait;
         runtime.spawn(async move {
+            let mut pause = REOFFER;
             loop {
                 let next = if clustered {
-                    deadline.min(tokio::time::Instant::now() + REOFFER)
+                    deadline.min(tokio::time::Instant::now() + pause)
                 } else {
                     deadline
                 };
@@ -178,67 +234,70 @@ impl Hub {
                 if !hub.reoffer(&id) {
                     return;
                 }
+                pause = (pause * 2).min(REOFFER_MAX);
             }
         });
         Ok(())
+    }
+
+    /// Delivers a tracked signal to the target's started connections here, except the
+    /// sender's own; returns how many got it.
+    fn deliver_signal_here(&self, signal: &Tracked) -> usize {
+        let sent = self.inner.channels.get(&signal.channel).map_or(0, |state| {
+            state.broadcast(&signal.frame, |id, sub| {
+                id != signal.origin && sub.user == signal.to
+            })
+        });
+        self.inner.counters.delivered(sent);
+        sent
     }
 
     /// Offers a held signal to the other nodes again; false once it is no longer held.
     fn reoffer(&self, id: &MessageId) -> bool {
         let offer = {
             let held = self.inner.held.inner.lock();
-            held.by_id.get(id).map(|h| {
-                (
-                    h.signal.channel.clone(),
-                    h.signal.to.clone(),
-                    h.signal.frame.clone(),
-                )
-            })
+            held.by_id
+                .get(id)
+                .map(|s| (s.channel.clone(), s.to.clone(), s.frame.clone()))
         };
         let Some((channel, to, frame)) = offer else {
             return false;
         };
-        // Too large for the transport was refused when it was sent; nothing new can fail.
+        // Its size was checked when it was sent: this cannot fail.
         let _ = self.forward_tracked(&channel, &to, &frame);
         true
     }
 
     fn expire(&self, id: &MessageId) {
         let held = self.inner.held.inner.lock().remove(id);
-        if let Some(held) = held {
-            self.send_receipt(&held.signal, ReceiptStatus::Expired);
+        if let Some(signal) = held {
+            self.send_receipt(&signal, ReceiptStatus::Expired);
         }
     }
 
     /// `user` started a subscription to `channel` here: the signals held for it there are
-    /// delivered (to each of its started connections here).
+    /// delivered (to each of its started connections here), in the order they were sent.
     pub(crate) fn deliver_held(&self, channel: &ChannelName, user: &UserId) {
-        let ids: Vec<MessageId> = {
+        let mut waiting: Vec<(MessageId, Tracked)> = {
             let held = self.inner.held.inner.lock();
-            if held.by_id.is_empty() {
+            let Some(ids) = held.by_target.get(&(channel.clone(), user.clone())) else {
                 return;
-            }
-            match held.by_target.get(&(channel.clone(), user.clone())) {
-                Some(ids) => ids.iter().copied().collect(),
-                None => return,
-            }
-        };
-        // In the order they were sent: ids are UUID v7, ordered by time.
-        let mut ordered = ids;
-        ordered.sort();
-        for id in ordered {
-            let held = self.inner.held.inner.lock().remove(&id);
-            let Some(held) = held else {
-                continue;
             };
-            if self.deliver_signal_here(&held.signal) > 0 {
-                self.send_receipt(&held.signal, ReceiptStatus::Delivered);
-            } else {
-                // Not started after all: put it back.
-                let mut inner = self.inner.held.inner.lock();
-                let key = (held.signal.channel.clone(), held.signal.to.clone());
-                inner.by_target.entry(key).or_default().insert(id);
-                inner.by_id.insert(id, held);
+            ids.iter()
+                .filter_map(|id| held.by_id.get(id).map(|s| (*id, s.clone())))
+                .collect()
+        };
+        // Ids are UUID v7: ordered by time.
+        waiting.sort_by_key(|(id, _)| *id);
+        for (id, signal) in waiting {
+            // Delivered first, removed after: a signal that could not be delivered (the
+            // target's only connection here is the sender's) stays held, with its timer.
+            if self.deliver_signal_here(&signal) == 0 {
+                continue;
+            }
+            let settled = self.inner.held.inner.lock().remove(&id);
+            if let Some(signal) = settled {
+                self.send_receipt(&signal, ReceiptStatus::Delivered);
             }
         }
     }
@@ -258,12 +317,19 @@ impl Hub {
         }
     }
 
-    /// Another node delivered the tracked signal `id`: it is settled, and its sender gets
-    /// `delivered` if it asked. A receipt for a signal not held here is dropped.
-    pub(crate) fn settle(&self, id: &MessageId) {
-        let held = self.inner.held.inner.lock().remove(id);
-        if let Some(held) = held {
-            self.send_receipt(&held.signal, ReceiptStatus::Delivered);
+    /// Another node delivered the tracked signal `id` (for `to` in `channel`): it is
+    /// settled, and its sender gets `delivered` if it asked. A receipt for a signal not held
+    /// here, or held for another channel or target, is dropped.
+    pub(crate) fn settle(&self, channel: &ChannelName, to: &UserId, id: &MessageId) {
+        let settled = {
+            let mut held = self.inner.held.inner.lock();
+            match held.by_id.get(id) {
+                Some(s) if &s.channel == channel && &s.to == to => held.remove(id),
+                _ => None,
+            }
+        };
+        if let Some(signal) = settled {
+            self.send_receipt(&signal, ReceiptStatus::Delivered);
         }
     }
 
@@ -285,7 +351,8 @@ impl Hub {
     }
 
     /// Delivers a tracked signal another node sent, and answers `delivered` to its sender's
-    /// node when a connection here got it.
+    /// node when a connection here got it (now, or lately: a repeated offer is answered
+    /// again, not delivered again).
     pub(crate) fn receive_tracked(
         &self,
         frame: &EncodedFrame,
@@ -294,22 +361,26 @@ impl Hub {
         from: &UserId,
         id: MessageId,
     ) {
-        let sent = self
-            .inner
-            .channels
-            .get(channel)
-            .map_or(0, |state| state.broadcast(frame, |_, sub| &sub.user == to));
-        self.inner.counters.delivered(sent);
-        if sent > 0 {
-            let receipt = ServerFrame::Receipt {
-                id: None,
-                channel: channel.clone(),
-                to: to.clone(),
-                signal: id,
-                status: ReceiptStatus::Delivered,
+        let seen = self.inner.held.delivered.lock().ids.contains(&id);
+        if !seen {
+            let sent = self
+                .inner
+                .channels
+                .get(channel)
+                .map_or(0, |state| state.broadcast(frame, |_, sub| &sub.user == to));
+            self.inner.counters.delivered(sent);
+            if sent == 0 || !self.inner.held.delivered.lock().first_time(id) {
+                return;
             }
-            .encode();
-            let _ = self.forward_signal(channel, from, &receipt);
         }
+        let receipt = ServerFrame::Receipt {
+            id: None,
+            channel: channel.clone(),
+            to: to.clone(),
+            signal: id,
+            status: ReceiptStatus::Delivered,
+        }
+        .encode();
+        let _ = self.forward_signal(channel, from, &receipt);
     }
 }

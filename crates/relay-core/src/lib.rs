@@ -63,7 +63,7 @@ pub use channels::{CreateChannel, MAX_LISTED_NAMES, MAX_PAGE, MemberUpdate};
 pub use cluster::{Backplane, BackplaneStatus, BoxFuture, commit_pointer};
 pub use connection::Connection;
 pub use error::HubError;
-pub use held::MAX_HELD_PER_TARGET;
+pub use held::{MAX_HELD_PER_CONNECTION, MAX_HELD_PER_TARGET};
 pub use hub::{Action, Hub, HubConfig, HubCounters, HubStats};
 pub use identity::{Identity, Role};
 pub use outbox::{Batch, CloseReason, Outbox, PushError};

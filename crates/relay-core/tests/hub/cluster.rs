@@ -354,3 +354,74 @@ async fn a_node_reads_what_its_subscribers_miss_and_delivers_it() {
         "up to date"
     );
 }
+
+/// A tracked signal across nodes, driven by hand: the sender's node forwards it asking for an
+/// answer and holds it; the target's node delivers it once and answers (again, not
+/// delivering again, for a repeated offer); only a matching answer settles it.
+#[tokio::test(start_paused = true)]
+async fn tracked_signals_are_answered_once_delivered_and_settled_by_a_matching_answer() {
+    let recorder = Arc::new(Recorder::default());
+    let sender_node = Hub::with_backplane(
+        Arc::new(MemoryStore::new()),
+        HubConfig::default(),
+        recorder.clone(),
+    );
+    let alice = Client {
+        conn: sender_node.connect(Identity::user(user("alice"))),
+    };
+    alice.subscribe("call:1").await;
+    recorder.sent.lock().clear();
+    alice
+        .send(json!({"type": "signal", "id": 1, "channel": "call:1", "to": "bob", "payload": 1, "receipt": true, "ttl_ms": 60_000}))
+        .await;
+    let held = alice.frames();
+    let Some(ServerFrame::Receipt { signal: id, .. }) = held.first() else {
+        panic!("{held:?}");
+    };
+    let offer = recorder
+        .sent
+        .lock()
+        .pop()
+        .expect("offered to the other nodes");
+    assert!(offer.contains(r#""r":true"#), "{offer}");
+    // Offered again after 1 s, then 2 s later (backing off), while nobody answers.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(recorder.sent.lock().len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(recorder.sent.lock().len(), 1, "the second pause is 2 s");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(recorder.sent.lock().len(), 2);
+
+    // The target's node: delivers the first offer, answers it; a repeat is only answered.
+    let answers = Arc::new(Recorder::default());
+    let target_node = Hub::with_backplane(
+        Arc::new(MemoryStore::new()),
+        HubConfig::default(),
+        answers.clone(),
+    );
+    let bob = Client {
+        conn: target_node.connect(Identity::user(user("bob"))),
+    };
+    bob.subscribe("call:1").await;
+    answers.sent.lock().clear();
+    assert!(target_node.receive("node-a", &offer));
+    assert!(target_node.receive("node-a", &offer));
+    let got = bob.frames();
+    assert_eq!(got.len(), 1, "delivered once: {got:?}");
+    let answered = answers.sent.lock().clone();
+    assert_eq!(answered.len(), 2, "answered twice");
+
+    // An answer for another target does not settle it; the right one does, once.
+    let wrong = answered[0].replace(r#""to":"bob""#, r#""to":"carol""#);
+    assert!(sender_node.receive("node-b", &wrong));
+    assert!(alice.frames().is_empty());
+    assert_eq!(sender_node.stats().held_signals, 1);
+    assert!(sender_node.receive("node-b", &answered[0]));
+    assert!(sender_node.receive("node-b", &answered[1]));
+    let done = alice.frames();
+    assert!(
+        matches!(&done[..], [ServerFrame::Receipt { signal, status: relay_proto::ReceiptStatus::Delivered, .. }] if signal == id),
+        "{done:?}"
+    );
+    assert_eq!(sender_node.stats().held_signals, 0);
+}

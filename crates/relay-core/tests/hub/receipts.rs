@@ -124,7 +124,12 @@ async fn without_a_ttl_a_receipt_says_expired_at_once() {
 
 #[tokio::test]
 async fn held_signals_are_bounded_and_so_is_their_ttl() {
-    let t = TestHub::new();
+    // No frame rate limit: the bounds looked at are those of held signals.
+    let t = TestHub::with_config(relay_core::HubConfig {
+        user_limits: relay_core::FrameLimits::UNLIMITED,
+        repair_delay: Duration::ZERO,
+        ..relay_core::HubConfig::default()
+    });
     let alice = t.connect("alice");
     alice.subscribe("call:1").await;
     let too_long = offer(json!({"ttl_ms": 301_000}));
@@ -145,4 +150,27 @@ async fn held_signals_are_bounded_and_so_is_their_ttl() {
         t.hub.stats().held_signals,
         relay_core::MAX_HELD_PER_TARGET + 1
     );
+    // One connection holds at most MAX_HELD_PER_CONNECTION, whatever the targets.
+    let mut held = relay_core::MAX_HELD_PER_TARGET + 1;
+    let mut target = 0;
+    while held < relay_core::MAX_HELD_PER_CONNECTION {
+        target += 1;
+        let to = format!("user{}", target / 60);
+        alice
+            .send(json!({"type": "signal", "channel": "call:1", "to": to, "payload": 1, "ttl_ms": 60_000}))
+            .await;
+        assert!(alice.frames().is_empty(), "{held}");
+        held += 1;
+    }
+    alice
+        .send(json!({"type": "signal", "channel": "call:1", "to": "zed", "payload": 1, "ttl_ms": 60_000}))
+        .await;
+    assert_eq!(error_code(&alice.frames()), Some(ErrorCode::RateLimited));
+    // Another connection has its own room.
+    let other = t.connect("alice");
+    other.subscribe("call:1").await;
+    other
+        .send(json!({"type": "signal", "channel": "call:1", "to": "zed", "payload": 1, "ttl_ms": 60_000}))
+        .await;
+    assert!(other.frames().is_empty());
 }
