@@ -545,7 +545,10 @@ impl Client {
             message: format!("bad user id: {e}"),
         })?;
         let payload = Payload::from_value(payload)?;
-        let ttl_ms = ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        // Whole milliseconds; a zero `ttl` holds nothing, like none.
+        let ttl_ms = ttl
+            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .filter(|ms| *ms > 0);
         let reply = self
             .request(|id| ClientFrame::Signal {
                 id: Some(id.into()),

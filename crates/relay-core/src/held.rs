@@ -77,6 +77,8 @@ pub(crate) struct HeldSignals {
 #[derive(Default)]
 struct HeldInner {
     by_id: HashMap<MessageId, Tracked>,
+    /// The timer task of each held signal, stopped when the signal is settled otherwise.
+    timers: HashMap<MessageId, tokio::task::AbortHandle>,
     by_target: HashMap<(ChannelName, UserId), HashSet<MessageId>>,
     by_origin: HashMap<ConnId, usize>,
 }
@@ -91,6 +93,9 @@ impl HeldInner {
 
     fn remove(&mut self, id: &MessageId) -> Option<Tracked> {
         let signal = self.by_id.remove(id)?;
+        if let Some(timer) = self.timers.remove(id) {
+            timer.abort();
+        }
         let key = (signal.channel.clone(), signal.to.clone());
         if let Some(ids) = self.by_target.get_mut(&key) {
             ids.remove(id);
@@ -214,7 +219,7 @@ impl Hub {
         self.deliver_held(&channel, &to);
         let hub = std::sync::Arc::downgrade(&self.inner);
         let deadline = tokio::time::Instant::now() + wait;
-        runtime.spawn(async move {
+        let timer = runtime.spawn(async move {
             let mut pause = REOFFER;
             loop {
                 let next = if clustered {
@@ -237,6 +242,13 @@ impl Hub {
                 pause = (pause * 2).min(REOFFER_MAX);
             }
         });
+        let mut held = self.inner.held.inner.lock();
+        if held.by_id.contains_key(&id) {
+            held.timers.insert(id, timer.abort_handle());
+        } else {
+            // Delivered already (just above): its timer has nothing to do.
+            timer.abort();
+        }
         Ok(())
     }
 
