@@ -1136,6 +1136,23 @@ pub async fn trimming_a_message_scrubs_the_edits_that_stay(store: Arc<dyn Store>
     let view = current(&store, &ch).await;
     assert_eq!(view.len(), 1);
     assert_eq!(view[0].message.payload.as_str(), r#"{"text":"kept 2"}"#);
+    // An edit of the trimmed message that arrives afterwards (it passed its checks before
+    // the trim) is stored without its content.
+    let late = store
+        .append(revision(&ch, "edit", 1, r#"{"text":"secret 3"}"#))
+        .await
+        .expect("late edit")
+        .into_new()
+        .expect("new");
+    assert_eq!(late.payload.as_str(), "null");
+    let log = store
+        .history(&ch, HistoryQuery::latest(10))
+        .await
+        .expect("log");
+    assert!(
+        log.iter().all(|m| !m.payload.as_str().contains("secret")),
+        "{log:?}"
+    );
 }
 
 /// `repeat_of` answers what a repeat of a key would get, and stores nothing.

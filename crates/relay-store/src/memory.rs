@@ -166,7 +166,11 @@ impl Log {
             return 0;
         };
         if self.get(target).is_none() {
-            // Trimmed (or never there): nothing of it is held to change.
+            // Trimmed (or never there): nothing of it is held to change, and an edit of it
+            // loses its content, as trimming does to the edits it finds.
+            if revision == Revision::Edit {
+                stored.payload = Payload::null();
+            }
             return 0;
         }
         let entry = self.revisions.entry(target).or_default();

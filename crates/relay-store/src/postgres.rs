@@ -613,9 +613,9 @@ impl<'a> MessageColumns<'a> {
     }
 
     /// After the insert, in the same transaction: for every message the batch edits or
-    /// deletes that has a `delete` event, replaces the stored payload of that message and
-    /// of its edits with `null` (a delete scrubs what it deletes; an edit racing a delete
-    /// is scrubbed too). Returns the scrubbed rows.
+    /// deletes that has a `delete` event (or was trimmed), replaces the stored payload of
+    /// that message and of its edits with `null` (a delete scrubs what it deletes; an edit
+    /// racing a delete or a trim is scrubbed too). Returns the scrubbed rows.
     async fn scrub(
         &self,
         tx: &mut Transaction<'_, sqlx::Postgres>,
@@ -629,10 +629,13 @@ impl<'a> MessageColumns<'a> {
         let rows = sqlx::query(
             // Two lookups per deleted message (its row by primary key, its edits by the
             // partial index), never a walk of the channel.
+            // A message trimmed meanwhile counts as deleted: its edits lose their content, as
+            // trimming does to those it finds.
             "WITH gone AS (
                  SELECT DISTINCT u.c, u.r FROM UNNEST($1::text[], $2::bigint[]) AS u(c, r)
                  WHERE EXISTS (SELECT 1 FROM messages d
                                WHERE d.channel = u.c AND d.ref_seq = u.r AND d.event = 'delete')
+                    OR NOT EXISTS (SELECT 1 FROM messages o WHERE o.channel = u.c AND o.seq = u.r)
              ),
              hit AS (
                  SELECT c, r AS s FROM gone
