@@ -9,7 +9,7 @@
 //! - `cargo xtask bench <scenario> [flags]`: benchmarks (release builds); see
 //!   `docs/performance.md`. Scenarios: `fanout`, `baseline`, `compare` (both, and the
 //!   ratio), `idle`, `persist` (needs `DATABASE_URL`), `cluster [--backplane postgres|nats|both]` (needs
-//!   `DATABASE_URL`, `psql`, and `nats-server` for NATS), `unread` (needs `DATABASE_URL`),
+//!   `DATABASE_URL`, `psql`, and `nats-server` for NATS), `unread` and `revisions` (need `DATABASE_URL`),
 //!   `latest` (a reader ten times slower than the publisher, `latest` against `reliable`),
 //!   `micro` (criterion, no sockets). The server runs pinned to core 0 on a one-thread
 //!   runtime, the load generator on core 1.
@@ -157,34 +157,28 @@ fn bench_config(name: &str, text: &str) -> Result<String, String> {
     Ok(path.to_string_lossy().into_owned())
 }
 
+/// A `relay-server` benchmark of the same name that runs against Postgres.
+fn database_bench(name: &str, flags: &[String]) -> Result<(), String> {
+    if std::env::var("DATABASE_URL").map_or(true, |u| u.is_empty()) {
+        return Err(format!(
+            "bench {name} needs DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)"
+        ));
+    }
+    let mut cargo_args = vec!["bench", "-p", "relay-server", "--bench", name, "--"];
+    cargo_args.extend(flags.iter().map(String::as_str));
+    cargo(&cargo_args)
+}
+
 fn bench(args: &[String]) -> Result<(), String> {
     let Some(scenario) = args.first() else {
         return Err(
-            "name a scenario: fanout | baseline | compare | idle | abuse | latest | persist | cluster | unread | micro"
+            "name a scenario: fanout | baseline | compare | idle | abuse | latest | persist | cluster | unread | revisions | micro"
                 .into(),
         );
     };
     let flags: Vec<String> = args[1..].to_vec();
     match scenario.as_str() {
-        "persist" => {
-            if std::env::var("DATABASE_URL").map_or(true, |u| u.is_empty()) {
-                return Err("bench persist needs DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)".into());
-            }
-            let mut cargo_args = vec!["bench", "-p", "relay-server", "--bench", "persist", "--"];
-            cargo_args.extend(flags.iter().map(String::as_str));
-            cargo(&cargo_args)
-        }
-        "unread" => {
-            if std::env::var("DATABASE_URL").map_or(true, |u| u.is_empty()) {
-                return Err(
-                    "bench unread needs DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)"
-                        .into(),
-                );
-            }
-            let mut cargo_args = vec!["bench", "-p", "relay-server", "--bench", "unread", "--"];
-            cargo_args.extend(flags.iter().map(String::as_str));
-            cargo(&cargo_args)
-        }
+        name @ ("persist" | "unread" | "revisions") => database_bench(name, &flags),
         "micro" => {
             let mut cargo_args = vec!["bench", "-p", "relay-core", "--bench", "hub", "--"];
             cargo_args.extend(flags.iter().map(String::as_str));
@@ -261,7 +255,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         other => Err(format!(
-            "unknown scenario {other:?}; known: fanout baseline compare idle abuse latest persist cluster unread micro"
+            "unknown scenario {other:?}; known: fanout baseline compare idle abuse latest persist cluster unread revisions micro"
         )),
     }
 }

@@ -14,12 +14,16 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use relay_core::{Hub, HubConfig, Identity};
 use relay_proto::{ChannelName, Seq, UserId};
 use relay_store::Store;
 use relay_store::testing::TestDatabase;
+
+#[path = "support/timing.rs"]
+mod timing;
+use timing::{Timing, time};
 
 struct Args {
     channels: usize,
@@ -88,34 +92,6 @@ async fn fill(db: &TestDatabase, args: &Args) {
         "ANALYZE".to_owned(),
     ] {
         sqlx::query(&sql).execute(&mut conn).await.unwrap();
-    }
-}
-
-struct Timing {
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
-
-/// Runs `f` `runs` times; latencies in milliseconds.
-async fn time<F, Fut>(runs: usize, mut f: F) -> Timing
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut took: Vec<Duration> = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        f().await;
-        took.push(start.elapsed());
-    }
-    took.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let at = |q: f64| ms(took[((took.len() as f64 * q) as usize).min(took.len() - 1)]);
-    Timing {
-        p50: at(0.5),
-        p99: at(0.99),
-        max: ms(*took.last().unwrap()),
     }
 }
 
