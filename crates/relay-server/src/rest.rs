@@ -149,10 +149,10 @@ fn user_id(id: &str) -> Result<UserId, ApiError> {
 
 fn message_seq(seq: &str) -> Result<Seq, ApiError> {
     match seq.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(Seq(n)),
+        Ok(n) if n > 0 && n <= i64::MAX as u64 => Ok(Seq(n)),
         _ => Err(ApiError::new(
             ErrorCode::BadRequest,
-            format!("`{seq}` is not a message seq (a number from 1)"),
+            format!("`{seq}` is not a message seq (a number from 1 to 2^63 - 1)"),
         )),
     }
 }

@@ -271,6 +271,10 @@ async fn rest_edits_deletes_and_services() {
     assert_eq!(status, 403, "{body}");
     let (status, body) = bob.delete("/api/channels/group:1/messages/zero").await;
     assert_eq!(status, 400, "{body}");
+    let (status, body) = carol
+        .delete("/api/channels/group:1/messages/9223372036854775808")
+        .await;
+    assert_eq!(status, 400, "past 2^63 - 1, whoever asks: {body}");
     let (status, body) = bob
         .post(
             "/api/channels/group:1/messages",
