@@ -269,7 +269,7 @@ impl Hub {
         }
         let max_history = policy.max_history;
         let channel = message.channel.clone();
-        let payload_was_null = message.payload.is_null();
+        let payload_was_null = message.reference.is_some() && message.payload.is_null();
         let published = match self.commit_and_deliver(message, origin).await? {
             Appended::New(stored) => Published {
                 scrubbed: stored.reference.is_some()

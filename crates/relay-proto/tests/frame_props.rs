@@ -59,17 +59,11 @@ fn client_event() -> impl Strategy<Value = Option<String>> {
     proptest::option::of("[^\\p{Cc}]{0,20}")
 }
 
-/// A publish's event, ephemeral flag and `ref` as the pairing rules allow them: any event,
-/// or an edit or delete with a `ref` (never ephemeral).
+/// A publish's event, ephemeral flag and `ref` as the pairing rules allow them: any event
+/// without a `ref`, or an edit or delete with one (never ephemeral).
 fn publish_kind() -> impl Strategy<Value = (Option<String>, bool, Option<Seq>)> {
     prop_oneof![
-        (client_event(), any::<bool>()).prop_map(|(event, ephemeral)| {
-            if relay_proto::Revision::of_event(event.as_deref()).is_some() {
-                (None, ephemeral, None)
-            } else {
-                (event, ephemeral, None)
-            }
-        }),
+        (client_event(), any::<bool>()).prop_map(|(event, ephemeral)| (event, ephemeral, None)),
         (prop::bool::ANY, 1..=i64::MAX as u64).prop_map(|(edit, target)| {
             let event = if edit { "edit" } else { "delete" };
             (Some(event.to_owned()), false, Some(Seq(target)))

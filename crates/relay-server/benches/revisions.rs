@@ -32,24 +32,20 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        channels: 10,
-        messages: 100_000,
-        runs: 200,
-        json: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut number = |default: usize| it.next().and_then(|s| s.parse().ok()).unwrap_or(default);
-        match arg.as_str() {
-            "--channels" => args.channels = number(args.channels),
-            "--messages" => args.messages = number(args.messages),
-            "--runs" => args.runs = number(args.runs),
-            "--json" => args.json = true,
-            _ => {} // `cargo bench` passes `--bench`.
-        }
+    let mut channels = 10;
+    let mut messages = 100_000;
+    let mut runs = 200;
+    let json = timing::read_flags(&mut [
+        ("channels", &mut channels),
+        ("messages", &mut messages),
+        ("runs", &mut runs),
+    ]);
+    Args {
+        channels,
+        messages,
+        runs,
+        json,
     }
-    args
 }
 
 /// Fills `messages` in bulk: originals, every tenth row an edit of the row five before it,

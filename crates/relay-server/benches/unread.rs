@@ -34,26 +34,23 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        channels: 5_000,
-        users: 2_000,
-        per_user: 200,
-        runs: 200,
-        json: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut number = |default: usize| it.next().and_then(|s| s.parse().ok()).unwrap_or(default);
-        match arg.as_str() {
-            "--channels" => args.channels = number(args.channels),
-            "--users" => args.users = number(args.users),
-            "--per-user" => args.per_user = number(args.per_user),
-            "--runs" => args.runs = number(args.runs),
-            "--json" => args.json = true,
-            _ => {} // `cargo bench` passes `--bench`.
-        }
+    let mut channels = 5_000;
+    let mut users = 2_000;
+    let mut per_user = 200;
+    let mut runs = 200;
+    let json = timing::read_flags(&mut [
+        ("channels", &mut channels),
+        ("users", &mut users),
+        ("per-user", &mut per_user),
+        ("runs", &mut runs),
+    ]);
+    Args {
+        channels,
+        users,
+        per_user,
+        runs,
+        json,
     }
-    args
 }
 
 /// Fills the tables in bulk: channel records, memberships, counters and markers.

@@ -135,6 +135,31 @@ pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl PgStore {
+    /// The rows of a history page, ascending by seq: `sql(order)` is the query, ordered by
+    /// seq `order` (`DESC` for the newest page, when `after` is unset, else `ASC`), with
+    /// `$1` the channel, `$2` after, `$3` before and `$4` the limit.
+    async fn page(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+        sql: impl FnOnce(&str) -> String,
+    ) -> StoreResult<Vec<PgRow>> {
+        let newest_first = query.after.is_none();
+        let sql = sql(if newest_first { "DESC" } else { "ASC" });
+        let mut rows = sqlx::query(&sql)
+            .bind(channel.as_str())
+            .bind(to_i64(query.after))
+            .bind(to_i64(query.before))
+            .bind(limit(query.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if newest_first {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
     /// Connects, applies pending migrations and starts the committer.
     pub async fn connect(url: &str) -> StoreResult<Self> {
         Self::connect_with(url, PgStoreOptions::default()).await
@@ -1116,28 +1141,19 @@ impl Store for PgStore {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> StoreResult<Vec<StoredMessage>> {
-        let newest_first = query.after.is_none();
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE channel = $1 AND ($2::bigint IS NULL OR seq > $2) AND ($3::bigint IS NULL OR seq < $3)
-             ORDER BY seq {} LIMIT $4",
-            if newest_first { "DESC" } else { "ASC" }
-        );
-        let rows = sqlx::query(&sql)
-            .bind(channel.as_str())
-            .bind(to_i64(query.after))
-            .bind(to_i64(query.before))
-            .bind(limit(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
-        let mut messages = rows
+        let rows = self
+            .page(channel, query, |order| {
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE channel = $1 AND ($2::bigint IS NULL OR seq > $2) AND ($3::bigint IS NULL OR seq < $3)
+                     ORDER BY seq {order} LIMIT $4"
+                )
+            })
+            .await?;
+        let messages = rows
             .iter()
             .map(|r| stored_message(channel, r))
             .collect::<StoreResult<Vec<_>>>()?;
-        if newest_first {
-            messages.reverse();
-        }
         Ok(messages)
     }
 
@@ -1172,11 +1188,12 @@ impl Store for PgStore {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> StoreResult<Vec<CurrentMessage>> {
-        let newest_first = query.after.is_none();
         // Walks the primary key in seq order, skipping edits and deletes; each message's
         // latest edit and its delete come from the partial index on ref_seq.
-        let sql = format!(
-            "SELECT m.seq, m.id, m.from_user, m.event, COALESCE(e.payload, m.payload) AS payload,
+        let rows = self
+            .page(channel, query, |order| {
+                format!(
+                    "SELECT m.seq, m.id, m.from_user, m.event, COALESCE(e.payload, m.payload) AS payload,
                     (round(extract(epoch FROM m.ts) * 1000))::bigint AS ts_ms, m.ref_seq,
                     e.seq AS edited, d.seq AS deleted
              FROM messages m
@@ -1192,19 +1209,11 @@ impl Store for PgStore {
              ) d ON true
              WHERE m.channel = $1 AND m.ref_seq IS NULL
                AND ($2::bigint IS NULL OR m.seq > $2) AND ($3::bigint IS NULL OR m.seq < $3)
-             ORDER BY m.seq {} LIMIT $4",
-            if newest_first { "DESC" } else { "ASC" }
-        );
-        let rows = sqlx::query(&sql)
-            .bind(channel.as_str())
-            .bind(to_i64(query.after))
-            .bind(to_i64(query.before))
-            .bind(limit(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
-        let mut page = rows
-            .iter()
+             ORDER BY m.seq {order} LIMIT $4"
+                )
+            })
+            .await?;
+        rows.iter()
             .map(|row| {
                 let mut message = stored_message(channel, row)?;
                 let edited: Option<i64> = row.try_get("edited").map_err(map_err)?;
@@ -1221,11 +1230,7 @@ impl Store for PgStore {
                     deleted,
                 })
             })
-            .collect::<StoreResult<Vec<_>>>()?;
-        if newest_first {
-            page.reverse();
-        }
-        Ok(page)
+            .collect()
     }
 
     async fn count(&self, channel: &ChannelName) -> StoreResult<u64> {

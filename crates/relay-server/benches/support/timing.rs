@@ -1,4 +1,4 @@
-//! Latency sampling shared by the database benchmarks.
+//! Flags and latency sampling shared by the database benchmarks.
 
 use std::time::{Duration, Instant};
 
@@ -29,4 +29,23 @@ where
         p99: at(0.99),
         max: ms(*took.last().unwrap()),
     }
+}
+
+/// Reads `--name N` flags into `numbers` (a flag without a number keeps its default;
+/// others, like the `--bench` cargo passes, are ignored); true when `--json` is given.
+pub fn read_flags(numbers: &mut [(&str, &mut usize)]) -> bool {
+    let mut json = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        if arg == "--json" {
+            json = true;
+        } else if let Some((_, value)) = numbers
+            .iter_mut()
+            .find(|(name, _)| arg == format!("--{name}"))
+            && let Some(n) = it.next().and_then(|s| s.parse().ok())
+        {
+            **value = n;
+        }
+    }
+    json
 }

@@ -202,34 +202,20 @@ impl Http {
     /// A DELETE with an `Idempotency-Key` header: status, whether the answer was marked
     /// `Idempotent-Replayed`, body.
     pub async fn delete_keyed(&self, path: &str, key: &str) -> (u16, bool, Value) {
-        let response = self
-            .client
-            .delete(format!("{}{path}", self.base))
-            .header("idempotency-key", key)
-            .bearer_auth(&self.token)
-            .send()
+        self.send_keyed(self.client.delete(format!("{}{path}", self.base)), key)
             .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let replayed = response
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true");
-        (
-            status,
-            replayed,
-            response.json().await.unwrap_or(Value::Null),
-        )
     }
 
     /// A POST with an `Idempotency-Key` header: status, whether the answer was marked
     /// `Idempotent-Replayed`, body.
     pub async fn post_keyed(&self, path: &str, key: &str, body: Value) -> (u16, bool, Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
+        let request = self.client.post(format!("{}{path}", self.base)).json(&body);
+        self.send_keyed(request, key).await
+    }
+
+    async fn send_keyed(&self, request: reqwest::RequestBuilder, key: &str) -> (u16, bool, Value) {
+        let response = request
             .header("idempotency-key", key)
-            .json(&body)
             .bearer_auth(&self.token)
             .send()
             .await
