@@ -16,7 +16,14 @@
 //!   stored once; one that was sent but never acknowledged in time fails with
 //!   [`ClientError::Unconfirmed`], naming the key to settle it with
 //!   [`Client::publish_with_key`].
-//! - [`RestClient`] reads history, channels and members over HTTP.
+//! - Chat features: [`Client::edit`] and [`Client::delete`] (exactly once, like publish;
+//!   the revisions arrive as messages with a [`Message::reference`]), [`Client::mark_read`]
+//!   and [`Event::Read`] (read markers kept in step across devices),
+//!   [`Client::subscribe_latest`] (only the newest message waits for a slow reader), and
+//!   [`Client::signal_with_receipt`] (`delivered`, `held` or `expired`, with a time to live
+//!   for targets not connected yet; later outcomes as [`Event::Receipt`]).
+//! - [`RestClient`] reads history (the raw log, or [`RestClient::history_current`] with
+//!   edits and deletes applied), channels and members over HTTP.
 //!
 //! Plain `ws://`/`http://` only: terminate TLS in front of the server.
 //!

@@ -12,6 +12,12 @@
 //!   with 4008;
 //! - unsubscribe and disconnect leave nothing behind.
 //!
+//! Chat features live here too: edits and deletes of stored messages ([`Publish::edit`],
+//! [`Publish::delete`], checked for the sender, an owner or admin, or a service), read
+//! markers, `latest`-mode subscriptions, and signals with a receipt or a time to live, held
+//! in memory (bounded by [`HubConfig::max_held_signals`], [`MAX_HELD_PER_TARGET`] and
+//! [`MAX_HELD_PER_CONNECTION`]) until their target subscribes.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use relay_core::{Hub, HubConfig, Identity, Publish};
